@@ -1,0 +1,150 @@
+"""``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``.
+
+Validates everything it can before starting (config keys and types, dataset
+path, partition feasibility, model, strategy name), then runs the app on a
+private local SuperLink and shows a live progress line per round. Flower's
+and Ray's own logs go to DIR/logs, not over the display. Bad input gives one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedsim.config import ConfigError, RunConfig, resolve, write_toml
+from fedsim.data import DataError
+from fedsim.launch import LaunchError, LocalFederation
+from fedsim.model import ModelError
+from fedsim.partition import PartitionError
+from fedsim.run_folder import RunFolder
+
+USER_ERRORS = (ConfigError, DataError, PartitionError, ModelError, LaunchError)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        print(f"fedsim: error: {message} (see fedsim {self.prog.split()[-1]} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Fail before round 1 on anything the user can fix."""
+    from strategies import STRATEGIES
+    from fedsim.workspace import client_partition, dataset, fresh_model
+
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
+    train = dataset(cfg, "train")
+    dataset(cfg, "test")
+    client_partition(cfg, train.labels)
+    fresh_model(cfg, train)
+
+
+def _fmt(row: dict, key: str, spec: str = ".4f") -> str:
+    v = row.get(key)
+    return "-" if v in (None, "") else format(float(v), spec)
+
+
+def monitor(fed: LocalFederation, run_id: str, folder: RunFolder, cfg: RunConfig, console: Console) -> dict:
+    columns = [TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}")]
+    shown, start = -1, time.monotonic()
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+        task = bar.add_task("rounds", total=cfg.rounds, info="starting Flower + Ray ...", eta="?")
+        while True:
+            status = folder.read_status()
+            state = status.get("state")
+            if state in ("running", "done") and "last" in status:
+                row, rnd = status["last"], status.get("round", cfg.rounds)
+                per_round = (time.monotonic() - start) / max(rnd, 1)
+                info = (f"clients {row.get('clients_sampled', '-')} (failed {row.get('clients_failed', 0)}) "
+                        f"train {_fmt(row, 'train_loss')} eval {_fmt(row, 'eval_loss')}")
+                eta = time.strftime("%M:%S", time.gmtime(per_round * (cfg.rounds - rnd)))
+                bar.update(task, completed=rnd, info=info, eta=eta)
+                if not console.is_terminal and rnd != shown:
+                    console.print(f"round {rnd}/{cfg.rounds} {info}")
+                shown = rnd
+            if state == "done":
+                bar.update(task, completed=cfg.rounds, eta="0:00")
+                return status
+            if state == "failed":
+                raise RunFailed(status.get("error", "the ServerApp failed"))
+            if fed.finished(run_id) and folder.read_status().get("state") != "done":
+                time.sleep(1)  # the status file may land just after the task ends
+                status = folder.read_status()
+                if status.get("state") != "done":
+                    raise RunFailed(status.get("error") or "the simulation ended early; see "
+                                    f"{folder.path / 'logs'} (server.log, simulation.log)")
+            time.sleep(0.5)
+
+
+def _wait_finished(fed: LocalFederation, run_id: str, timeout: float = 60) -> None:
+    """Let the simulation process shut Ray down cleanly before the SuperLink stops."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not fed.finished(run_id):
+        time.sleep(0.5)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    console = Console(stderr=False)
+    cfg = resolve(args.config, args.set)
+    out = Path(args.out or cfg.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    cfg = cfg.replace(out_dir=str(out))
+    if (out / "metrics.csv").exists():
+        raise ConfigError(f"{out} already holds a run (metrics.csv); choose another --out")
+    preflight(cfg)
+    folder = RunFolder(out)
+    write_toml(cfg, out / "config.toml")
+    console.print(f"fedsim: {cfg.num_clients} clients, {cfg.clients_per_round}/round, {cfg.rounds} rounds, "
+                  f"{cfg.model} on {cfg.dataset} ({cfg.partition}) -> {out}")
+    with LocalFederation(out, cfg) as fed:
+        run_id = fed.submit()
+        status = monitor(fed, run_id, folder, cfg, console)
+        _wait_finished(fed, run_id)
+    last = status.get("last", {})
+    console.print(f"done: eval_loss {_fmt(last, 'eval_loss')}"
+                  + (f", fd {_fmt(last, 'fd', '.3g')}" if last.get("fd") not in (None, "") else "")
+                  + (f", test_acc {_fmt(last, 'test_acc')}" if last.get("test_acc") not in (None, "") else "")
+                  + f" | metrics.csv, curves.png, samples/, model/ in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedsim", description="Federated generative-model simulation on Flower + Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a federated simulation")
+    run.add_argument("config", nargs="?", help="TOML file with kebab-case keys (see README)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (repeatable)")
+    run.add_argument("--out", help="run folder (default runs/<timestamp>)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:
+        print(f"fedsim: run failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedsim: interrupted; rounds already finished are in metrics.csv", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""ClientApp: Flower Message -> local training -> reply. Translation only.
+
+- QUERY: declare partition id, data size and label histogram (once per run).
+- TRAIN: load the global weights, train locally (or, in FedSGD mode, compute
+  one gradient of one batch) and reply with weights (or gradients),
+  ``num-examples`` and ``train-loss``.
+- EVALUATE: mean loss of the global model on the client's own data.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.config import RunConfig, load_config
+from fedsim.rng import derive, torch_generator
+from fedsim.train import batch_gradient, per_sample_losses, train_local
+from fedsim.workspace import workspace
+
+app = ClientApp()
+
+
+class InjectedClientFailure(RuntimeError):
+    """Raised on purpose when ``client-failure-rate`` > 0 (fault-tolerance studies)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _config(items: tuple) -> RunConfig:
+    return load_config(dict(items))
+
+
+def _setup(context: Context):
+    cfg = _config(tuple(sorted(context.run_config.items())))
+    return cfg, workspace(cfg), int(context.node_config["partition-id"])
+
+
+def _state_dict(arrays: ArrayRecord):
+    return arrays.to_torch_state_dict()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    info = ConfigRecord({"partition-id": pid, "num-examples": int(len(ws.parts[pid])),
+                         "label-hist": [int(c) for c in ws.label_hist(pid)]})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    rnd = int(msg.content["config"]["server-round"])
+    if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
+        raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
+    ws.model.load_state_dict(_state_dict(msg.content["arrays"]))
+    images, labels = ws.client_data(pid)
+    gen = torch_generator(cfg.seed, "train", rnd, pid)
+    if cfg.mode == "fedsgd":
+        grads, stats = batch_gradient(ws.model, ws.task, images, labels,
+                                      batch_size=cfg.batch_size, generator=gen)
+        arrays, payload = ArrayRecord({k: v.cpu() for k, v in grads.items()}), "gradient"
+    else:
+        stats = train_local(ws.model, ws.task, images, labels, epochs=cfg.local_epochs,
+                            batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+                            momentum=cfg.momentum, generator=gen)
+        arrays = ArrayRecord({k: v.detach().cpu() for k, v in ws.model.state_dict().items()})
+        payload = "weights"
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss})
+    meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    rnd = int(msg.content["config"]["server-round"])
+    ws.model.load_state_dict(_state_dict(msg.content["arrays"]))
+    images, labels = ws.client_data(pid)
+    losses = per_sample_losses(ws.model, ws.task, images, labels,
+                               generator=torch_generator(cfg.seed, "client-eval", rnd, pid))
+    metrics = MetricRecord({"num-examples": len(losses), "eval-loss": float(losses.mean())})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

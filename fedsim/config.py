@@ -1,0 +1,189 @@
+"""Run configuration: one flat, typed, frozen dataclass parsed once.
+
+Keys are Flower's kebab-case (``num-clients``) so the same table works as
+``[tool.flwr.app.config]`` for ``flwr run .`` and as a ``fedsim run`` TOML file.
+Unknown keys, wrong types and values outside a key's choices raise
+:class:`ConfigError` with one line that names the key (and the nearest known key
+for a typo) before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of a run. Defaults give the quickstart-sized digits run."""
+
+    # data
+    dataset: str = "digits"
+    dataset_path: str = ""  # local directory for mnist / fashion-mnist / cifar10 / folder
+    image_size: int = 32  # only for dataset="folder"
+    num_clients: int = 100
+    partition: str = "dirichlet"
+    partition_alpha: float = 0.5
+    partition_classes: int = 2  # classes per client, partition="pathological"
+    maverick_class: int = 1
+    # model
+    model: Literal["ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
+    conditional: bool = False  # class-conditional noise predictor
+    pretrained: str = ""  # local diffusers UNet2DModel directory to start from
+    timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    # federation
+    strategy: str = "fedavg"
+    mode: Literal["fedavg", "fedsgd"] = "fedavg"
+    rounds: int = 10
+    clients_per_round: int = 10
+    server_lr: float = 1.0  # FedSGD: w <- w - server_lr * mean gradient
+    round_timeout: float = 3600.0
+    client_failure_rate: float = 0.0  # chaos: probability a selected client raises
+    # local training
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.0
+    # evaluation
+    eval_every: int = 5  # rounds between sample grids + Frechet distance (0: last only)
+    num_samples: int = 256
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sample_steps: int = 50
+    # resources
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    client_cpus: int = 1  # CPU cores per simulated client (Flower takes whole cores)
+    client_gpus: float = 0.0  # fraction of a GPU per client, e.g. 0.25: four clients share one
+    ray_address: str = ""  # existing Ray cluster, e.g. "127.0.0.1:6379"; "" starts a local one
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_clients >= 1, "num-clients must be >= 1"),
+            (self.rounds >= 1, "rounds must be >= 1"),
+            (1 <= self.clients_per_round <= self.num_clients,
+             f"clients-per-round must be between 1 and num-clients ({self.num_clients}), "
+             f"got {self.clients_per_round}"),
+            (self.local_epochs >= 1, "local-epochs must be >= 1"),
+            (self.batch_size >= 1, "batch-size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.partition_alpha > 0, "partition-alpha must be > 0"),
+            (0.0 <= self.client_failure_rate < 1.0, "client-failure-rate must be in [0, 1)"),
+            (self.timesteps >= 2, "timesteps must be >= 2"),
+            (1 <= self.sample_steps <= self.timesteps, "sample-steps must be in [1, timesteps]"),
+            (self.eval_every >= 0, "eval-every must be >= 0"),
+            (self.num_samples >= 2, "num-samples must be >= 2"),
+            (self.client_cpus >= 1, "client-cpus must be >= 1"),
+            (self.client_gpus >= 0, "client-gpus must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.model.startswith("ddpm")
+
+    def to_flwr(self) -> dict[str, Any]:
+        """Kebab-case mapping, as Flower's run_config holds it."""
+        return {_kebab(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+_FIELDS = {_kebab(f.name): f for f in fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    hint = _HINTS[_FIELDS[key].name]
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} expects {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def load_config(mapping: Mapping[str, Any]) -> RunConfig:
+    """Validate a flat kebab-case mapping (a TOML table or Flower's run_config)."""
+    values = {}
+    for key, value in mapping.items():
+        if key not in _FIELDS:
+            near = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        values[_FIELDS[key].name] = _coerce(key, value)
+    return RunConfig(**values)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with a TOML value; bare words are taken as strings."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A fedsim TOML file: flat keys, or a pyproject with [tool.flwr.app.config]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    app = data.get("tool", {}).get("flwr", {}).get("app", {})
+    return dict(app.get("config", data if "tool" not in data else {}))
+
+
+def resolve(path: str | Path | None, overrides: list[str]) -> RunConfig:
+    """Config file (optional) + ``--set`` overrides -> validated RunConfig."""
+    mapping = read_toml(path) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        mapping[key] = value
+    return load_config(mapping)
+
+
+def write_toml(cfg: RunConfig, path: Path) -> None:
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(cfg.to_flwr()))

@@ -1,0 +1,203 @@
+"""Datasets as (N, C, H, W) float32 tensors in [-1, 1], offline, cached once per process.
+
+Why cached: every Flower client in a Ray worker asks for the same train split; the
+first call reads and converts it, later calls return the very same ImageData object
+(treat it as read-only: its labels array is locked, its tensor is shared).
+Why [-1, 1]: the DDPM forward process assumes data centred on 0 with unit range
+(Ho et al. 2020, sec. 3.3), and the classifiers do not mind.
+
+Built in, no files needed: "digits" (sklearn, 8x8) and "lfw" (scikit-image lfw_subset,
+faces vs non-faces, 24x24). From a local directory (`path=`): "mnist", "fashion-mnist"
+(idx files, padded 28 -> 32), "cifar10" (python pickle batches) and "folder"
+(path/<class>/*.png|jpg|jpeg|bmp). Datasets without an official test split get a
+fixed stratified 20 % test split from SPLIT_SEED, so train/test membership never
+depends on a run's seed. Nothing here downloads anything; file formats are parsed
+in datasets_local.py; client partitions are partition.py's job.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsim.datasets_local import (
+    DataError,
+    class_dirs,
+    read_cifar10,
+    read_idx_split,
+    read_image_folder,
+    require_dir,
+)
+
+__all__ = ["DATASETS", "DataError", "ImageData", "load_dataset"]
+
+SPLIT_SEED = 0  # fixed: the train/test split of digits, lfw and folder never changes
+TEST_PERCENT = 20  # share of each class held out when a dataset has no official split
+SPLITS = ("train", "test")
+
+# (split, path, image_size) -> images (N, C, H, W) float32 in [-1, 1], labels (N,) int64, num_classes
+Loader = Callable[[str, str | None, int], tuple[np.ndarray, np.ndarray, int]]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """One split of one dataset. eq=False: compared by identity (the cache returns one object)."""
+
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    labels: np.ndarray  # (N,) int64 in [0, num_classes), read-only
+    num_classes: int
+    name: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _to_pm1(x: np.ndarray, max_value: float) -> np.ndarray:
+    """Map [0, max_value] linearly to [-1, 1] as float32: x * 2 / max - 1."""
+    out = np.multiply(x, np.float32(2.0 / max_value), dtype=np.float32)
+    out -= 1.0
+    return out
+
+
+def _split_indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """Sorted indices of `split` under the fixed stratified TEST_PERCENT % test split.
+
+    The test set has ceil(TEST_PERCENT % of N) samples: each class gives floor(TEST_PERCENT %
+    of its count), and the few left over go to the classes with the largest remainders
+    (ties to the lower class). Integer arithmetic, so no float rounding can move a sample.
+    Members within a class come from default_rng(SPLIT_SEED), never from a run's seed.
+    """
+    rng = np.random.default_rng(SPLIT_SEED)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * TEST_PERCENT
+    take = quota // 100
+    extra = -(-len(labels) * TEST_PERCENT // 100) - int(take.sum())
+    take[np.argsort(-(quota % 100), kind="stable")[:extra]] += 1
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c, k in zip(classes, take):
+        is_test[rng.permutation(np.flatnonzero(labels == c))[:k]] = True
+    return np.flatnonzero(is_test if split == "test" else ~is_test)
+
+
+def _digits(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """sklearn's 1797 8x8 handwritten digits (values 0..16) -> (N, 1, 8, 8); 1437 train / 360 test."""
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    d = load_digits()
+    x, y = _to_pm1(d.images[:, None], 16.0), d.target.astype(np.int64)
+    keep = _split_indices(y, split)
+    return x[keep], y[keep], 10
+
+
+def _lfw(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """scikit-image's LFW subset: 100 faces (label 1) then 100 non-faces (label 0), 25x25 in [0, 1].
+
+    Centre-cropped to 24x24 so that a UNet can halve it three times -> (N, 1, 24, 24);
+    160 train / 40 test.
+    """
+    from skimage.data import lfw_subset  # bundled with scikit-image
+
+    try:
+        raw = lfw_subset()  # (200, 25, 25) float64
+    except Exception as e:  # a stripped install would try to fetch the file: report, never download
+        raise DataError(f"lfw: scikit-image could not provide lfw_subset.npy ({type(e).__name__}: {e})") from None
+    top = (raw.shape[1] - 24) // 2
+    x = _to_pm1(raw[:, None, top : top + 24, top : top + 24], 1.0)
+    y = np.concatenate([np.ones(100, np.int64), np.zeros(len(raw) - 100, np.int64)])
+    keep = _split_indices(y, split)
+    return x[keep], y[keep], 2
+
+
+def _idx_loader(what: str) -> Loader:
+    """Loader for an MNIST-format dataset: 28x28 uint8 padded by 2 px of -1 -> (N, 1, 32, 32)."""
+
+    def load(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        images, labels = read_idx_split(path, split, what)
+        x = np.pad(_to_pm1(images[:, None], 255.0), ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=-1.0)
+        return x, labels, 10
+
+    return load
+
+
+def _cifar10(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """CIFAR-10 python batches -> (N, 3, 32, 32); 50000 train / 10000 test."""
+    images, labels = read_cifar10(path, split)
+    return _to_pm1(images, 255.0), labels, 10
+
+
+def _folder(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """path/<class>/*.png|jpg|jpeg|bmp, or path/train/<class>/... and path/test/<class>/...
+
+    Classes are the sorted subdirectory names (label = position). Images become RGB,
+    resized bilinearly to image_size x image_size -> (N, 3, S, S). Without train/ and
+    test/ subfolders a fixed stratified 20 % test split is used.
+    """
+    root = require_dir(path, "folder", "<class>/ subdirectories of .png/.jpg/.jpeg/.bmp images")
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    classes = class_dirs(root / "train" if has_splits else root)
+    if not classes:
+        where = root / "train" if has_splits else root
+        raise DataError(f"folder: expected class subdirectories of images in {where}, found none")
+    if has_splits:
+        if class_dirs(root / "test") != classes:
+            raise DataError(f"folder: {root / 'test'} must have the same class directories as {root / 'train'}")
+        images, labels = read_image_folder(root / split, classes, image_size)
+        return _to_pm1(images, 255.0), labels, len(classes)
+    images, labels = read_image_folder(root, classes, image_size)
+    keep = _split_indices(labels, split)
+    return _to_pm1(images[keep], 255.0), labels[keep], len(classes)
+
+
+DATASETS: dict[str, Loader] = {
+    "digits": _digits,
+    "lfw": _lfw,
+    "mnist": _idx_loader("MNIST"),
+    "fashion-mnist": _idx_loader("Fashion-MNIST"),
+    "cifar10": _cifar10,
+    "folder": _folder,
+}
+NEEDS_PATH = frozenset({"mnist", "fashion-mnist", "cifar10", "folder"})
+
+
+def load_dataset(name: str, split: str = "train", path: str | None = None, image_size: int = 32) -> ImageData:
+    """One split of a registered dataset, cached per process (same arguments -> same object).
+
+    name: a key of DATASETS. split: "train" or "test". path: the local directory for
+    mnist / fashion-mnist / cifar10 / folder ("" counts as missing; ignored by digits and lfw).
+    image_size: side length for "folder" only; the other datasets keep their own size.
+    Raises DataError (one line) for an unknown name or split, a missing path or file, or a
+    malformed file. The cache assumes files do not change while the process runs.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
+    if name == "folder" and (not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"folder: image_size must be a positive int, got {image_size!r}")
+    key_path = None
+    if name in NEEDS_PATH and path not in (None, ""):
+        key_path = str(Path(path).expanduser().resolve())
+    return _load(name, split, key_path, image_size if name == "folder" else 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, split: str, path: str | None, image_size: int) -> ImageData:
+    """Read, convert and freeze one split; lru_cache keys on the normalised arguments."""
+    images, labels, num_classes = DATASETS[name](split, path, image_size)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    labels.setflags(write=False)
+    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, num_classes, name)
+
+
+clear_cache = _load.cache_clear  # tests, and long-lived processes whose files changed

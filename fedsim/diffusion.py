@@ -1,0 +1,106 @@
+"""Noise schedule, DDPM loss and samplers (DDPM ancestral, DDIM).
+
+The schedule is a plain object rebuilt from the config on every node: it is
+never part of a state_dict, so it is never averaged, compressed or attacked.
+Schedules and sampling steps come from diffusers' DDPMScheduler / DDIMScheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """q(x_t | x_0) of Ho et al. 2020 with T steps.
+
+    alpha_bar: (T,) cumulative products of (1 - beta_t), a plain attribute.
+    """
+
+    timesteps: int
+    beta_schedule: str = "linear"
+
+    @property
+    def scheduler_config(self) -> dict:
+        return dict(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
+                    clip_sample=True, prediction_type="epsilon")
+
+    @property
+    def alpha_bar(self) -> torch.Tensor:
+        return _alphas_cumprod(self.timesteps, self.beta_schedule)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (Ho et al. 2020, eq. 4).
+
+        x0, eps: (B, C, H, W); t: (B,) integer timesteps in [0, T)."""
+        a = self.alpha_bar.to(x0.device)[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    def ddpm(self) -> DDPMScheduler:
+        return DDPMScheduler(**self.scheduler_config)
+
+    def ddim(self) -> DDIMScheduler:
+        return DDIMScheduler(**self.scheduler_config)
+
+
+_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _alphas_cumprod(timesteps: int, beta_schedule: str) -> torch.Tensor:
+    key = (timesteps, beta_schedule)
+    if key not in _CACHE:
+        sched = DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=beta_schedule)
+        _CACHE[key] = sched.alphas_cumprod.clone().float()
+    return _CACHE[key]
+
+
+def predict_eps(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+    """eps_theta(x_t, t[, y]); class labels only for class-conditional UNets."""
+    conditional = getattr(model.config, "num_class_embeds", None) is not None
+    return model(x_t, t, class_labels=labels if conditional else None).sample
+
+
+def diffusion_loss(model: nn.Module, sched: NoiseSchedule, x0: torch.Tensor,
+                   labels: torch.Tensor | None = None, *, generator: torch.Generator | None = None,
+                   eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                   reduction: str = "mean") -> torch.Tensor:
+    """DDPM simple loss ||eps - eps_theta(x_t, t)||^2 (Ho et al. 2020, eq. 14).
+
+    x0: (B, C, H, W) in [-1, 1]. eps and t are drawn from ``generator`` unless
+    given (attacks and fixed-noise evaluation pass them). reduction="none"
+    gives (B,) per-sample losses (mean over C, H, W), needed by membership and
+    unlearning metrics."""
+    b = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, sched.timesteps, (b,), generator=generator).to(x0.device)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    pred = predict_eps(model, sched.add_noise(x0, eps, t), t, labels)
+    per_sample = (pred - eps).pow(2).flatten(1).mean(1)
+    return per_sample if reduction == "none" else per_sample.mean()
+
+
+@torch.no_grad()
+def sample(model: nn.Module, sched: NoiseSchedule, n: int, shape: tuple[int, int, int], *,
+           generator: torch.Generator, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+           labels: torch.Tensor | None = None, device: str = "cpu") -> torch.Tensor:
+    """Draw n images (n, C, H, W) in [-1, 1].
+
+    sampler="ddim" with eta=0 is deterministic given the initial noise
+    (Song et al. 2021, eq. 12); "ddpm" is ancestral sampling (Ho et al. 2020, alg. 2)."""
+    scheduler = sched.ddim() if sampler == "ddim" else sched.ddpm()
+    scheduler.set_timesteps(steps)
+    x = torch.randn((n, *shape), generator=generator).to(device)
+    if labels is not None:
+        labels = labels.to(device)
+    for t in scheduler.timesteps:
+        tt = torch.full((n,), int(t), device=device, dtype=torch.long)
+        eps = predict_eps(model, x, tt, labels)
+        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        x = scheduler.step(eps, int(t), x, generator=generator, **kwargs).prev_sample
+    return x.clamp(-1, 1)

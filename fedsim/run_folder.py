@@ -1,0 +1,52 @@
+"""The run folder: resolved config, metrics.csv (one row per round, appended
+and flushed as each round ends so a crash loses nothing written), status.json
+for the CLI's progress display, plots, samples and the final model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+BASE_COLUMNS = ["round", "clients_sampled", "clients_failed", "clients_rejected", "train_loss",
+                "eval_loss", "bytes_up", "bytes_down", "wall_s"]
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.csv"
+        self.columns: list[str] = list(BASE_COLUMNS)
+
+    def start_metrics(self, extra_columns: list[str]) -> None:
+        self.columns = BASE_COLUMNS + extra_columns + ["selected"]
+        with self.metrics_path.open("w", newline="") as f:
+            csv.writer(f).writerow(self.columns)
+
+    def append_row(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(c)) for c in self.columns])
+
+    def status(self, state: str, **info: Any) -> None:
+        """Atomic write of status.json: {"state": running|done|failed, ...}."""
+        tmp = self.path / f".status.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"state": state, "time": time.time(), **info}))
+        tmp.replace(self.path / "status.json")
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

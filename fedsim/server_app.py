@@ -1,0 +1,95 @@
+"""ServerApp: discover clients, build the strategy by name, run Flower's round
+loop, evaluate the global model each round, write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.config import load_config
+from fedsim.evaluation import ServerEvaluator
+from fedsim.model import save_model
+from fedsim.plots import plot_curves
+from fedsim.round_log import RoundLog
+from fedsim.run_folder import RunFolder
+from strategies import build_strategy
+from strategies.client_registry import discover_clients
+
+app = ServerApp()
+
+
+def default_out_dir() -> str:
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def log_to_file(path: Path) -> None:
+    """Flower's server-side log (strategy, sampling, failures) into the run folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("flwr").addHandler(handler)
+
+
+class RoundRecorder:
+    """``evaluate_fn`` for ``Strategy.start``: evaluates, then writes the round's row."""
+
+    def __init__(self, folder: RunFolder, evaluator: ServerEvaluator, log: RoundLog, rounds: int):
+        self.folder, self.evaluator, self.log, self.rounds = folder, evaluator, log, rounds
+        self.t_round = time.perf_counter()
+        self.initial: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        scores = self.evaluator(rnd, arrays.to_torch_state_dict())
+        if rnd == 0:
+            self.initial = scores
+        else:
+            row = {"round": rnd, **self.log.get(rnd), **scores,
+                   "wall_s": time.perf_counter() - self.t_round}
+            self.folder.append_row(row)
+            self.last = row
+            self.folder.status("running", round=rnd, rounds=self.rounds, last=row)
+        self.t_round = time.perf_counter()
+        return MetricRecord({k: v for k, v in scores.items() if isinstance(v, float)})
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(context.run_config)
+    folder = RunFolder(cfg.out_dir or default_out_dir())
+    log_to_file(folder.path / "logs" / "server.log")
+    folder.status("starting", rounds=cfg.rounds)
+    try:
+        run(grid, cfg, folder)
+    except BaseException as err:
+        folder.status("failed", error=f"{type(err).__name__}: {err}", trace=traceback.format_exc())
+        raise
+
+
+def run(grid: Grid, cfg, folder: RunFolder) -> None:
+    clients = discover_clients(grid)
+    if not clients:
+        raise RuntimeError("no client answered the discovery query")
+    log = RoundLog()
+    strategy = build_strategy(cfg, clients, log)
+    evaluator = ServerEvaluator(cfg, folder.path)
+    k = evaluator.test.num_classes
+    extra = (["fd", "evaluator_acc", *[f"gen_class_{c}" for c in range(k)]]
+             if cfg.is_diffusion else ["test_acc"])
+    folder.start_metrics(extra)
+    recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
+    initial = ArrayRecord({k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()})
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
+                            timeout=cfg.round_timeout, train_config=ConfigRecord(),
+                            evaluate_fn=recorder)
+    if len(result.arrays):
+        evaluator.model.load_state_dict(result.arrays.to_torch_state_dict())
+    save_model(evaluator.model.cpu(), folder.path / "model")
+    plot_curves(folder.metrics_path, folder.path / "curves.png")
+    folder.status("done", round=cfg.rounds, rounds=cfg.rounds, clients=len(clients),
+                  initial=recorder.initial, last=recorder.last)

@@ -1,0 +1,72 @@
+"""What a process needs to train or evaluate, built once and reused.
+
+Ray reuses worker processes across many simulated clients, so the dataset,
+the partition and the model object are built on first use per process and
+config, then shared by every client the worker plays (only weights change
+between messages). The partition is a pure function of (labels, scheme, seed),
+so every process computes the same index sets.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.config import RunConfig
+from fedsim.data import ImageData, load_dataset
+from fedsim.model import build_model
+from fedsim.partition import label_histograms, partition
+from fedsim.train import Task, make_task
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+@dataclass
+class Workspace:
+    cfg: RunConfig
+    train: ImageData
+    parts: list[np.ndarray]
+    model: nn.Module
+    task: Task
+    device: str
+
+    def client_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (n, C, H, W), labels (n,)) of partition ``pid``."""
+        idx = torch.from_numpy(self.parts[pid])
+        return self.train.images[idx], torch.from_numpy(self.train.labels[self.parts[pid]])
+
+    def label_hist(self, pid: int) -> np.ndarray:
+        return label_histograms(self.train.labels, [self.parts[pid]], self.train.num_classes)[0]
+
+
+def dataset(cfg: RunConfig, split: str) -> ImageData:
+    return load_dataset(cfg.dataset, split, cfg.dataset_path or None, cfg.image_size)
+
+
+def client_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    return partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
+                     classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
+                     source=f"the '{cfg.dataset}' train split")
+
+
+def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
+    """The run's initial global model (seeded), or the pretrained one."""
+    return build_model(cfg.model, data.shape, data.num_classes, conditional=cfg.conditional,
+                       pretrained=cfg.pretrained, seed=cfg.seed)
+
+
+@functools.lru_cache(maxsize=2)
+def workspace(cfg: RunConfig) -> Workspace:
+    train = dataset(cfg, "train")
+    device = pick_device(cfg.device)
+    model = fresh_model(cfg, train).to(device)
+    return Workspace(cfg, train, client_partition(cfg, train.labels), model,
+                     make_task(cfg.model, cfg.timesteps, cfg.beta_schedule), device)
