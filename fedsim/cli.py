@@ -10,6 +10,7 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,14 +18,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+import tomli_w
+
 from fedsim.config import ConfigError, RunConfig, resolve, write_toml
-from fedsim.data import DataError
 from fedsim.launch import LaunchError, LocalFederation
-from fedsim.model import ModelError
-from fedsim.partition import PartitionError
 from fedsim.run_folder import RunFolder
 
-USER_ERRORS = (ConfigError, DataError, PartitionError, ModelError, LaunchError)
+USER_ERRORS = (ConfigError, LaunchError)
 
 
 class RunFailed(RuntimeError):
@@ -37,17 +37,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Fail before round 1 on anything the user can fix."""
-    from strategies import STRATEGIES
-    from fedsim.workspace import client_partition, dataset, fresh_model
+class PreflightFailed(Exception):
+    """fedsim.preflight already printed its one line."""
 
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
-    train = dataset(cfg, "train")
-    dataset(cfg, "test")
-    client_partition(cfg, train.labels)
-    fresh_model(cfg, train)
+
+def preflight(cfg: RunConfig) -> None:
+    """Fail before round 1 on anything the user can fix (dataset path, partition
+    feasibility, model, strategy); checked in a child process, see preflight.py."""
+    res = subprocess.run([sys.executable, "-m", "fedsim.preflight"], input=tomli_w.dumps(cfg.to_flwr()),
+                         text=True, capture_output=True)
+    if res.returncode == 2:
+        sys.stderr.write(res.stderr.strip().splitlines()[-1] + "\n")
+        raise PreflightFailed
+    if res.returncode != 0:
+        raise LaunchError(f"pre-flight check crashed: {res.stderr.strip().splitlines()[-1:]}")
 
 
 def _fmt(row: dict, key: str, spec: str = ".4f") -> str:
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
+        return 2
+    except PreflightFailed:
         return 2
     except RunFailed as err:
         print(f"fedsim: run failed: {err}", file=sys.stderr)

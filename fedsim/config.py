@@ -51,13 +51,13 @@ class RunConfig:
     round_timeout: float = 3600.0
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
     # local training
-    local_epochs: int = 1
-    batch_size: int = 32
+    local_epochs: int = 5
+    batch_size: int = 16
     lr: float = 1e-3
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.0
     # evaluation
-    eval_every: int = 5  # rounds between sample grids + Frechet distance (0: last only)
+    eval_every: int = 5  # sample grid + Frechet distance every N rounds and at the last (0: never)
     num_samples: int = 256
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sample_steps: int = 50

@@ -59,7 +59,7 @@ class ServerEvaluator:
 
     def is_quality_round(self, rnd: int) -> bool:
         every = self.cfg.eval_every
-        return rnd == self.cfg.rounds or (every > 0 and rnd % every == 0)
+        return every > 0 and (rnd == self.cfg.rounds or rnd % every == 0)
 
     def __call__(self, rnd: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state_dict)

@@ -45,7 +45,9 @@ class RoundRecorder:
         self.last: dict[str, float] = {}
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        t_eval = time.perf_counter()
         scores = self.evaluator(rnd, arrays.to_torch_state_dict())
+        scores["eval_s"] = time.perf_counter() - t_eval
         if rnd == 0:
             self.initial = scores
         else:

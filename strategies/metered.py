@@ -1,8 +1,11 @@
-"""Bytes on the wire, measured: the protobuf size of every message sent and received.
+"""Bytes on the wire, measured: the serialized size of every message's payload.
 
 The outermost wrapper, so it sees what really travels (compressed payloads
-included), not what inner layers decode. Sizes are those of Flower's
-``Message`` protobuf, the form a SuperLink and SuperNode exchange.
+included), not what inner layers decode. A size is that of the message's
+content (its RecordDict) as Flower's protobuf, the form a SuperLink and
+SuperNode exchange. The metadata envelope (~100 B: ids, timestamps) is left
+out: its varint-coded ids change from run to run, and the byte counts in
+metrics.csv must be the same for the same seed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common.serde import message_to_proto
+from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -19,7 +22,8 @@ from strategies.wrapper import StrategyWrapper
 
 
 def wire_bytes(message: Message) -> int:
-    return message_to_proto(message).ByteSize()
+    """Serialized payload size; 0 for an error reply (it carries no content)."""
+    return recorddict_to_proto(message.content).ByteSize() if message.has_content() else 0
 
 
 class Metered(StrategyWrapper):
@@ -30,7 +34,11 @@ class Metered(StrategyWrapper):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self.log.record(server_round, bytes_down=sum(wire_bytes(m) for m in messages))
+        sizes: dict[int, int] = {}  # a broadcast shares one RecordDict: serialize it once
+        for m in messages:
+            if id(m.content) not in sizes:
+                sizes[id(m.content)] = wire_bytes(m)
+        self.log.record(server_round, bytes_down=sum(sizes[id(m.content)] for m in messages))
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

@@ -1,0 +1,189 @@
+"""Simulation overhead: fedsim (Flower + Ray) against a plain PyTorch loop.
+
+For N in {10, 100, 1000} clients (IID split of the digits train set, every
+client trains every round, 1 local epoch, batch 16, ddpm-small) both runners do
+exactly the same local training -- same partition, same initial weights, same
+per-(round, client) generators -- and the same sample-weighted FedAvg:
+
+- ``fedsim``: ``fedsim run`` (local SuperLink, Flower simulation engine on Ray,
+  one CPU per client actor). round_s = wall_s - eval_s from metrics.csv (the
+  server-side held-out evaluation is left out: the plain loop does none).
+- ``plain``: one Python process, sequential clients, no Flower, no Ray: the
+  floor on this machine.
+
+Peak memory is the summed RSS of the whole process tree (SuperLink, simulation
+process, Ray's GCS/raylet/workers), sampled every 0.2 s with psutil. Round 1
+(worker start-up) is excluded; round_s is the median of the other rounds.
+
+    python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
+
+writes DIR/bench_simulation.csv (clients, runner, round_s, peak_rss_mb) and
+DIR/bench_simulation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+BENCH_SET = ["partition=iid", "local-epochs=1", "batch-size=16", "eval-every=0",
+             "model='ddpm-small'", "dataset='digits'", "seed=0"]
+
+
+def bench_overrides(n: int, rounds: int) -> list[str]:
+    return BENCH_SET + [f"num-clients={n}", f"clients-per-round={n}", f"rounds={rounds}"]
+
+
+class TreeRSS(threading.Thread):
+    """Peak summed RSS (MB) of a process and all its descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.root, self.interval, self.peak, self.running = psutil.Process(pid), interval, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total / 2**20)
+            time.sleep(self.interval)
+
+
+def measured(cmd: list[str], log: Path) -> float:
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        sampler = TreeRSS(proc.pid)
+        sampler.start()
+        code = proc.wait()
+        sampler.running = False
+        sampler.join()
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:3])} failed (exit {code}); see {log}")
+    return sampler.peak
+
+
+def plain_loop(n: int, rounds: int, out_json: Path) -> None:
+    """The floor: the same local training, sequentially, in this process."""
+    import torch
+
+    from fedsim.config import resolve
+    from fedsim.rng import torch_generator
+    from fedsim.train import make_task, train_local
+    from fedsim.workspace import client_partition, dataset, fresh_model
+
+    cfg = resolve(None, bench_overrides(n, rounds))
+    train = dataset(cfg, "train")
+    parts = client_partition(cfg, train.labels)
+    model, task = fresh_model(cfg, train), make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    global_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    times = []
+    for rnd in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        acc = {k: torch.zeros_like(v) for k, v in global_sd.items()}
+        total = 0
+        for pid in range(n):
+            model.load_state_dict(global_sd)
+            idx = torch.from_numpy(parts[pid])
+            stats = train_local(model, task, train.images[idx], torch.from_numpy(train.labels[parts[pid]]),
+                                epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                generator=torch_generator(cfg.seed, "train", rnd, pid))
+            for k, v in model.state_dict().items():
+                acc[k] += v * stats.num_examples
+            total += stats.num_examples
+        global_sd = {k: v / total for k, v in acc.items()}
+        times.append(time.perf_counter() - t0)
+    out_json.write_text(json.dumps({"round_s": times}))
+
+
+def median_after_first(values: list[float]) -> float:
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def run_fedsim(n: int, rounds: int, out: Path) -> tuple[float, float]:
+    import pandas as pd
+
+    run_dir = out / f"fedsim-{n}"
+    cmd = [str(Path(sys.executable).parent / "fedsim"), "run", "--out", str(run_dir)]
+    for item in bench_overrides(n, rounds):
+        cmd += ["--set", item]
+    peak = measured(cmd, out / f"fedsim-{n}.log")
+    df = pd.read_csv(run_dir / "metrics.csv")
+    return median_after_first(list(df["wall_s"] - df["eval_s"])), peak
+
+
+def run_plain(n: int, rounds: int, out: Path) -> tuple[float, float]:
+    res = out / f"plain-{n}.json"
+    peak = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds),
+                     "--out", str(res)], out / f"plain-{n}.log")
+    return median_after_first(json.loads(res.read_text())["round_s"]), peak
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for runner, style in (("plain", "s--"), ("fedsim", "o-")):
+        sel = [r for r in rows if r["runner"] == runner]
+        for ax, key, label in ((axes[0], "round_s", "seconds per round"),
+                               (axes[1], "peak_rss_mb", "peak RSS of process tree (MB)")):
+            ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, label=runner)
+            ax.set_xscale("log")
+            ax.set_xlabel("simulated clients (all train every round)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle("fedsim simulation overhead vs a plain PyTorch loop (same local work)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (CSV, PNG, logs)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain:
+        plain_loop(args.plain, args.rounds, Path(args.out))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in args.clients:
+        for runner, fn in (("plain", run_plain), ("fedsim", run_fedsim)):
+            round_s, peak = fn(n, args.rounds, out)
+            rows.append({"clients": n, "runner": runner, "round_s": round(round_s, 3),
+                         "peak_rss_mb": round(peak, 1)})
+            print(f"{n:>5} clients  {runner:<6}  {round_s:8.2f} s/round  peak {peak:8.0f} MB", flush=True)
+    with (out / "bench_simulation.csv").open("w") as f:
+        f.write("clients,runner,round_s,peak_rss_mb\n")
+        for r in rows:
+            f.write(f"{r['clients']},{r['runner']},{r['round_s']},{r['peak_rss_mb']}\n")
+    plot(rows, out / "bench_simulation.png")
+    for n in args.clients:
+        p, f = (next(r for r in rows if r["clients"] == n and r["runner"] == k) for k in ("plain", "fedsim"))
+        print(f"{n:>5} clients: fedsim/plain time ratio {f['round_s'] / p['round_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
