@@ -33,7 +33,7 @@ class RunFailed(RuntimeError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
-        print(f"fedsim: error: {message} (see fedsim {self.prog.split()[-1]} --help)", file=sys.stderr)
+        print(f"fedsim: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -103,6 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve(args.config, args.set)
     out = Path(args.out or cfg.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     cfg = cfg.replace(out_dir=str(out))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     if (out / "metrics.csv").exists():
         raise ConfigError(f"{out} already holds a run (metrics.csv); choose another --out")
     preflight(cfg)

@@ -27,12 +27,19 @@ class InjectedClientFailure(RuntimeError):
 
 
 @functools.lru_cache(maxsize=8)
-def _config(items: tuple) -> RunConfig:
-    return load_config(dict(items))
+def _config(items: tuple, num_partitions: int | None) -> RunConfig:
+    """The run config; with ``flwr run .`` the federation size comes from
+    Flower's node config (num-partitions), which then overrides num-clients."""
+    cfg = load_config(dict(items))
+    if num_partitions and num_partitions != cfg.num_clients:
+        cfg = cfg.replace(num_clients=num_partitions,
+                          clients_per_round=min(cfg.clients_per_round, num_partitions))
+    return cfg
 
 
 def _setup(context: Context):
-    cfg = _config(tuple(sorted(context.run_config.items())))
+    parts = context.node_config.get("num-partitions")
+    cfg = _config(tuple(sorted(context.run_config.items())), int(parts) if parts else None)
     return cfg, workspace(cfg), int(context.node_config["partition-id"])
 
 

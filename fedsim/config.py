@@ -170,8 +170,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    app = data.get("tool", {}).get("flwr", {}).get("app", {})
-    return dict(app.get("config", data if "tool" not in data else {}))
+    if "tool" not in data:
+        return data
+    try:
+        return dict(data["tool"]["flwr"]["app"]["config"])
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} has a [tool] table but no [tool.flwr.app.config]") from None
 
 
 def resolve(path: str | Path | None, overrides: list[str]) -> RunConfig:

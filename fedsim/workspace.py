@@ -65,6 +65,9 @@ def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
 
 @functools.lru_cache(maxsize=2)
 def workspace(cfg: RunConfig) -> Workspace:
+    # Each simulated client gets client-cpus cores: use that many threads, not
+    # all of the machine's (two 2-thread actors on 2 cores thrash).
+    torch.set_num_threads(cfg.client_cpus)
     train = dataset(cfg, "train")
     device = pick_device(cfg.device)
     model = fresh_model(cfg, train).to(device)

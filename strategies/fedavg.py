@@ -13,6 +13,7 @@ Extends Flower's ``FedAvg`` through its hooks only:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from logging import WARNING
 
@@ -32,8 +33,8 @@ def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
     if reply.has_error():
         return f"client error: {reply.error.reason}"
     content = reply.content
-    if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-        return "reply lacks 'arrays' or 'metrics'"
+    if list(content.array_records) != ["arrays"] or list(content.metric_records) != ["metrics"]:
+        return "reply must hold exactly one ArrayRecord 'arrays' and one MetricRecord 'metrics'"
     if "num-examples" not in content["metrics"]:
         return "reply lacks num-examples"
     arrays = content["arrays"]
@@ -45,6 +46,17 @@ def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
         if not np.isfinite(arrays[key].numpy()).all():
             return f"array '{key}' has non-finite values"
     return None
+
+
+def _common_metric_keys(replies: list[Message]) -> tuple[list[Message], list[Message]]:
+    """Split replies into those sharing the most common metric-key set and the
+    rest (Flower's aggregation requires the same keys in every reply)."""
+    keysets = [frozenset(m.content["metrics"].keys()) for m in replies]
+    if not keysets:
+        return [], []
+    common = Counter(keysets).most_common(1)[0][0]
+    return ([m for m, k in zip(replies, keysets) if k == common],
+            [m for m, k in zip(replies, keysets) if k != common])
 
 
 class FedAvg(FlowerFedAvg):
@@ -95,6 +107,11 @@ class FedAvg(FlowerFedAvg):
                 server_round, reply.metadata.src_node_id, problem)
         sampled = self.log_book.get(server_round).get("clients_sampled", len(replies))
         missing = max(sampled - len(replies), 0)  # timed out
+        valid, odd = _common_metric_keys(valid)
+        for reply in odd:
+            log(WARNING, "round %d: reply from node %d not aggregated: its metric keys differ "
+                "from the other replies'", server_round, reply.metadata.src_node_id)
+        rejected += len(odd)
         self.log_book.record(server_round, clients_failed=failed + missing, clients_rejected=rejected)
         if not valid:
             return None, None
