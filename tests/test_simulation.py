@@ -1,0 +1,94 @@
+"""End to end through Flower's simulation engine on Ray (slow: ~2 min together).
+
+One run of 20 clients x 2 rounds with injected client failures; the same
+config and seed again on an existing Ray cluster (``ray start --head``) must
+give the same metrics.csv (timing columns aside).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsim.rng import derive
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SETTINGS = ["num-clients=20", "clients-per-round=10", "rounds=2", "partition='iid'", "local-epochs=1",
+            "client-failure-rate=0.3", "eval-every=2", "num-samples=32", "sample-steps=5", "seed=3"]
+TIMING = ["wall_s", "eval_s"]
+
+
+def fedsim_run(out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in [*SETTINGS, *extra]:
+        cmd += ["--set", item]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    return {**os.environ, "FEDSIM_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, env) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "run"
+    res = fedsim_run(out, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+def test_run_folder_complete(first_run: Path) -> None:
+    for name in ["config.toml", "metrics.csv", "curves.png", "samples/round_002.png",
+                 "model/config.json", "model/diffusion_pytorch_model.safetensors", "logs/server.log"]:
+        assert (first_run / name).is_file(), name
+    df = pd.read_csv(first_run / "metrics.csv")
+    assert list(df["round"]) == [1, 2]
+    assert (df["clients_sampled"] == 10).all()
+    assert np.isfinite(df["eval_loss"]).all() and np.isfinite(df["train_loss"]).all()
+    assert (df["bytes_up"] > 0).all() and (df["bytes_down"] > 0).all()
+    assert np.isfinite(df["fd"].iloc[1])
+
+
+def test_injected_failures_counted_and_round_goes_on(first_run: Path) -> None:
+    """The failures are drawn from (seed, "fault", round, pid): recompute them."""
+    df = pd.read_csv(first_run / "metrics.csv")
+    for _, row in df.iterrows():
+        chosen = [int(p) for p in str(row["selected"]).split()]
+        expected = sum(derive(3, "fault", int(row["round"]), p).random() < 0.3 for p in chosen)
+        assert 0 < expected < 10  # the seed is chosen so that both kinds occur
+        assert row["clients_failed"] == expected
+        # bytes_up counts only the successful replies' payloads
+        assert row["bytes_up"] < row["bytes_down"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_same_metrics_on_an_existing_ray_cluster(first_run: Path, tmp_path: Path, env: dict) -> None:
+    port = _free_port()
+    ray = str(BIN / "ray")
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180, env=env)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        res = fedsim_run(tmp_path / "cluster", f"ray-address='127.0.0.1:{port}'", env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    a = pd.read_csv(first_run / "metrics.csv").drop(columns=TIMING)
+    b = pd.read_csv(tmp_path / "cluster" / "metrics.csv").drop(columns=TIMING)
+    pd.testing.assert_frame_equal(a, b)
