@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import RunConfig, load_config
 from fedsim.rng import derive, torch_generator
 from fedsim.train import batch_gradient, per_sample_losses, train_local
+from fedsim.wire import to_array_record, to_state_dict
 from fedsim.workspace import workspace
 
 app = ClientApp()
@@ -43,10 +44,6 @@ def _setup(context: Context):
     return cfg, workspace(cfg), int(context.node_config["partition-id"])
 
 
-def _state_dict(arrays: ArrayRecord):
-    return arrays.to_torch_state_dict()
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     cfg, ws, pid = _setup(context)
@@ -61,18 +58,18 @@ def train(msg: Message, context: Context) -> Message:
     rnd = int(msg.content["config"]["server-round"])
     if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
         raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
-    ws.model.load_state_dict(_state_dict(msg.content["arrays"]))
+    ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
     images, labels = ws.client_data(pid)
     gen = torch_generator(cfg.seed, "train", rnd, pid)
     if cfg.mode == "fedsgd":
         grads, stats = batch_gradient(ws.model, ws.task, images, labels,
                                       batch_size=cfg.batch_size, generator=gen)
-        arrays, payload = ArrayRecord({k: v.cpu() for k, v in grads.items()}), "gradient"
+        arrays, payload = to_array_record(grads), "gradient"
     else:
         stats = train_local(ws.model, ws.task, images, labels, epochs=cfg.local_epochs,
                             batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                             momentum=cfg.momentum, generator=gen)
-        arrays = ArrayRecord({k: v.detach().cpu() for k, v in ws.model.state_dict().items()})
+        arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss})
     meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
@@ -83,7 +80,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, ws, pid = _setup(context)
     rnd = int(msg.content["config"]["server-round"])
-    ws.model.load_state_dict(_state_dict(msg.content["arrays"]))
+    ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
     images, labels = ws.client_data(pid)
     losses = per_sample_losses(ws.model, ws.task, images, labels,
                                generator=torch_generator(cfg.seed, "client-eval", rnd, pid))

@@ -49,6 +49,7 @@ class RunConfig:
     clients_per_round: int = 10
     server_lr: float = 1.0  # FedSGD: w <- w - server_lr * mean gradient
     round_timeout: float = 3600.0
+    max_in_flight: int = 0  # messages in flight at once; 0: 16 in simulation, all at once deployed
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
     # local training
     local_epochs: int = 5
@@ -61,6 +62,7 @@ class RunConfig:
     num_samples: int = 256
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sample_steps: int = 50
+    inception_weights: str = ""  # local TorchScript inception-2015-12-05.pt: adds Inception-FID
     # resources
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -87,6 +89,7 @@ class RunConfig:
             (self.num_samples >= 2, "num-samples must be >= 2"),
             (self.client_cpus >= 1, "client-cpus must be >= 1"),
             (self.client_gpus >= 0, "client-gpus must be >= 0"),
+            (self.max_in_flight >= 0, "max-in-flight must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

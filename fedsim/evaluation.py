@@ -5,7 +5,8 @@ Every round: held-out loss on the test split with a fixed probe (the same
 accuracy for classifiers. At evaluation rounds (every ``eval-every`` rounds
 and the last) for diffusion models: a PNG grid of samples, the Frechet
 distance in the evaluator classifier's feature space against the test split,
-and the class histogram of generated samples as judged by that classifier.
+the class histogram of generated samples as judged by that classifier, and
+Inception-FID when ``inception-weights`` names a local TorchScript Inception.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 from fedsim.config import RunConfig
 from fedsim.diffusion import sample
 from fedsim.evaluator import Evaluator, frechet_distance, get_evaluator
+from fedsim.inception import inception_features, load_inception
 from fedsim.rng import torch_generator
 from fedsim.train import Task, accuracy, make_task, per_sample_losses
 from fedsim.workspace import dataset, fresh_model, pick_device
@@ -49,6 +51,14 @@ class ServerEvaluator:
         self.labels = torch.tensor(self.test.labels)
         self._evaluator: Evaluator | None = None
         self._real_features: np.ndarray | None = None
+        self._real_inception: np.ndarray | None = None
+
+    @property
+    def quality_columns(self) -> list[str]:
+        if not self.cfg.is_diffusion:
+            return ["test_acc"]
+        extra = ["inception_fid"] if self.cfg.inception_weights else []
+        return ["fd", *extra, "evaluator_acc", *[f"gen_class_{c}" for c in range(self.test.num_classes)]]
 
     @property
     def evaluator(self) -> Evaluator:
@@ -84,4 +94,9 @@ class ServerEvaluator:
         row = {"fd": frechet_distance(ev.features(images), self._real_features),
                "evaluator_acc": ev.test_accuracy}
         row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
+        if cfg.inception_weights:
+            detector = load_inception(cfg.inception_weights)
+            if self._real_inception is None:
+                self._real_inception = inception_features(detector, self.test.images)
+            row["inception_fid"] = frechet_distance(inception_features(detector, images), self._real_inception)
         return row

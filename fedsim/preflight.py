@@ -24,16 +24,21 @@ def check(cfg: RunConfig) -> None:
     dataset(cfg, "test")
     client_partition(cfg, train.labels)
     fresh_model(cfg, train)
+    if cfg.inception_weights:
+        from fedsim.inception import load_inception
+
+        load_inception(cfg.inception_weights)
 
 
 def main() -> int:
     from fedsim.data import DataError
+    from fedsim.inception import InceptionError
     from fedsim.model import ModelError
     from fedsim.partition import PartitionError
 
     try:
         check(load_config(tomllib.loads(sys.stdin.read())))
-    except (ConfigError, DataError, PartitionError, ModelError) as err:
+    except (ConfigError, DataError, PartitionError, ModelError, InceptionError) as err:
         print(f"fedsim: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -17,10 +17,13 @@ from fedsim.model import save_model
 from fedsim.plots import plot_curves
 from fedsim.round_log import RoundLog
 from fedsim.run_folder import RunFolder
+from fedsim.wire import to_array_record, to_state_dict
+from fedsim.windowed_grid import WindowedGrid, in_simulation
 from strategies import build_strategy
 from strategies.client_registry import discover_clients
 
 app = ServerApp()
+SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
 
 
 def default_out_dir() -> str:
@@ -46,7 +49,7 @@ class RoundRecorder:
 
     def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
         t_eval = time.perf_counter()
-        scores = self.evaluator(rnd, arrays.to_torch_state_dict())
+        scores = self.evaluator(rnd, to_state_dict(arrays))
         scores["eval_s"] = time.perf_counter() - t_eval
         if rnd == 0:
             self.initial = scores
@@ -80,17 +83,17 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     log = RoundLog()
     strategy = build_strategy(cfg, clients, log)
     evaluator = ServerEvaluator(cfg, folder.path)
-    k = evaluator.test.num_classes
-    extra = (["fd", "evaluator_acc", *[f"gen_class_{c}" for c in range(k)]]
-             if cfg.is_diffusion else ["test_acc"])
-    folder.start_metrics(extra)
+    folder.start_metrics(evaluator.quality_columns)
     recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
-    initial = ArrayRecord({k: v.detach().cpu() for k, v in evaluator.model.state_dict().items()})
+    window = cfg.max_in_flight or (SIMULATION_WINDOW if in_simulation(grid) else 0)
+    if window:
+        grid = WindowedGrid(grid, window)
+    initial = to_array_record(evaluator.model.state_dict())
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                             timeout=cfg.round_timeout, train_config=ConfigRecord(),
                             evaluate_fn=recorder)
     if len(result.arrays):
-        evaluator.model.load_state_dict(result.arrays.to_torch_state_dict())
+        evaluator.model.load_state_dict(to_state_dict(result.arrays))
     save_model(evaluator.model.cpu(), folder.path / "model")
     plot_curves(folder.metrics_path, folder.path / "curves.png")
     folder.status("done", round=cfg.rounds, rounds=cfg.rounds, clients=len(clients),

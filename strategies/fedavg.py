@@ -7,7 +7,10 @@ Extends Flower's ``FedAvg`` through its hooks only:
 - ``aggregate_train`` drops failed replies and rejects replies whose arrays do
   not match the global model's keys/shapes or are not finite (logged, counted,
   never aggregated), orders the rest by partition id (so float sums are the
-  same in every run), then lets Flower compute the sample-weighted mean.
+  same in every run), then takes the sample-weighted mean (float64
+  accumulation over zero-copy views: Flower's own ``aggregate_arrayrecords``
+  decodes every array through ``np.load``, 1.8 s per 100 replies of ddpm-small)
+  and aggregates metrics with Flower's ``train_metrics_aggr_fn``.
   In FedSGD mode replies carry gradients: w <- w - server_lr * weighted mean.
 """
 
@@ -18,13 +21,14 @@ from collections.abc import Iterable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedsim.rng import derive
 from fedsim.round_log import RoundLog
+from fedsim.wire import array_view, numpy_array
 from strategies.client_registry import ClientInfo
 
 
@@ -43,9 +47,23 @@ def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
     for key, ref in reference.items():
         if tuple(arrays[key].shape) != tuple(ref.shape):
             return f"array '{key}' has shape {tuple(arrays[key].shape)}, expected {tuple(ref.shape)}"
-        if not np.isfinite(arrays[key].numpy()).all():
+        # A float64 sum is finite iff every element is (inf and nan propagate;
+        # float32 inputs cannot overflow it): no boolean temporaries.
+        if not np.isfinite(array_view(arrays[key]).sum(dtype=np.float64)):
             return f"array '{key}' has non-finite values"
     return None
+
+
+def weighted_mean(records: list[ArrayRecord], weights: list[float], reference: ArrayRecord) -> ArrayRecord:
+    """sum_i w_i x_i / sum_i w_i per array, in float64, cast to the reference dtype."""
+    total = float(sum(weights))
+    out = {}
+    for key, ref in reference.items():
+        acc = np.zeros(tuple(ref.shape), dtype=np.float64)
+        for record, w in zip(records, weights):
+            acc += array_view(record[key]) * (w / total)
+        out[key] = numpy_array(acc.astype(array_view(ref).dtype))
+    return ArrayRecord(out, keep_input=True)
 
 
 def _common_metric_keys(replies: list[Message]) -> tuple[list[Message], list[Message]]:
@@ -116,14 +134,16 @@ class FedAvg(FlowerFedAvg):
         if not valid:
             return None, None
         valid.sort(key=lambda m: self._partition_of(m))
-        arrays, metrics = super().aggregate_train(server_round, valid)
-        if metrics is not None and "train-loss" in metrics:
+        contents = [m.content for m in valid]
+        weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
+        arrays = weighted_mean([c["arrays"] for c in contents], weights, self._global)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        if "train-loss" in metrics:
             self.log_book.record(server_round, train_loss=float(metrics["train-loss"]))
-        if self.mode == "fedsgd" and arrays is not None:
-            arrays = ArrayRecord({
-                k: Array(np.asarray(self._global[k].numpy() - self.server_lr * arrays[k].numpy(),
-                                    dtype=self._global[k].numpy().dtype))
-                for k in self._global.keys()})
+        if self.mode == "fedsgd":  # replies carry gradients: one server step
+            arrays = ArrayRecord({k: numpy_array(array_view(self._global[k])
+                                                 - self.server_lr * array_view(arrays[k]))
+                                  for k in self._global.keys()}, keep_input=True)
         return arrays, metrics
 
     def _partition_of(self, reply: Message) -> int:

@@ -13,17 +13,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.round_log import RoundLog
+from fedsim.wire import payload_bytes
 from strategies.wrapper import StrategyWrapper
 
 
 def wire_bytes(message: Message) -> int:
-    """Serialized payload size; 0 for an error reply (it carries no content)."""
-    return recorddict_to_proto(message.content).ByteSize() if message.has_content() else 0
+    """Serialized payload size (exactly ``recorddict_to_proto(content).ByteSize()``);
+    0 for an error reply, which carries no content."""
+    return payload_bytes(message.content) if message.has_content() else 0
 
 
 class Metered(StrategyWrapper):

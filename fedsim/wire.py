@@ -1,0 +1,124 @@
+"""Fast, exact conversions between Flower records and numpy/torch.
+
+Written by hand because the library paths cost more than the training they
+serve (measured on ddpm-small, 144 arrays, 2.8 MB, 100 replies per round):
+- ``Array.numpy()`` runs ``np.load``, which parses every npy header with
+  ``ast``: validating and averaging 100 replies took 3.7 s. ``array_view``
+  reads the header length and returns a zero-copy view: ~0.1 s.
+- ``recorddict_to_proto(...).ByteSize()`` copies every byte into protobuf
+  objects: 2.3 s for 100 replies. ``payload_bytes`` computes the same number
+  from field lengths with the protobuf wire rules (the tests check it equals
+  ``ByteSize()``); only small metric/config records are really serialized.
+- ``ArrayRecord(state_dict)`` writes each npy header through ``np.save``;
+  ``to_array_record`` reuses one header per (dtype, shape).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import config_record_to_proto, metric_record_to_proto
+from flwr.proto.recorddict_pb2 import Array as ProtoArray  # pylint: disable=no-name-in-module
+
+NUMPY = "numpy.ndarray"
+
+
+def array_view(array: Array) -> np.ndarray:
+    """Read-only zero-copy view of an Array holding npy bytes (C order)."""
+    data = array.data
+    if array.stype != NUMPY or data[:6] != b"\x93NUMPY":
+        return array.numpy()
+    major = data[6]
+    size_bytes = 2 if major == 1 else 4
+    header_len = int.from_bytes(data[8:8 + size_bytes], "little")
+    offset = 8 + size_bytes + header_len
+    if b"'fortran_order': True" in data[8 + size_bytes:offset]:
+        return array.numpy()
+    dtype = np.lib.format.descr_to_dtype(_descr(data[8 + size_bytes:offset]))
+    count = int(np.prod(array.shape, dtype=np.int64))
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(array.shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _descr(header: bytes) -> str:
+    import ast
+
+    return ast.literal_eval(header.decode("latin1"))["descr"]
+
+
+def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: array_view(v) for k, v in record.items()}
+
+
+def to_state_dict(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Writable torch tensors (one memcpy each) for ``load_state_dict``."""
+    return {k: torch.from_numpy(array_view(v).copy()) for k, v in record.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue()
+
+
+def numpy_array(arr: np.ndarray) -> Array:
+    arr = np.ascontiguousarray(arr)
+    header = _npy_header(np.lib.format.dtype_to_descr(arr.dtype), tuple(arr.shape))
+    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=NUMPY, data=header + arr.tobytes())
+
+
+def to_array_record(tensors: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> ArrayRecord:
+    """Same bytes as ``ArrayRecord(state_dict)``; np.load reads them back."""
+    out = {}
+    for k, v in tensors.items():
+        out[k] = numpy_array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+    return ArrayRecord(out, keep_input=True)
+
+
+# -- exact protobuf sizes -------------------------------------------------
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field(payload: int, tag_len: int = 1) -> int:
+    """A length-delimited field (string, bytes, sub-message); 0 bytes when empty."""
+    return tag_len + _varint_len(payload) + payload
+
+
+@functools.lru_cache(maxsize=4096)
+def _array_head(dtype: str, shape: tuple[int, ...], stype: str) -> int:
+    return ProtoArray(dtype=dtype, shape=shape, stype=stype).ByteSize()
+
+
+def array_bytes(array: Array) -> int:
+    n = len(array.data)
+    return _array_head(array.dtype, tuple(array.shape), array.stype) + (_field(n) if n else 0)
+
+
+def _item(key: str, value_size: int) -> int:
+    k = len(key.encode())
+    return (_field(k) if k else 0) + _field(value_size)
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Size of ``recorddict_to_proto(content).ByteSize()`` without serializing arrays."""
+    total = 0
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            size = sum(_field(_item(k, array_bytes(a))) for k, a in record.items())
+        elif isinstance(record, MetricRecord):
+            size = metric_record_to_proto(record).ByteSize()
+        elif isinstance(record, ConfigRecord):
+            size = config_record_to_proto(record).ByteSize()
+        else:
+            raise TypeError(f"unsupported record type {type(record).__name__}")
+        total += _field(_item(key, size))
+    return total

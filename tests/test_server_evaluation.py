@@ -1,0 +1,65 @@
+"""fedsim/evaluation.py ServerEvaluator and fedsim/inception.py plumbing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.config import RunConfig
+from fedsim.evaluation import ServerEvaluator
+from fedsim.inception import InceptionError, inception_features, load_inception
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+
+
+class FakeDetector(torch.nn.Module):
+    """Same call convention as NVIDIA's TorchScript Inception: uint8 NCHW in."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert x.dtype == torch.uint8
+        f = x.float()
+        return torch.cat([f.mean((2, 3)), f.std((2, 3))], 1)
+
+
+def test_classifier_round_reports_accuracy(tmp_path) -> None:
+    ev = ServerEvaluator(RunConfig(model="cnn"), tmp_path)
+    row = ev(1, ev.model.state_dict())
+    assert 0.0 <= row["test_acc"] <= 1.0 and np.isfinite(row["eval_loss"])
+    assert ev.quality_columns == ["test_acc"]
+
+
+def test_eval_loss_probe_is_fixed(tmp_path) -> None:
+    ev = ServerEvaluator(RunConfig(), tmp_path)
+    sd = ev.model.state_dict()
+    assert ev(1, sd)["eval_loss"] == ev(2, sd)["eval_loss"]
+
+
+def test_quality_round_with_inception(tmp_path) -> None:
+    path = tmp_path / "inception.pt"
+    torch.jit.save(torch.jit.script(FakeDetector()), str(path))
+    cfg = RunConfig(rounds=1, num_samples=20, sample_steps=2, inception_weights=str(path))
+    ev = ServerEvaluator(cfg, tmp_path)
+    row = ev(1, ev.model.state_dict())
+    assert set(ev.quality_columns) <= set(row) | {"eval_loss"}
+    assert np.isfinite(row["fd"]) and np.isfinite(row["inception_fid"])
+    assert abs(sum(row[f"gen_class_{c}"] for c in range(10)) - 1) < 1e-9
+    assert (tmp_path / "samples" / "round_001.png").is_file()
+
+
+def test_inception_features_gray_to_rgb() -> None:
+    det = torch.jit.script(FakeDetector())
+    feats = inception_features(det, torch.zeros(4, 1, 8, 8))
+    assert feats.shape == (4, 6)
+    assert np.allclose(feats[:, :3], 127.5, atol=0.5)  # 0.0 in [-1, 1] -> 128 in uint8
+
+
+def test_inception_bad_path(tmp_path) -> None:
+    with pytest.raises(InceptionError, match="no file"):
+        load_inception(str(tmp_path / "nope.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not torchscript")
+    with pytest.raises(InceptionError, match="TorchScript"):
+        load_inception(str(tmp_path / "junk.pt"))
