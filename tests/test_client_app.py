@@ -1,0 +1,97 @@
+"""fedsim/client_app.py handlers called in-process (no Ray): the same Message in
+and reply out that a SuperNode would see."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim import client_app
+from fedsim.config import RunConfig
+from fedsim.rng import derive
+from fedsim.wire import to_array_record, to_state_dict
+from fedsim.workspace import fresh_model, dataset, workspace
+
+CFG = RunConfig(num_clients=20, partition="iid", local_epochs=1, batch_size=8, model="cnn")
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+
+
+def context(cfg: RunConfig, pid: int) -> Context:
+    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
+                   state=RecordDict(), run_config=cfg.to_flwr())
+
+
+def instruction(cfg: RunConfig, kind: str, rnd: int = 1, pid: int = 0) -> Message:
+    model = fresh_model(cfg, dataset(cfg, "train"))
+    content = RecordDict({"arrays": to_array_record(model.state_dict()),
+                          "config": ConfigRecord({"server-round": rnd})})
+    return Message(content, dst_node_id=100 + pid, message_type=kind)
+
+
+def test_query_declares_partition_and_histogram() -> None:
+    reply = client_app.query(Message(RecordDict({"config": ConfigRecord({"server-round": 0})}),
+                                     dst_node_id=103, message_type=MessageType.QUERY), context(CFG, 3))
+    info = reply.content["info"]
+    ws = workspace(CFG)
+    assert info["partition-id"] == 3 and info["num-examples"] == len(ws.parts[3])
+    assert sum(info["label-hist"]) == info["num-examples"] and len(info["label-hist"]) == 10
+
+
+def test_train_reply_is_deterministic_and_changes_weights() -> None:
+    msg = instruction(CFG, MessageType.TRAIN, pid=2)
+    a = client_app.train(msg, context(CFG, 2)).content
+    b = client_app.train(msg, context(CFG, 2)).content
+    sa, sb, s0 = to_state_dict(a["arrays"]), to_state_dict(b["arrays"]), to_state_dict(msg.content["arrays"])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], s0[k]) for k in sa)
+    assert a["metrics"]["num-examples"] == len(workspace(CFG).parts[2])
+    assert a["meta"]["payload"] == "weights" and a["meta"]["partition-id"] == 2
+
+
+def test_worker_state_built_once() -> None:
+    client_app.train(instruction(CFG, MessageType.TRAIN, pid=0), context(CFG, 0))
+    before = workspace(CFG)
+    client_app.train(instruction(CFG, MessageType.TRAIN, pid=5), context(CFG, 5))
+    assert workspace(CFG) is before and workspace(CFG).model is before.model
+
+
+def test_fedsgd_replies_one_gradient() -> None:
+    cfg = CFG.replace(mode="fedsgd")
+    msg = instruction(cfg, MessageType.TRAIN, pid=1)
+    reply = client_app.train(msg, context(cfg, 1)).content
+    assert reply["meta"]["payload"] == "gradient"
+    assert reply["metrics"]["num-examples"] == min(cfg.batch_size, len(workspace(cfg).parts[1]))
+    assert set(reply["arrays"].keys()) == set(msg.content["arrays"].keys())
+
+
+def test_injected_failure_raises_for_the_drawn_clients() -> None:
+    cfg = CFG.replace(client_failure_rate=0.5)
+    fails = [p for p in range(20) if derive(cfg.seed, "fault", 1, p).random() < 0.5]
+    assert fails and len(fails) < 20
+    with pytest.raises(client_app.InjectedClientFailure):
+        client_app.train(instruction(cfg, MessageType.TRAIN, pid=fails[0]), context(cfg, fails[0]))
+    ok = next(p for p in range(20) if p not in fails)
+    client_app.train(instruction(cfg, MessageType.TRAIN, pid=ok), context(cfg, ok))
+
+
+def test_evaluate_reports_loss() -> None:
+    reply = client_app.evaluate(instruction(CFG, MessageType.EVALUATE, pid=4), context(CFG, 4)).content
+    assert np.isfinite(reply["metrics"]["eval-loss"]) and reply["metrics"]["num-examples"] > 0
+
+
+def test_flwr_run_federation_size_overrides_num_clients() -> None:
+    ctx = context(CFG, 1)
+    ctx.node_config["num-partitions"] = 4  # `flwr run .` with 4 supernodes
+    reply = client_app.query(Message(RecordDict({"config": ConfigRecord({"server-round": 0})}),
+                                     dst_node_id=101, message_type=MessageType.QUERY), ctx)
+    assert reply.content["info"]["num-examples"] == len(workspace(CFG.replace(num_clients=4, clients_per_round=4)).parts[1])
