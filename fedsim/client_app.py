@@ -1,9 +1,10 @@
 """ClientApp: Flower Message -> local training -> reply. Translation only.
 
 - QUERY: declare partition id, data size and label histogram (once per run).
-- TRAIN: load the global weights, train locally (or, in FedSGD mode, compute
-  one gradient of one batch) and reply with weights (or gradients),
-  ``num-examples`` and ``train-loss``.
+- TRAIN: load the global weights, train locally with the lr / local-epochs /
+  batch-size the server sent (or, in FedSGD mode, compute one gradient of one
+  batch) and reply with weights (or gradients), ``num-examples`` and
+  ``train-loss``.
 - EVALUATE: mean loss of the global model on the client's own data.
 """
 
@@ -55,7 +56,11 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, ws, pid = _setup(context)
-    rnd = int(msg.content["config"]["server-round"])
+    sent = msg.content["config"]
+    rnd = int(sent["server-round"])
+    lr = float(sent.get("lr", cfg.lr))
+    epochs = int(sent.get("local-epochs", cfg.local_epochs))
+    batch_size = int(sent.get("batch-size", cfg.batch_size))
     if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
         raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
     ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
@@ -63,11 +68,11 @@ def train(msg: Message, context: Context) -> Message:
     gen = torch_generator(cfg.seed, "train", rnd, pid)
     if cfg.mode == "fedsgd":
         grads, stats = batch_gradient(ws.model, ws.task, images, labels,
-                                      batch_size=cfg.batch_size, generator=gen)
+                                      batch_size=batch_size, generator=gen)
         arrays, payload = to_array_record(grads), "gradient"
     else:
-        stats = train_local(ws.model, ws.task, images, labels, epochs=cfg.local_epochs,
-                            batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+        stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
+                            batch_size=batch_size, lr=lr, optimizer=cfg.optimizer,
                             momentum=cfg.momentum, generator=gen)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"

@@ -51,6 +51,8 @@ class RunConfig:
     round_timeout: float = 3600.0
     max_in_flight: int = 0  # messages in flight at once; 0: 16 in simulation, all at once deployed
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
+    record_clients: str = ""  # observations for attacks: "" none, "all", or partition ids "0 7 12"
+    record_rounds: str = "all"  # rounds to record: "all" or "1 5"
     # local training
     local_epochs: int = 5
     batch_size: int = 16
@@ -94,6 +96,8 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for key in ("record_clients", "record_rounds"):
+            parse_ids(getattr(self, key), key.replace("_", "-"))
 
     @property
     def is_diffusion(self) -> bool:
@@ -105,6 +109,17 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_ids(text: str, key: str = "ids") -> set[int] | None:
+    """"all" -> None (everything); "" -> empty set; "0 7 12" or "0,7" -> {0, 7, 12}."""
+    text = text.strip()
+    if text == "all":
+        return None
+    try:
+        return {int(tok) for tok in text.replace(",", " ").split()}
+    except ValueError:
+        raise ConfigError(f"{key} must be 'all' or whole numbers separated by spaces; got {text!r}") from None
 
 
 def _kebab(name: str) -> str:

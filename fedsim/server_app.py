@@ -38,6 +38,12 @@ def log_to_file(path: Path) -> None:
     logging.getLogger("flwr").addHandler(handler)
 
 
+def train_config(cfg) -> ConfigRecord:
+    """Local hyper-parameters travel with every TRAIN message (server-driven),
+    so a recorded observation holds what the client was told to do."""
+    return ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size})
+
+
 class RoundRecorder:
     """``evaluate_fn`` for ``Strategy.start``: evaluates, then writes the round's row."""
 
@@ -90,7 +96,7 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
         grid = WindowedGrid(grid, window)
     initial = to_array_record(evaluator.model.state_dict())
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                            timeout=cfg.round_timeout, train_config=ConfigRecord(),
+                            timeout=cfg.round_timeout, train_config=train_config(cfg),
                             evaluate_fn=recorder)
     if len(result.arrays):
         evaluator.model.load_state_dict(to_state_dict(result.arrays))

@@ -1,0 +1,173 @@
+"""Reconstruction quality vs ground truth: PSNR, SSIM, MSE, label accuracy, batch matching.
+
+The only file of the attack module that sees the true images and labels (STYLE rule 6);
+attacks return a reconstruction, `score` compares it with the truth. Conventions follow
+docs "Metrics conventions" (shared/papers/attacks.md): per image, on denormalised images
+clamped to [0, 1], after a Hungarian match, then mean and SD over the images.
+LPIPS needs local backbone weights, which this project does not ship, so it is "n/a" (None).
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+SSIM_VARIANT = "SSIM (Wang et al. 2004; Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, channel mean)"
+SSIM_WINDOW = 11  # Gaussian taps for sigma 1.5 at skimage's truncate=3.5: 2*int(3.5*1.5+0.5)+1
+
+
+def to_unit(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Map images from `value_range` = (lo, hi) to [0, 1]: x' = clamp((x - lo) / (hi - lo), 0, 1).
+
+    images: (B, C, H, W) any float dtype; returns the same shape, detached, float64 on CPU
+    (float64 so that a 0.1 offset gives MSE 0.01 to rounding error)."""
+    lo, hi = float(value_range[0]), float(value_range[1])
+    if not hi > lo:
+        raise ValueError(f"value_range must have hi > lo, got {value_range}")
+    x = images.detach().to("cpu", torch.float64)
+    return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"expected two (B, C, H, W) tensors of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+    return a.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared error MSE_i = mean_{c,h,w} (a_i - b_i)^2.
+
+    a, b: (B, C, H, W) in [0, 1] (see `to_unit`); returns (B,) float64."""
+    a, b = _check_pair(a, b)
+    return (a - b).pow(2).flatten(1).mean(dim=1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR_i = 10 log10(MAX^2 / MSE_i) with MAX = 1 (images in [0, 1]); +inf where MSE_i = 0.
+
+    The GIDM code computes 20 log10(255 / sqrt(MSE)) on [0, 1] images, i.e. our value plus
+    20 log10(255) = 48.13 dB; we do NOT add that offset, so subtract 48.13 dB from GIDM
+    numbers before comparing. a, b: (B, C, H, W); returns (B,) float64."""
+    m = mse(a, b)
+    return torch.where(m > 0, -10.0 * torch.log10(m), torch.full_like(m, float("inf")))
+
+
+def _ssim_window(h: int, w: int) -> int:
+    """Crop window for skimage: 11 (Wang et al.) or, for images with a side < 11, the largest odd
+    size <= min(H, W) (7 for 8x8 digits). skimage rejects win_size > a side, and with
+    gaussian_weights its default win_size is 11, so 8x8 images fail without this."""
+    side = min(h, w, SSIM_WINDOW)
+    return side if side % 2 == 1 else side - 1
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004, eq. 13), averaged over the valid region and then over channels:
+
+        SSIM(x, y) = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
+        C1 = (K1 L)^2, C2 = (K2 L)^2, K1 = 0.01, K2 = 0.03, L = data_range = 1,
+
+    with local moments from a Gaussian window (sigma 1.5, 11 taps, population covariance) via
+    skimage.metrics.structural_similarity, one call per image. Tiny images: skimage applies the
+    11-tap Gaussian with reflect padding whatever `win_size` is, and uses win_size only to crop
+    (win_size - 1) / 2 border pixels before averaging; for a side < 11 we pass the largest odd
+    win_size <= that side (`_ssim_window`), so an 8x8 image is averaged over its central 2x2.
+    Not CW-SSIM (breaching) nor pytorch_ssim (GIDM); see SSIM_VARIANT.
+
+    a, b: (B, C, H, W) in [0, 1]; returns (B,) float64, 1.0 for identical images. Symmetric in a, b."""
+    a, b = _check_pair(a, b)
+    win = _ssim_window(a.shape[2], a.shape[3])
+    out = [
+        structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False, channel_axis=0, win_size=win)
+        for x, y in zip(a.numpy(), b.numpy())
+    ]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def lpips_available() -> bool:
+    """LPIPS (Zhang et al. 2018) needs pretrained backbone weights (AlexNet for lpips v0.1). None are
+    provided locally and downloads are not allowed, so LPIPS is reported as "n/a" (None).
+    Importing `lpips` or torchvision's pretrained models could fetch weights, so we never do."""
+    return False
+
+
+def label_accuracy(pred: Sequence[int] | torch.Tensor, true: Sequence[int] | torch.Tensor) -> float:
+    """Permutation-invariant label accuracy (breaching): 1 - 0.5 * ||bincount(pred) - bincount(true)||_1 / B.
+
+    pred, true: B integer labels each, in any order; 1.0 when the multisets agree, 0.0 when disjoint."""
+    p = torch.as_tensor(pred, dtype=torch.long).flatten().cpu()
+    t = torch.as_tensor(true, dtype=torch.long).flatten().cpu()
+    if len(p) != len(t) or len(t) == 0:
+        raise ValueError(f"need equally many (>0) predicted and true labels, got {len(p)} and {len(t)}")
+    n = int(max(p.max(), t.max())) + 1
+    diff = torch.bincount(p, minlength=n) - torch.bincount(t, minlength=n)
+    return 1.0 - 0.5 * float(diff.abs().sum()) / len(t)
+
+
+def match(recon: torch.Tensor, truth: torch.Tensor, cost: str = "mse") -> torch.Tensor:
+    """Hungarian assignment: perm minimising sum_i cost(recon[perm[i]], truth[i]).
+
+    A batch is recovered as an unordered set, so each true image i is paired with the
+    reconstruction perm[i] before scoring (scipy.optimize.linear_sum_assignment on the
+    (B, B) matrix C[i, j] = MSE(truth[i], recon[j])). Only cost="mse"; LPIPS is unavailable.
+    recon, truth: (B, C, H, W) on one scale; returns (B,) int64 indices, [0] for B = 1."""
+    if cost != "mse":
+        raise ValueError(f"unknown matching cost {cost!r}; known: 'mse' (LPIPS is n/a here)")
+    recon, truth = _check_pair(recon, truth)
+    if truth.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.long)
+    d = torch.cdist(truth.flatten(1), recon.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    c = d.pow(2) / truth[0].numel()  # (B, B) MSE, exact (no matmul shortcut)
+    rows, cols = linear_sum_assignment(c.numpy())
+    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+
+
+def _mean_sd(v: torch.Tensor) -> tuple[float, float]:
+    """Mean and population SD (ddof=0, so 0 for B=1) over images. A +inf PSNR (exact match) makes
+    the mean inf; the SD is then 0 if all values are equal, else nan (undefined)."""
+    x = v.numpy()
+    if np.all(x == x[0]):
+        return float(x[0]), 0.0
+    if not np.all(np.isfinite(x)):
+        return float(np.mean(x)), float("nan")
+    return float(np.mean(x)), float(np.std(x))
+
+
+def score(
+    recon: torch.Tensor,
+    truth: torch.Tensor,
+    *,
+    recon_labels: Sequence[int] | torch.Tensor | None = None,
+    true_labels: Sequence[int] | torch.Tensor | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> dict:
+    """Score a reconstructed batch against the truth.
+
+    1. to_unit both (B, C, H, W) tensors from `value_range` to [0, 1];
+    2. match: recon[perm[i]] pairs with truth[i] (Hungarian on MSE);
+    3. per image MSE, PSNR, SSIM; mean and SD (ddof=0) over the B images.
+    Labels are compared as multisets (`label_accuracy`), so they are not reordered; label_acc
+    is None unless both label lists are given. per_image lists follow the order of `truth`.
+
+    Returns {"psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips": None,
+    "per_image": {"psnr": [...], "ssim": [...], "mse": [...]}} with Python floats."""
+    r, t = to_unit(recon, value_range), to_unit(truth, value_range)
+    r = r[match(r, t)]
+    per = {"psnr": psnr(r, t), "ssim": ssim(r, t), "mse": mse(r, t)}
+    psnr_m, psnr_sd = _mean_sd(per["psnr"])
+    ssim_m, ssim_sd = _mean_sd(per["ssim"])
+    label_acc = None
+    if recon_labels is not None and true_labels is not None:
+        label_acc = label_accuracy(recon_labels, true_labels)
+    return {
+        "psnr": psnr_m,
+        "psnr_sd": psnr_sd,
+        "ssim": ssim_m,
+        "ssim_sd": ssim_sd,
+        "mse": float(per["mse"].mean()),
+        "label_acc": label_acc,
+        "lpips": None,  # n/a: no local LPIPS weights (see lpips_available)
+        "per_image": {k: [float(x) for x in v] for k, v in per.items()},
+    }

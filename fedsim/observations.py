@@ -1,0 +1,70 @@
+"""What an honest-but-curious server saw: one client's upload in one round.
+
+An Observation holds exactly what crossed the wire, decoded to tensors: the
+global weights the server sent, the client's reply (weights or a FedSGD
+gradient, as the ``payload`` says), the number of examples and the reply's
+metrics, plus the training config the server sent. Ground truth (the client's
+images and labels) is never part of it; attacks take an Observation and a
+ThreatModel, and only attacks/metrics.py sees the truth.
+
+Stored under the run folder as
+``observations/round_RRR/client_PPP/{sent,received}.safetensors`` and
+``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class Observation:
+    server_round: int
+    partition_id: int
+    sent: dict[str, torch.Tensor]  # global weights the server sent
+    received: dict[str, torch.Tensor]  # the client's reply: weights, or gradients
+    payload: str  # "weights" | "gradient"
+    num_examples: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # what the server sent with the weights
+
+    def update(self) -> dict[str, torch.Tensor]:
+        """Delta w = w_local - w_server (the negative gradient direction); for a
+        FedSGD observation, the gradient itself."""
+        if self.payload == "gradient":
+            return dict(self.received)
+        return {k: self.received[k] - self.sent[k] for k in self.sent}
+
+
+def folder_of(root: Path, server_round: int, partition_id: int) -> Path:
+    return Path(root) / "observations" / f"round_{server_round:03d}" / f"client_{partition_id:04d}"
+
+
+def save(obs: Observation, root: Path) -> Path:
+    path = folder_of(root, obs.server_round, obs.partition_id)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in obs.sent.items()}, str(path / "sent.safetensors"))
+    save_file({k: v.contiguous() for k, v in obs.received.items()}, str(path / "received.safetensors"))
+    meta = {"server_round": obs.server_round, "partition_id": obs.partition_id, "payload": obs.payload,
+            "num_examples": obs.num_examples, "metrics": obs.metrics, "config": obs.config}
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load(path: Path) -> Observation:
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"no observation at {path} (expected meta.json, sent/received.safetensors)")
+    meta = json.loads((path / "meta.json").read_text())
+    return Observation(sent=load_file(str(path / "sent.safetensors")),
+                       received=load_file(str(path / "received.safetensors")), **meta)
+
+
+def list_observations(root: Path) -> list[Path]:
+    return sorted(Path(root).glob("observations/round_*/client_*"))

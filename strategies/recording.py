@@ -1,0 +1,64 @@
+"""Record what the server observes, for chosen clients and rounds.
+
+A wrapper: ``configure_train`` remembers the global weights and config sent in
+the round; ``aggregate_train`` stores each chosen client's reply as an
+Observation (fedsim/observations.py) before passing the replies on unchanged.
+Placed inside the byte meter and outside any decoder, it records exactly what
+arrived (a compressed update stays compressed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.observations import Observation, save
+from fedsim.wire import to_state_dict
+from strategies.client_registry import ClientInfo
+from strategies.wrapper import StrategyWrapper
+
+
+class Recording(StrategyWrapper):
+    def __init__(self, inner: Strategy, root: Path, clients: dict[int, ClientInfo], *,
+                 partitions: set[int] | None = None, rounds: set[int] | None = None) -> None:
+        """partitions / rounds: which to record (None: all)."""
+        super().__init__(inner)
+        self.root, self.registry = Path(root), clients
+        self.partitions, self.rounds = partitions, rounds
+        self._sent: dict[int, tuple[ArrayRecord, dict]] = {}
+
+    def _wanted(self, server_round: int, partition_id: int | None = None) -> bool:
+        if self.rounds is not None and server_round not in self.rounds:
+            return False
+        return partition_id is None or self.partitions is None or partition_id in self.partitions
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self._wanted(server_round) and messages:
+            sent_config = dict(messages[0].content["config"]) if "config" in messages[0].content else {}
+            self._sent = {server_round: (arrays, sent_config)}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if server_round in self._sent:
+            arrays, config = self._sent.pop(server_round)
+            sent = to_state_dict(arrays)
+            for reply in replies:
+                info = self.registry.get(reply.metadata.src_node_id)
+                if reply.has_error() or info is None or not self._wanted(server_round, info.partition_id):
+                    continue
+                content = reply.content
+                meta = dict(content["meta"]) if "meta" in content.config_records else {}
+                save(Observation(server_round=server_round, partition_id=info.partition_id, sent=sent,
+                                 received=to_state_dict(content["arrays"]),
+                                 payload=str(meta.get("payload", "weights")),
+                                 num_examples=int(content["metrics"]["num-examples"]),
+                                 metrics=dict(content["metrics"]), config=config), self.root)
+        return self.inner.aggregate_train(server_round, replies)
