@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 SETTINGS = ["num-clients=20", "clients-per-round=10", "rounds=2", "partition='iid'", "local-epochs=1",
-            "client-failure-rate=0.3", "eval-every=2", "num-samples=32", "sample-steps=5", "seed=3"]
+            "client-failure-rate=0.3", "eval-every=2", "num-samples=32", "sample-steps=5", "seed=3",
+            "record-clients='all'", "record-rounds='1'"]
 TIMING = ["wall_s", "eval_s"]
 
 
@@ -69,6 +70,20 @@ def test_injected_failures_counted_and_round_goes_on(first_run: Path) -> None:
         assert row["clients_failed"] == expected
         # bytes_up counts only the successful replies' payloads
         assert row["bytes_up"] < row["bytes_down"]
+
+
+def test_observations_recorded_for_successful_clients(first_run: Path) -> None:
+    from fedsim.observations import list_observations, load
+
+    row = pd.read_csv(first_run / "metrics.csv").iloc[0]
+    chosen = [int(p) for p in str(row["selected"]).split()]
+    ok = [p for p in chosen if derive(3, "fault", 1, p).random() >= 0.3]
+    paths = list_observations(first_run)
+    assert [int(p.name.split("_")[1]) for p in paths] == ok
+    obs = load(paths[0])
+    assert obs.server_round == 1 and obs.payload == "weights" and obs.config["local-epochs"] == 1
+    update = obs.update()
+    assert set(update) == set(obs.sent) and any(float(v.abs().max()) > 0 for v in update.values())
 
 
 def _free_port() -> int:
