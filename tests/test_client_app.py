@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim import client_app
 from fedsim.config import RunConfig
@@ -16,14 +14,9 @@ from fedsim.rng import derive
 from fedsim.wire import to_array_record, to_state_dict
 from fedsim.workspace import fresh_model, dataset, workspace
 
+pytestmark = pytest.mark.usefixtures('task_identity')
+
 CFG = RunConfig(num_clients=20, partition="iid", local_epochs=1, batch_size=8, model="cnn")
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
 
 
 def context(cfg: RunConfig, pid: int) -> Context:

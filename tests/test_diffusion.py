@@ -16,16 +16,9 @@ from torch import nn
 from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps, sample
 from fedsim.model import build_model
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster and avoids stalls on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- NoiseSchedule ---

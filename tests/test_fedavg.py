@@ -11,24 +11,16 @@ import itertools
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.common.serde import message_to_proto, recorddict_to_proto
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.round_log import RoundLog
 from strategies.client_registry import ClientInfo, discover_clients
 from strategies.fedavg import FedAvg, reply_problem
 from strategies.metered import Metered, wire_bytes
 
+pytestmark = pytest.mark.usefixtures('task_identity')
+
 ROUND = 1
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages are stamped with the sending task's identity, which a ServerApp process has set."""
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
 
 
 class FakeGrid:

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.config import ConfigError, RunConfig, parse_ids
 from fedsim.observations import list_observations, load
@@ -17,12 +15,7 @@ from strategies.client_registry import ClientInfo
 from strategies.fedavg import FedAvg
 from strategies.recording import Recording
 
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+pytestmark = pytest.mark.usefixtures('task_identity')
 
 
 class FakeGrid:
