@@ -73,6 +73,7 @@ class RoundRecorder:
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(context.run_config)
     folder = RunFolder(cfg.out_dir or default_out_dir())
+    cfg = cfg.replace(out_dir=str(folder.path))  # every layer writes into this run folder
     log_to_file(folder.path / "logs" / "server.log")
     folder.status("starting", rounds=cfg.rounds)
     try:
