@@ -19,9 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-import tomli_w
 
-from fedsim.config import ConfigError, RunConfig, resolve, write_toml
+from fedsim.config import ConfigError, RunConfig, resolve, to_toml, write_toml
 from fedsim.launch import LaunchError, LocalFederation
 from fedsim.run_folder import RunFolder
 
@@ -45,7 +44,7 @@ class PreflightFailed(Exception):
 def preflight(cfg: RunConfig) -> None:
     """Fail before round 1 on anything the user can fix (dataset path, partition
     feasibility, model, strategy); checked in a child process, see preflight.py."""
-    res = subprocess.run([sys.executable, "-m", "fedsim.preflight"], input=tomli_w.dumps(cfg.to_flwr()),
+    res = subprocess.run([sys.executable, "-m", "fedsim.preflight"], input=to_toml(cfg),
                          text=True, capture_output=True)
     if res.returncode == 2:
         sys.stderr.write(res.stderr.strip().splitlines()[-1] + "\n")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message is one line meant for the user."""
@@ -205,7 +207,27 @@ def resolve(path: str | Path | None, overrides: list[str]) -> RunConfig:
     return load_config(mapping)
 
 
-def write_toml(cfg: RunConfig, path: Path) -> None:
-    import tomli_w
+def to_toml(cfg: RunConfig) -> str:
+    return tomli_w.dumps(cfg.to_flwr())
 
-    path.write_text(tomli_w.dumps(cfg.to_flwr()))
+
+def write_toml(cfg: RunConfig, path: Path) -> None:
+    path.write_text(to_toml(cfg))
+
+
+APP_CONFIG_HEADER = "\n[tool.flwr.app.config]\n"
+
+
+def pyproject_with_defaults(text: str) -> str:
+    """pyproject.toml text whose final ``[tool.flwr.app.config]`` table is
+    rewritten from RunConfig's defaults (the table is derived, never edited)."""
+    if APP_CONFIG_HEADER not in text:
+        raise ConfigError("pyproject.toml has no [tool.flwr.app.config] table")
+    head = text[:text.rindex(APP_CONFIG_HEADER)]
+    return head + "\n" + tomli_w.dumps({"tool": {"flwr": {"app": {"config": RunConfig().to_flwr()}}}})
+
+
+if __name__ == "__main__":  # python -m fedsim.config: refresh pyproject.toml after changing RunConfig
+    target = Path("pyproject.toml")
+    target.write_text(pyproject_with_defaults(target.read_text()))
+    print(f"updated [tool.flwr.app.config] in {target.resolve()}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,10 @@ def get_evaluator(train: ImageData, test: ImageData, *, epochs: int = 20) -> Eva
                     lr=1e-3, generator=torch.Generator().manual_seed(0))
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
-        tmp.replace(path) if not path.exists() else None
+        if path.exists():  # another process cached it meanwhile: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(path)
     return Evaluator(model, accuracy(model, test.images, torch.tensor(test.labels)))
 
 

@@ -15,7 +15,9 @@ serve (measured on ddpm-small, 144 arrays, 2.8 MB, 100 replies per round):
 
 from __future__ import annotations
 
+import ast
 import functools
+import io
 
 import numpy as np
 import torch
@@ -44,8 +46,6 @@ def array_view(array: Array) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4096)
 def _descr(header: bytes) -> str:
-    import ast
-
     return ast.literal_eval(header.decode("latin1"))["descr"]
 
 
@@ -61,8 +61,6 @@ def to_state_dict(record: ArrayRecord) -> dict[str, torch.Tensor]:
 @functools.lru_cache(maxsize=4096)
 def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
     header = {"descr": descr, "fortran_order": False, "shape": shape}
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     return buf.getvalue()

@@ -239,3 +239,13 @@ def test_pyproject_flwr_app_config_equals_defaults():
               if table[k] != expected[k] or type(table[k]) is not type(expected[k])}
     assert differ == {}
     assert load_config(read_toml(REPO / "pyproject.toml")) == RunConfig()
+
+
+def test_pyproject_table_is_what_the_generator_writes():
+    """`python -m fedsim.config` rewrites the table; running it now must change nothing."""
+    from pathlib import Path
+
+    from fedsim.config import pyproject_with_defaults
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert pyproject_with_defaults(text) == text
