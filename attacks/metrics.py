@@ -124,6 +124,20 @@ def match(recon: torch.Tensor, truth: torch.Tensor, cost: str = "mse") -> torch.
     return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
 
 
+def best_truth(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Indices of the B true images (out of N >= B) that the B reconstructions match best, one each.
+
+    For an attack on a client holding more images than it reconstructs (a recorded FedAvg
+    update): the rectangular assignment (scipy linear_sum_assignment) minimising the summed MSE
+    on the common [0, 1] scale. recon (B, C, H, W), truth (N, C, H, W) in one value range;
+    returns (B,) int64 indices into truth, in the order of recon."""
+    r = recon.detach().to("cpu", torch.float64).flatten(1)
+    t = truth.detach().to("cpu", torch.float64).flatten(1)
+    cost = torch.cdist(r, t, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    rows, cols = linear_sum_assignment(cost.numpy())
+    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+
+
 def _mean_sd(v: torch.Tensor) -> tuple[float, float]:
     """Mean and population SD (ddof=0, so 0 for B=1) over images. A +inf PSNR (exact match) makes
     the mean inf; the SD is then 0 if all values are equal, else nan (undefined)."""

@@ -38,8 +38,8 @@ class Secrets:
     """Ground truth held by the benchmark; attacks never receive this object."""
 
     labels: torch.Tensor | None = None  # (B,)
-    eps: torch.Tensor | None = None  # (B, C, H, W)
-    t: torch.Tensor | None = None  # (B,)
+    eps: torch.Tensor | None = None  # (B, C, H, W), or (E, B, C, H, W): the noise per local epoch
+    t: torch.Tensor | None = None  # (B,), or (E, B)
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,10 @@ def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
         return value if flag else None
 
     if hparams is None and threat.local_hparams and "lr" in obs.config:
+        steps = obs.metrics.get("steps")
         hparams = LocalHparams(float(obs.config["lr"]), int(obs.config.get("local-epochs", 1)),
-                               int(obs.config.get("batch-size", obs.num_examples)))
+                               int(obs.config.get("batch-size", obs.num_examples)),
+                               int(steps) if steps else None)
     return AttackInput(
         sent=obs.sent, update=obs.update(), payload=obs.payload,
         num_samples=granted(threat.num_samples, obs.num_examples),

@@ -124,6 +124,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from attacks import build_attack
+    from attacks.base import AttackError
+    from attacks.config import dump, resolve_attack
+    from attacks.runner import run_attack
+    from fedsim.data import DataError
+    from fedsim.model import ModelError
+    from fedsim.partition import PartitionError
+
+    console = Console(stderr=False)
+    cfg = resolve_attack(args.config, args.set)
+    try:
+        build_attack(cfg.attack, **cfg.options)  # unknown attack or option: fail before any output
+    except AttackError as err:
+        raise ConfigError(str(err)) from None
+    if (args.client is not None or args.round is not None) and not args.from_run:
+        raise ConfigError("--client and --round select an observation of --from-run DIR")
+    out = Path(args.out or Path("runs") / f"attack-{cfg.attack}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    from_run = Path(args.from_run).resolve() if args.from_run else None
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.toml")
+    source = f"client {args.client or 0}, round {args.round or 1} of {from_run}" if from_run else \
+        f"{cfg.trials} fresh exchange(s) of {cfg.model} on {cfg.dataset}"
+    console.print(f"fedsim attack: {cfg.attack} on {source} -> {out}")
+
+    def progress(trial: int, row: dict) -> None:
+        extra = "".join(f", {k} {row[k]:.3f}" for k in ("label_acc", "t_acc", "eps_cos") if row.get(k) is not None)
+        console.print(f"  trial {trial}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}{extra}, "
+                      f"{row['wall_s']:.1f} s")
+
+    try:
+        with console.status(f"running {cfg.attack} ..."):
+            run_attack(cfg, out, from_run=from_run, client=args.client or 0, server_round=args.round or 1,
+                       progress=progress)
+    except (AttackError, DataError, ModelError, PartitionError) as err:
+        raise ConfigError(str(err)) from None
+    console.print(f"done: results.csv, grid_{cfg.attack}.png in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsim", description="Federated generative-model simulation on Flower + Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -133,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key (repeatable)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.set_defaults(func=cmd_run)
+    attack = sub.add_parser("attack", help="run a gradient-inversion attack (fresh exchange or recorded run)")
+    attack.add_argument("config", nargs="?", help="attack TOML (see experiments/attacks/)")
+    attack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key; threat.KEY=... and options.KEY=... reach the tables")
+    attack.add_argument("--out", help="output folder (default runs/attack-<name>-<timestamp>)")
+    attack.add_argument("--from-run", metavar="DIR", help="attack an observation recorded by fedsim run")
+    attack.add_argument("--client", type=int, help="partition id of the recorded client (default 0)")
+    attack.add_argument("--round", type=int, help="server round of the recorded observation (default 1)")
+    attack.set_defaults(func=cmd_attack)
     return parser
 
 

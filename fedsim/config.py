@@ -39,7 +39,7 @@ class RunConfig:
     partition_classes: int = 2  # classes per client, partition="pathological"
     maverick_class: int = 1
     # model
-    model: Literal["ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
+    model: Literal["ddpm-tiny", "ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
     conditional: bool = False  # class-conditional noise predictor
     pretrained: str = ""  # local diffusers UNet2DModel directory to start from
     timesteps: int = 1000

@@ -119,6 +119,40 @@ def _lfw(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.
     return x[keep], y[keep], 2
 
 
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field",
+          "retina", "stereo_motorcycle")
+
+
+def _photos(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """32x32 RGB patches of scikit-image's bundled colour photos, CIFAR-like images for attacks.
+
+    Each of the 8 photos in PHOTOS is centre-cropped to a square, resized (anti-aliased) to
+    160x160 and tiled into a 5x5 grid of 32x32 patches; the label is the photo's index
+    -> (200, 3, 32, 32), 8 classes; 160 train / 40 test.
+    """
+    import skimage.data
+    from skimage.transform import resize
+
+    tiles, labels = [], []
+    for label, name in enumerate(PHOTOS):
+        try:
+            img = getattr(skimage.data, name)()
+        except Exception as e:  # a stripped install would try to fetch the file: report, never download
+            raise DataError(f"photos: scikit-image could not provide {name} ({type(e).__name__}: {e})") from None
+        img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle -> (left, right, disparity)
+        h, w = img.shape[:2]
+        side = min(h, w)
+        square = img[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side, :3]
+        small = resize(square, (160, 160), anti_aliasing=True)  # float64 in [0, 1]
+        for i in range(5):
+            for j in range(5):
+                tiles.append(small[32 * i:32 * i + 32, 32 * j:32 * j + 32].transpose(2, 0, 1))
+                labels.append(label)
+    x, y = _to_pm1(np.stack(tiles), 1.0), np.asarray(labels, np.int64)
+    keep = _split_indices(y, split)
+    return x[keep], y[keep], len(PHOTOS)
+
+
 def _idx_loader(what: str) -> Loader:
     """Loader for an MNIST-format dataset: 28x28 uint8 padded by 2 px of -1 -> (N, 1, 32, 32)."""
 
@@ -162,6 +196,7 @@ def _folder(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, 
 DATASETS: dict[str, Loader] = {
     "digits": _digits,
     "lfw": _lfw,
+    "photos": _photos,
     "mnist": _idx_loader("MNIST"),
     "fashion-mnist": _idx_loader("Fashion-MNIST"),
     "cifar10": _cifar10,

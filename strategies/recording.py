@@ -60,5 +60,7 @@ class Recording(StrategyWrapper):
                                  received=to_state_dict(content["arrays"]),
                                  payload=str(meta.get("payload", "weights")),
                                  num_examples=int(content["metrics"]["num-examples"]),
-                                 metrics=dict(content["metrics"]), config=config), self.root)
+                                 metrics={**dict(content["metrics"]),
+                                          **({"steps": int(meta["steps"])} if "steps" in meta else {})},
+                                 config=config), self.root)
         return self.inner.aggregate_train(server_round, replies)

@@ -1,0 +1,80 @@
+"""AGIC: Approximate Gradient Inversion Attack (Xu, Hong, Huang, Chen, Decouchant, SRDS 2022).
+
+A reconstruction from the abstract and the same group's later code (no public code;
+details unverified, shared/papers/attacks.md):
+1. **Approximate gradient.** Every local step's gradient is taken at the starting weights,
+   grad L(w_{e,k-1}; B_{e,k}) ~ grad L(w_0; B_{e,k}); with equal batches
+   g~ = -Delta w / (lr E K) ~ grad L(w_0; D), the gradient of all N samples. One
+   forward/backward of the N dummies per iteration instead of the simulation's E K.
+2. **Fusion.** Several updates over the same data are matched together,
+       X* = argmin_X sum_r c_r D_w(grad L(w_0^(r); X, Y), g~^(r)) + a_TV TV(X),
+   where r runs over the observations given (FL rounds, ``fusion_points = "round"``) and,
+   within each, over evaluation points on the segment from w_0 to w_local: ``"epoch"`` reads
+   each local epoch's gradient at its estimated start w_0 + (p / E) Delta w; ``"midpoint"``
+   (default) reads the mean gradient along the path at w_0 + Delta w / 2 (midpoint rule;
+   one pass, as cheap as w_0 alone). c_r = 1 ("sum") or proportional to ||g~^(r)|| ("weighted").
+3. **Layer weights increasing with depth** in the weighted cosine distance D_w
+   (attacks/objectives.py ``layer_weights``; linear from 1 to s = 20 by default).
+Optimised like IG (signed Adam, box, step decay), TV 1e-4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import AttackError
+from attacks.ig import IG, IGConfig
+from attacks.objectives import Functional, cosine_distance, layer_weights, observed_gradient
+from attacks.threat_model import AttackInput
+
+
+@dataclass(frozen=True)
+class AGICConfig(IGConfig):
+    tv: float = 1e-4
+    schedule: str = "linear"  # layer weights: none | linear | log | quadratic | geometric
+    scale: float = 20.0  # weight of the deepest block (s)
+    group: int = 3  # parameter tensors per block
+    preserve: bool = False  # divide by the non-zero fraction of g* (sparsified updates)
+    fusion: str = "sum"  # sum | weighted
+    # where on the segment w_0 -> w_local each observation's gradient is read:
+    # round: at w_0 only; epoch: at each local epoch's start w_0 + (p / E) Delta w;
+    # midpoint: at w_0 + Delta w / 2 (midpoint rule for the mean gradient along the path, one pass)
+    fusion_points: str = "midpoint"
+
+
+class AGIC(IG):
+    name = "agic"
+    Config = AGICConfig
+
+    def setup(self, victim, inputs: list[AttackInput]):
+        terms = []
+        for inp in inputs:
+            fn = Functional(victim, inp.sent)
+            delta = [inp.update[n].detach().float() for n in fn.names]
+            target = observed_gradient(inp, fn.names, need_scale=inp.payload == "weights")
+            if self.cfg.fusion_points not in ("round", "epoch", "midpoint"):
+                raise AttackError(f"unknown fusion_points '{self.cfg.fusion_points}'; known: round, epoch, midpoint")
+            at = [fn.params]
+            if inp.payload == "weights" and self.cfg.fusion_points == "epoch" and inp.hparams is not None:
+                epochs = max(int(inp.hparams.epochs), 1)
+                at = [fn.params if p == 0 else fn.shifted(delta, p / epochs) for p in range(epochs)]
+            elif inp.payload == "weights" and self.cfg.fusion_points == "midpoint":
+                at = [fn.shifted(delta, 0.5)]
+            w = layer_weights(len(target), self.cfg.schedule, self.cfg.scale, self.cfg.group,
+                              target, self.cfg.preserve)
+            norm = float(torch.sqrt(sum(t.pow(2).sum() for t in target)))
+            terms.append((fn, target, at, w, norm))
+        total = sum(t[4] for t in terms)
+        coef = [1.0 if self.cfg.fusion == "sum" else len(terms) * t[4] / max(total, 1e-12) for t in terms]
+
+        def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = 0
+            for c, (fn, target, at, w, _) in zip(coef, terms):
+                for params in at:
+                    g = fn.grads(fn.loss(x, y, params=params), params=params)
+                    out = out + c * cosine_distance(g, target, w) / len(at)
+            return out
+
+        return terms[0][0], terms[0][1], distance

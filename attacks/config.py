@@ -1,0 +1,118 @@
+"""``fedsim attack`` config: one frozen dataclass, kebab-case TOML keys, unknown keys rejected.
+
+A file names the attack, the victim (model, dataset), how the client trains (batch size =
+images the client holds, local steps: 1 = a FedSGD gradient, > 1 = a FedAvg update), the
+defense, the threat model, and the attack's own options in an ``[options]`` table:
+
+    attack = "ig"
+    model = "convnet"
+    dataset = "photos"
+    batch-size = 1
+    [threat]
+    labels = "recovered"
+    [options]
+    iterations = 2000
+
+``--set key=value`` overrides top-level keys, ``threat.KEY=value`` and ``options.KEY=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from attacks.threat_model import ThreatModel
+from fedsim.config import ConfigError, parse_override, read_toml
+
+
+@dataclass(frozen=True)
+class AttackRunConfig:
+    attack: str = "ig"
+    model: str = "convnet"  # lenet | convnet | cnn | ddpm-tiny | ddpm-small | ...
+    init: str = "default"  # victim weights: default | uniform (DLG's U(-0.5, 0.5))
+    dataset: str = "photos"
+    dataset_path: str = ""
+    timesteps: int = 16  # diffusion victims
+    beta_schedule: str = "squaredcos_cap_v2"
+    t_mode: str = "shared"  # shared | per-sample (diffusion client noise)
+    batch_size: int = 1  # images the attacked client holds (reconstructed together)
+    local_steps: int = 1  # 1: FedSGD gradient; > 1: FedAvg update of that many SGD steps
+    lr: float = 0.05  # client SGD learning rate
+    defense: str = "none"  # none | dp (Flower's local DP: clip + Gaussian noise)
+    dp_clip: float = 1.0
+    dp_epsilon: float = 10.0
+    dp_delta: float = 1e-5
+    dp_sensitivity: float = 0.01
+    trials: int = 1
+    seed: int = 0
+    prior_epochs: int = 60  # GIDM prior training when no prior path is given
+    threat: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def threat_model(self) -> ThreatModel:
+        known = {f.name for f in dataclasses.fields(ThreatModel)}
+        values = {}
+        for k, v in self.threat.items():
+            name = k.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown threat key '{k}'; known: "
+                                  f"{', '.join(sorted(n.replace('_', '-') for n in known))}")
+            values[name] = v
+        return ThreatModel(**values)
+
+    def replace(self, **changes: Any) -> AttackRunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in out.items() if v != {} and v is not None}
+
+
+def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
+    fields = {f.name: f for f in dataclasses.fields(AttackRunConfig)}
+    values: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ConfigError(f"unknown attack config key '{key}'; known: "
+                              f"{', '.join(sorted(k.replace('_', '-') for k in fields))}")
+        default = fields[name].default
+        if name in ("threat", "options"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{key}' must be a table")
+        elif default is not dataclasses.MISSING and type(default) is not type(value):
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ConfigError(f"'{key}' must be {type(default).__name__}, got {value!r}")
+        values[name] = value
+    cfg = AttackRunConfig(**values)
+    for key, allowed in (("defense", ("none", "dp")), ("t_mode", ("shared", "per-sample")),
+                         ("init", ("default", "uniform"))):
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"'{key.replace('_', '-')}' must be one of {', '.join(allowed)}")
+    for key in ("batch_size", "local_steps", "trials", "timesteps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"'{key.replace('_', '-')}' must be >= 1")
+    cfg.threat_model()
+    return cfg
+
+
+def resolve_attack(path: str | Path | None, overrides: list[str]) -> AttackRunConfig:
+    mapping = read_toml(path) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        head, dot, rest = key.partition(".")
+        if dot and head in ("threat", "options"):
+            mapping.setdefault(head, {})[rest] = value
+        else:
+            mapping[key] = value
+    return load_attack_config(mapping)
+
+
+def dump(cfg: AttackRunConfig, path: Path) -> None:
+    path.write_text(tomli_w.dumps(cfg.to_dict()))

@@ -1,0 +1,91 @@
+"""One client's round, computed in-process: what the server would observe, plus the secrets.
+
+The Python API's entry point (no simulation needed): give a model, your own images and
+labels, and how the client trains; get back the ``Observation`` the server sees and the
+``Secrets`` (labels, noise, timesteps) that only metrics may compare against.
+
+Training follows fedsim's clients (fedsim/train.py) with two attack-relevant choices made
+explicit: plain SGD (the simulation attack and AGIC assume it), and a fixed batch
+assignment (step k of every epoch takes images [k b, (k+1) b)). Diffusion clients draw
+fresh (eps, t) for every step from ``generator``; ``t_mode = "shared"`` gives one t per
+step for the whole minibatch (GIDM's setting), "per-sample" one t per image (fedsim's
+training). Secrets.eps is (E, N, C, H, W) and Secrets.t (E, N): the noise image i saw in
+epoch e (E = 1 for FedSGD, squeezed to (N, C, H, W) and (N,)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from attacks.threat_model import Secrets
+from fedsim.observations import Observation
+from fedsim.train import DiffusionTask, Task
+
+
+def plan(num_images: int, local_steps: int) -> tuple[int, int, int]:
+    """(epochs E, steps per epoch K, minibatch b) for ``local_steps`` SGD steps over N images:
+    K = min(N, 4) when local_steps > 1, E = local_steps / K, b = ceil(N / K). For 8 steps and
+    N = 8 this is 2 epochs x 4 steps of 2 images (the FedAvg setting of the peer numbers)."""
+    if local_steps <= 1:
+        return 1, 1, num_images
+    k = min(num_images, 4, local_steps)
+    if local_steps % k:
+        k = 1
+    return local_steps // k, k, math.ceil(num_images / k)
+
+
+def client_exchange(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
+                    mode: str = "fedsgd", lr: float = 0.05, local_steps: int = 1,
+                    t_mode: str = "shared", generator: torch.Generator,
+                    server_round: int = 1, partition_id: int = 0) -> tuple[Observation, Secrets]:
+    """The server's view of one client update on (images (N, C, H, W), labels (N,)).
+
+    mode="fedsgd": the gradient of the mean loss over all N images (one step).
+    mode="fedavg": ``local_steps`` SGD steps with lr (see ``plan``); the reply is w_local."""
+    n = images.shape[0]
+    sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    local = copy.deepcopy(model).train()
+    epochs, k_steps, b = plan(n, local_steps) if mode == "fedavg" else (1, 1, n)
+    eps_all, t_all = [], []
+    opt = torch.optim.SGD(local.parameters(), lr=lr)
+    grads = None
+    for _ in range(epochs):
+        eps_e = torch.empty_like(images)
+        t_e = torch.empty(n, dtype=torch.long)
+        for k in range(k_steps):
+            idx = slice(k * b, min((k + 1) * b, n))
+            x, y = images[idx], labels[idx]
+            extra = {}
+            if isinstance(task, DiffusionTask):
+                m = x.shape[0]
+                if t_mode == "shared":
+                    t = torch.randint(0, task.schedule.timesteps, (1,), generator=generator).expand(m).clone()
+                else:
+                    t = torch.randint(0, task.schedule.timesteps, (m,), generator=generator)
+                extra = {"eps": torch.randn(x.shape, generator=generator), "t": t}
+                eps_e[idx], t_e[idx] = extra["eps"], extra["t"]
+            loss = task.loss(local, x, y, generator=None, **extra).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if mode == "fedsgd":
+                grads = {name: p.grad.detach().clone() for name, p in local.named_parameters()}
+            else:
+                opt.step()
+        eps_all.append(eps_e)
+        t_all.append(t_e)
+    if mode == "fedsgd":
+        received, payload = grads, "gradient"
+    else:
+        received, payload = {k: v.detach().clone() for k, v in local.state_dict().items()}, "weights"
+    config = {"lr": lr, "local-epochs": epochs, "batch-size": b, "optimizer": "sgd"}
+    obs = Observation(server_round=server_round, partition_id=partition_id, sent=sent, received=received,
+                      payload=payload, num_examples=n, metrics={"steps": epochs * k_steps}, config=config)
+    secrets = Secrets(labels=labels.clone())
+    if isinstance(task, DiffusionTask):
+        eps, t = torch.stack(eps_all), torch.stack(t_all)
+        secrets = Secrets(labels=labels.clone(), eps=eps[0] if epochs == 1 else eps, t=t[0] if epochs == 1 else t)
+    return obs, secrets

@@ -1,0 +1,180 @@
+"""Gradient-matching objectives and image priors shared by the attacks.
+
+- ``Functional``: the victim's loss and its parameter gradient as a differentiable
+  function of dummy inputs (double backward: d/dx of a function of grad_theta L).
+- ``observed_gradient``: the target g* from an observation. A FedSGD reply is the
+  gradient; a FedAvg reply gives Delta w = w_local - w_0 and the approximate gradient
+  g~ = -Delta w / (lr * E * K)  (shared/papers/attacks.md, "Sign and scale").
+- distances: plain L2 (DLG, GIDM), cosine with optional layer weights (IG, AGIC);
+- ``total_variation`` image prior; ``layer_weights`` increasing with depth (AGIC).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor
+from torch import nn
+from torch.func import functional_call
+
+from attacks.base import AttackError, Victim
+from attacks.threat_model import AttackInput
+from fedsim.train import DiffusionTask
+
+Grads = list[torch.Tensor]
+
+
+def double_backward_ready(model: nn.Module) -> nn.Module:
+    """Switch diffusers attention to the plain (matmul + softmax) processor: PyTorch's CPU
+    flash-attention kernel has no double backward, which every gradient-matching attack needs."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor())
+    return model
+
+
+class _Bound:
+    """The model called with an explicit parameter dict (torch.func.functional_call), exposing
+    ``config`` so fedsim's predict_eps / diffusion_loss accept it in place of the module."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        self.model, self.params = model, params
+        self.config = getattr(model, "config", None)
+
+    def __call__(self, *args, **kwargs):
+        return functional_call(self.model, self.params, args, kwargs)
+
+
+class Functional:
+    """grad_theta L(theta; x, y[, eps, t]) at fixed weights theta = the observation's ``sent``.
+
+    The weights are constants; the gradient is differentiable in x, soft labels, eps (and
+    continuous t), so an attack can back-propagate a distance between gradients to its dummies."""
+
+    def __init__(self, victim: Victim, sent: dict[str, torch.Tensor]) -> None:
+        self.victim = victim
+        model = double_backward_ready(victim.model).eval()
+        self.names = [n for n, _ in model.named_parameters()]
+        missing = [n for n in self.names if n not in sent]
+        if missing:
+            raise AttackError(f"the observation does not match the victim architecture: "
+                              f"{len(missing)} parameters missing (first: {missing[0]})")
+        state = {k: v.detach().float() for k, v in sent.items()}
+        self.params = {n: state[n].clone().requires_grad_(True) for n in self.names}
+        self.buffers = {k: v for k, v in state.items() if k not in self.params}
+        self.model = model
+
+    def bound(self, params: dict[str, torch.Tensor] | None = None) -> _Bound:
+        return _Bound(self.model, {**(self.params if params is None else params), **self.buffers})
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, *, soft_labels: torch.Tensor | None = None,
+             eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean loss over the batch at ``params`` (default: the observed weights). Classifier:
+        cross-entropy with hard y (B,) or soft labels (B, K) (probabilities, DLG). Diffusion:
+        DDPM loss with the given eps (B, C, H, W) and t (B,)."""
+        f = self.bound(params)
+        if isinstance(self.victim.task, DiffusionTask):
+            if eps is None or t is None:
+                raise AttackError("diffusion loss needs eps and t (known, or optimised by GIDM+)")
+            return self.victim.task.loss(f, x, y, generator=None, eps=eps, t=t).mean()
+        logits = f(x)
+        if soft_labels is not None:
+            return -(soft_labels * F.log_softmax(logits, dim=1)).sum(1).mean()
+        return F.cross_entropy(logits, y)
+
+    def grads(self, loss: torch.Tensor, create_graph: bool = True,
+              params: dict[str, torch.Tensor] | None = None) -> Grads:
+        p = self.params if params is None else params
+        return list(torch.autograd.grad(loss, list(p.values()), create_graph=create_graph))
+
+    def shifted(self, delta: Grads, factor: float) -> dict[str, torch.Tensor]:
+        """Parameters w_0 + factor * delta (a point on the segment from w_0 to w_local)."""
+        return {n: (p.detach() + factor * d).requires_grad_(True)
+                for (n, p), d in zip(self.params.items(), delta)}
+
+
+def local_steps(inp: AttackInput) -> int:
+    """E * K: the reply's step count when known, else epochs * ceil(N / B)."""
+    h = inp.hparams
+    if h is None:
+        raise AttackError("the local hyper-parameters are unknown to the attacker "
+                          "(threat model local_hparams = false)")
+    if h.steps:
+        return int(h.steps)
+    n = inp.num_samples or h.batch_size
+    return int(h.epochs) * math.ceil(n / h.batch_size)
+
+
+def observed_gradient(inp: AttackInput, names: Sequence[str], *, need_scale: bool = True) -> Grads:
+    """g* per parameter, in ``names`` order.
+
+    FedSGD: the reply itself. FedAvg: g~ = -Delta w / (lr * E * K) (AGIC's approximation,
+    exact for one SGD step). With need_scale=False (cosine distances) an unknown lr or step
+    count falls back to -Delta w, whose direction is all a cosine distance uses."""
+    g = [inp.update[n].detach().float() for n in names]
+    if inp.payload == "gradient":
+        return g
+    if inp.hparams is None:
+        if need_scale:
+            local_steps(inp)  # raises the one-line AttackError
+        return [-x for x in g]
+    scale = inp.hparams.lr * local_steps(inp)
+    return [-x / scale for x in g]
+
+
+def l2_distance(g: Grads, target: Grads) -> torch.Tensor:
+    """sum_l || g_l - g*_l ||^2 (DLG; GIDM)."""
+    return sum((a - b).pow(2).sum() for a, b in zip(g, target))
+
+
+def cosine_distance(g: Grads, target: Grads, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """1 - sum_l w_l <g_l, g*_l> / ( sqrt(sum_l w_l ||g_l||^2) sqrt(sum_l w_l ||g*_l||^2) ).
+
+    Unweighted (w_l = 1) this is IG's cosine over all tensors concatenated (Geiping et al. 2020,
+    eq. 4); with weights increasing with depth it is AGIC's weighted distance."""
+    w = [1.0] * len(g) if weights is None else weights
+    dot = sum(wl * (a * b).sum() for wl, a, b in zip(w, g, target))
+    na = sum(wl * a.pow(2).sum() for wl, a in zip(w, g))
+    nb = sum(wl * b.pow(2).sum() for wl, b in zip(w, target))
+    return 1 - dot / (na.sqrt() * nb.sqrt() + 1e-12)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV: mean |x[h+1] - x[h]| + mean |x[w+1] - x[w]| over a (B, C, H, W) batch."""
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean()
+    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
+    return dh + dw
+
+
+SCHEDULES = ("none", "linear", "log", "quadratic", "geometric")
+
+
+def layer_weights(num_tensors: int, schedule: str = "linear", scale: float = 20.0, group: int = 3,
+                  target: Grads | None = None, preserve: bool = False) -> list[float]:
+    """Per-tensor weights increasing with depth (AGIC; reconstruction from the authors' later code).
+
+    The tensors before the final layer (all but the last two: its weight and bias) are grouped in
+    blocks of ``group``; block k of n gets w = f(u), u = k / (n - 1), from 1 at the input to
+    ``scale`` = s at the output: linear 1 + (s-1) u; log 1 + (s-1) ln(1 + (e-1) u);
+    quadratic 1 + (s-1) u^2; geometric s^u. The final weight and bias get the mean of the
+    others. ``preserve`` divides w_l by the non-zero fraction of g*_l (sparsified updates)."""
+    if schedule not in SCHEDULES:
+        raise AttackError(f"unknown layer-weight schedule '{schedule}'; known: {', '.join(SCHEDULES)}")
+    if schedule == "none" or num_tensors < 3:
+        w = [1.0] * num_tensors
+    else:
+        body = num_tensors - 2
+        blocks = math.ceil(body / group)
+        f = {"linear": lambda u: 1 + (scale - 1) * u,
+             "log": lambda u: 1 + (scale - 1) * math.log(1 + (math.e - 1) * u),
+             "quadratic": lambda u: 1 + (scale - 1) * u * u,
+             "geometric": lambda u: scale ** u}[schedule]
+        w = [f((i // group) / max(blocks - 1, 1)) for i in range(body)]
+        w += [sum(w) / len(w)] * 2
+    if preserve and target is not None:
+        w = [wl / max(float((t != 0).float().mean()), 1e-6) for wl, t in zip(w, target)]
+    return w

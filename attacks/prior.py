@@ -1,0 +1,54 @@
+"""The GIDM prior: a diffusion model of the victim's domain, trained on data the victim never holds.
+
+GIDM's phase 1 searches the latent space of a *trained* model with the victim's architecture
+and schedule. The attacker trains it here on the dataset's train split (the attacked clients
+hold test-split images, so the two are disjoint) and caches it under $FEDSIM_CACHE
+(default ~/.cache/fedsim), keyed by everything that shapes it. Trained once (minutes on a
+CPU for digits with ddpm-tiny), then loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from fedsim.data import load_dataset
+from fedsim.evaluator import cache_dir
+from fedsim.model import build_model, save_model
+from fedsim.train import DiffusionTask, train_local
+from fedsim.diffusion import NoiseSchedule
+
+PRIOR_VERSION = 1
+
+
+def prior_path(dataset: str, model: str, timesteps: int, beta_schedule: str, *, epochs: int = 60,
+               seed: int = 0, dataset_path: str | None = None, progress=None) -> Path:
+    """Train (or load from the cache) the prior and return its diffusers model directory."""
+    key = [dataset, dataset_path or "", model, timesteps, beta_schedule, epochs, seed, PRIOR_VERSION]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+    path = cache_dir() / f"prior-{dataset}-{model}-{digest}"
+    if (path / "config.json").is_file():
+        return path
+    data = load_dataset(dataset, "train", dataset_path)
+    net = build_model(model, data.shape, data.num_classes, seed=seed)
+    task = DiffusionTask(NoiseSchedule(timesteps, beta_schedule))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(data.labels.copy())
+    for epoch in range(epochs):
+        stats = train_local(net, task, data.images, labels, epochs=1, batch_size=64, lr=2e-3, generator=g)
+        if progress is not None:
+            progress(epoch + 1, epochs, stats.loss)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_model(net, tmp)
+    (tmp / "fedsim_prior.json").write_text(json.dumps(dict(zip(
+        ["dataset", "dataset_path", "model", "timesteps", "beta_schedule", "epochs", "seed", "version"], key))))
+    if path.exists():  # another process cached it meanwhile: keep theirs
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(path)
+    return path
