@@ -11,7 +11,9 @@ simulated update to the observed one:
 Each iteration costs E K forward/backward passes plus the second-order backward through
 all of them. Batch assignment: step k of every epoch uses dummies [kB, (k+1)B) (the
 client's shuffling is not observable; the dummies are free, so the first epoch's order is
-without loss of generality). Assumes plain SGD on the client. On a FedSGD gradient (one
+without loss of generality for the images, but not for *recovered* labels, which come back
+sorted by class and so may be paired with the wrong step: use known labels, or expect a
+lower score (measured 30.0 dB known vs 20.9 dB recovered, B = 4 digits, 100 iterations)). Assumes plain SGD on the client. On a FedSGD gradient (one
 step) the simulated update is -lr g and the attack is IG.
 """
 
@@ -23,7 +25,7 @@ import torch
 
 from attacks.base import AttackError
 from attacks.ig import IG, IGConfig
-from attacks.objectives import Functional, cosine_distance, local_steps
+from attacks.objectives import Functional, cosine_distance, local_steps, observed_gradient
 from attacks.threat_model import AttackInput
 
 
@@ -47,7 +49,7 @@ class Simulation(IG):
         observed = [inp.update[n].detach().float() for n in fn.names]
         h = inp.hparams
         steps_per_epoch = max(local_steps(inp) // max(h.epochs, 1), 1)
-        target = [-d for d in observed]  # the direction labels are read from, like a gradient
+        target = observed_gradient(inp, fn.names)  # -Delta w / (lr E K): what labels are read from
 
         def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             params = dict(fn.params)

@@ -30,6 +30,7 @@ from attacks.labels import recover_labels
 from attacks.metrics import label_accuracy, score
 from attacks.objectives import (Functional, cosine_distance, l2_distance, layer_weights, local_steps,
                                 observed_gradient)
+from attacks.optimize import adam, lbfgs
 from attacks.simulation import Simulation
 from attacks.threat_model import AttackInput, LocalHparams, ThreatModel, expose
 from attacks.victims import build_victim
@@ -154,6 +155,30 @@ def test_observed_gradient_fedsgd_fedavg_and_unknown_hparams(digits):
         assert torch.equal(g, -blind.update[n])
 
 
+def test_adam_signed_steps_decay_box_and_best():
+    # signed Adam moves every coordinate by exactly lr per step (m / sqrt(v) of a constant sign is 1);
+    # decay x0.1 at iterations 3, 5, 7 of 8: 0.1 * 3 + 0.01 * 2 + 0.001 * 2 + 0.0001; the best
+    # objective is read before each step, so the returned iterate is the one before the last step
+    x = torch.zeros(3, requires_grad=True)
+    (best_x,), best = adam(lambda: (x - 5).pow(4).sum(), [x], iterations=8, lr=0.1, signed=True)
+    assert best_x.tolist() == pytest.approx([0.322] * 3, abs=1e-6)
+    assert x.detach().tolist() == pytest.approx([0.3221] * 3, abs=1e-6)
+    assert best == pytest.approx(3 * (5 - 0.322) ** 4, rel=1e-5)
+    x = torch.zeros(3, requires_grad=True)  # plain Adam on a shrinking gradient moves less
+    (plain,), _ = adam(lambda: (x - 5).pow(4).sum(), [x], iterations=8, lr=0.1, signed=False)
+    assert float(plain[0]) < 0.3215
+    x = torch.zeros(1, requires_grad=True)  # overshoots 0.22: the best iterate (0.2) is kept, not the last
+    (best_x,), best = adam(lambda: (x - 0.22).pow(2).sum(), [x], iterations=6, lr=0.1, decay=False)
+    assert float(best_x) == pytest.approx(0.2, abs=1e-6) and best == pytest.approx(0.02 ** 2, abs=1e-8)
+    assert float(x.detach()) > 0.3
+    x = torch.full((2,), 0.95, requires_grad=True)  # projected onto the box after every step
+    (best_x,), best = adam(lambda: (x - 5).pow(2).sum(), [x], iterations=3, lr=0.1, boxes=[(-1.0, 1.0)])
+    assert best_x.tolist() == [1.0, 1.0] and best == pytest.approx(32.0)
+    y = torch.zeros(2, requires_grad=True)
+    (best_y,), best = lbfgs(lambda: (y - torch.tensor([3.0, -2.0])).pow(2).sum(), [y], iterations=5)
+    assert best_y.tolist() == pytest.approx([3.0, -2.0], abs=1e-5) and best < 1e-10
+
+
 # --- the client's round ---------------------------------------------------------------------------
 
 def test_client_exchange_fedsgd_is_the_mean_loss_gradient(digits):
@@ -249,8 +274,8 @@ def test_recover_labels_convnet_single_and_batches(digits):
     # distinct labels: bias-sign is exact (20/20 random draws measured on this model)
     x, y = batch(digits, first_of_each_class(digits, [8, 1, 6, 2]))
     inp = exchange(v, x, y)
-    assert recover_labels(Functional(v, inp.sent), observed_gradient(inp, fn.names), 4,
-                          "bias-sign").tolist() == [1, 2, 6, 8]
+    fn4 = Functional(v, inp.sent)
+    assert recover_labels(fn4, observed_gradient(inp, fn4.names), 4, "bias-sign").tolist() == [1, 2, 6, 8]
     with pytest.raises(AttackError, match="unknown label strategy"):
         recover_labels(fn, target, 8, "oracle")
     with pytest.raises(AttackError, match="batch 11 > 10"):
@@ -280,7 +305,8 @@ def test_ig_recovers_a_32px_photo(photos):
     r = IG(iterations=200).reconstruct(v, inp, generator=gen(1))
     assert r.labels.tolist() == y.tolist()
     baseline = score(random_images(1, shape, (-1, 1), gen(1)), x)["psnr"]  # the attack's own init: 7.5 dB
-    assert score(r.images, x)["psnr"] >= 20 > baseline + 10
+    psnr = score(r.images, x)["psnr"]
+    assert psnr >= 20 and psnr > baseline + 10
     assert r.history[0][1] > r.extras["objective"]
 
 
@@ -305,6 +331,26 @@ def test_simulation_distance_vanishes_at_the_truth(fedavg_digits):
         float(IG().setup(v, [sgd])[2](xr, y).detach()))
     with pytest.raises(AttackError, match="local_hparams"):
         Simulation().setup(v, [dataclasses.replace(inp, hparams=None)])
+
+
+@pytest.fixture(scope="module")
+def fedavg_repeated_labels(digits):
+    """Labels 3, 3, 7, 0 on an untrained ConvNet, FedAvg 2 epochs x 4 steps, labels to recover."""
+    v = classifier("convnet")
+    idx = [int(j) for c, k in ((3, 2), (7, 1), (0, 1)) for j in np.flatnonzero(digits.labels == c)[:k]]
+    x, y = batch(digits, idx)
+    return v, exchange(v, x, y, mode="fedavg", lr=0.05, local_steps=8)
+
+
+@pytest.mark.parametrize("attack", [IG, AGIC])
+def test_fedavg_label_recovery_with_repeats(fedavg_repeated_labels, attack):
+    v, inp = fedavg_repeated_labels  # "count" on g~ = -Delta w / (lr E K)
+    assert attack(iterations=1).reconstruct(v, inp, generator=gen(1)).labels.tolist() == [0, 3, 3, 7]
+
+
+def test_simulation_recovers_repeated_labels_like_ig(fedavg_repeated_labels):
+    v, inp = fedavg_repeated_labels  # reads labels from -Delta w / (lr E K), like IG and AGIC
+    assert Simulation(iterations=1).reconstruct(v, inp, generator=gen(1)).labels.tolist() == [0, 3, 3, 7]
 
 
 def test_simulation_reconstructs_fedavg_batch(fedavg_digits):
@@ -349,7 +395,7 @@ def test_same_seed_same_reconstruction(digits):
 
 def test_registry_builds_by_name():
     from attacks import ATTACKS, build_attack
-    assert set(ATTACKS) == {"dlg", "idlg", "ig", "simulation", "agic", "gidm", "gidm_plus"}
+    assert set(ATTACKS) >= {"dlg", "idlg", "ig", "simulation", "agic", "gidm", "gidm_plus"}
     a = build_attack("agic", iterations=7, schedule="log")
     assert isinstance(a, AGIC) and a.cfg.iterations == 7 and a.cfg.schedule == "log"
     with pytest.raises(AttackError, match="unknown attack 'dgl'"):
@@ -417,5 +463,14 @@ def test_gidm_plus_searches_t_and_updates_eps(diffusion_fedsgd):
     assert eps.shape == eps0.shape == (1, 1, 8, 8) and not torch.allclose(eps, eps0)
     assert r.images.shape == x.shape and torch.isfinite(r.images).all()
     assert r.history[-1][1] < r.history[0][1]
+    # eps is a free variable in both stages: the probes alone (no main phase) and the main phase
+    # alone (one candidate t, no probe steps) each move it away from its init
+    probes = GIDMPlus(phases="pixel", t_candidates=2, probe_iterations=3, pixel_iterations=0)
+    r = probes.reconstruct(v, inp, generator=gen(1))
+    assert r.extras["t_trace"] == [[0, 15], [0]] or r.extras["t_trace"] == [[0, 15], [15]]
+    assert not torch.allclose(r.extras["eps"], r.extras["eps_init"])
+    main = GIDMPlus(phases="pixel", t_candidates=1, probe_iterations=0, pixel_iterations=3)
+    r = main.reconstruct(v, inp, generator=gen(1))
+    assert r.extras["t_trace"] == [[0]] and not torch.allclose(r.extras["eps"], r.extras["eps_init"])
     with pytest.raises(AttackError, match="t_mode"):
         GIDMPlus(phases="pixel", t_mode="relaxed").reconstruct(v, inp, generator=gen(1))
