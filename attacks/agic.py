@@ -15,7 +15,7 @@ details unverified, shared/papers/attacks.md):
    one pass, as cheap as w_0 alone). c_r = 1 ("sum") or proportional to ||g~^(r)|| ("weighted").
 3. **Layer weights increasing with depth** in the weighted cosine distance D_w
    (attacks/objectives.py ``layer_weights``; linear from 1 to s = 20 by default).
-Optimised like IG (signed Adam, box, step decay), TV 1e-4.
+Optimised like IG (signed Adam, box, step decay); TV 0.2 by default (see AGICConfig.tv).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from attacks.threat_model import AttackInput
 
 @dataclass(frozen=True)
 class AGICConfig(IGConfig):
-    tv: float = 1e-4
+    # The group's code uses TV 1e-4; at our budgets (hundreds of iterations, 32 px) that gave
+    # 7.2 dB against 13.5 dB with IG's 0.2 on one FedAvg update (B 8, 8 steps, 300 iterations).
+    tv: float = 0.2
     schedule: str = "linear"  # layer weights: none | linear | log | quadratic | geometric
     scale: float = 20.0  # weight of the deepest block (s)
     group: int = 3  # parameter tensors per block

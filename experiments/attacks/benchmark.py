@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(HERE / "benchmark.toml"))
     ap.add_argument("--out", default="docs/attacks")
     ap.add_argument("--only", nargs="*", help="attacks to run (default: all in the config)")
+    ap.add_argument("--report", action="store_true",
+                    help="rebuild benchmark.csv/md/png from the finished cells of an interrupted run")
     args = ap.parse_args(argv)
+    if args.report:
+        return report(Path(args.out), tomllib.loads(Path(args.config).read_text()))
     spec = tomllib.loads(Path(args.config).read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,24 @@ def main(argv: list[str] | None = None) -> int:
                       f"{fmt(g.t_acc.mean())} | {fmt(g.eps_cos.mean(), '.3f')} |")
     (out / "benchmark.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
+    return 0
+
+
+def report(out: Path, spec: dict) -> int:
+    frames = [pd.read_csv(p) for p in sorted((out / "cells").glob("*/results.csv"))
+              if not p.parent.name.startswith("phases-")]
+    if not frames:
+        print(f"no finished cells under {out / 'cells'}", file=sys.stderr)
+        return 2
+    all_rows = pd.concat(frames, ignore_index=True)
+    df = all_rows[~all_rows.source.isna()]
+    order = {name: i for i, name in enumerate(spec["attacks"])}
+    df = df.sort_values(["attack", "local_steps", "batch_size"], key=lambda c: c.map(order) if c.name == "attack" else c)
+    df.to_csv(out / "benchmark.csv", index=False)
+    plot(df, out / "benchmark.png")
+    text = f"Partial benchmark: {len(frames)} of {len(list(cells(spec)))} cells finished.\n\n" + table(df, spec) + "\n"
+    (out / "benchmark.md").write_text(text)
+    print(text)
     return 0
 
 
