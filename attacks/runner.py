@@ -16,6 +16,7 @@ reconstructions).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from attacks.defenses import local_dp
 from attacks.exchange import client_exchange
 from attacks.metrics import best_truth, match, score, to_unit
 from attacks.prior import prior_path
-from attacks.threat_model import LocalHparams, Secrets, expose
+from attacks.threat_model import Secrets, expose
 from attacks.victims import build_victim
 from fedsim.config import ConfigError, resolve
 from fedsim.data import load_dataset
@@ -152,15 +153,11 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         if cfg.defense == "dp":
             obs = local_dp(obs, clip=cfg.dp_clip, sensitivity=cfg.dp_sensitivity, epsilon=cfg.dp_epsilon,
                            delta=cfg.dp_delta, seed=int(derive(cfg.seed, "dp", trial).integers(2**31)))
-        hparams = None
-        if obs.payload == "weights" and "lr" in obs.config:
-            hparams = LocalHparams(float(obs.config["lr"]), int(obs.config.get("local-epochs", 1)),
-                                   int(obs.config.get("batch-size", obs.num_examples)),
-                                   int(obs.metrics["steps"]) if obs.metrics.get("steps") else None)
-        inp = expose(obs, threat, t.secrets, hparams=hparams)
+        inp = expose(obs, threat, t.secrets)
         if from_run is not None and attack.cfg.batch_size is None and obs.payload == "gradient":
-            inp = type(inp)(**{**inp.__dict__, "num_samples": min(obs.num_examples, int(
-                obs.config.get("batch-size", obs.num_examples)))})
+            # FedSGD: the gradient is of one batch, not of the whole partition
+            batch = int(obs.config.get("batch-size", obs.num_examples))
+            inp = dataclasses.replace(inp, num_samples=min(obs.num_examples, batch))
         g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack", trial).integers(2**62)))
         rec = attack.reconstruct(t.victim, inp, generator=g)
         truth = t.truth
