@@ -198,7 +198,7 @@ def test_folder_empty_class_dir(tmp_path):
 def test_unknown_name_lists_known():
     with pytest.raises(DataError, match=r"unknown dataset 'mnsit'; known: cifar10, digits, fashion-mnist"):
         load_dataset("mnsit")
-    assert set(DATASETS) == {"digits", "lfw", "mnist", "fashion-mnist", "cifar10", "folder"}
+    assert set(DATASETS) == {"digits", "lfw", "photos", "mnist", "fashion-mnist", "cifar10", "folder"}
 
 
 def test_unknown_split():

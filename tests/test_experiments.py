@@ -15,7 +15,7 @@ from fedsim.config import RunConfig, load_config, read_toml
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-TOMLS = sorted(EXPERIMENTS.rglob("*.toml"))
+TOMLS = sorted(EXPERIMENTS.glob("*.toml"))  # run configs; attacks/ holds `fedsim attack` configs
 SCRIPTS = sorted(EXPERIMENTS.rglob("*.py"))
 CLI_SCRIPTS = [p for p in SCRIPTS if "ArgumentParser" in p.read_text()]
 
@@ -32,6 +32,25 @@ def test_quickstart_config_exists():
 def test_toml_is_a_valid_run_config(path):
     cfg = load_config(read_toml(path))
     assert isinstance(cfg, RunConfig)
+
+
+def test_attack_benchmark_cells_are_valid_attack_configs():
+    """Every cell of experiments/attacks/benchmark.toml is a valid `fedsim attack` config with known options."""
+    import importlib.util
+    import tomllib
+
+    from attacks import build_attack
+    from attacks.config import load_attack_config
+
+    spec = importlib.util.spec_from_file_location("benchmark", EXPERIMENTS / "attacks" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = tomllib.loads((EXPERIMENTS / "attacks" / "benchmark.toml").read_text())
+    cells = list(bench.cells(table)) + list(bench.phase_cells(table))
+    assert len(cells) == 6 * 3 * 2 * 2 + 5
+    for _, mapping in cells:
+        cfg = load_attack_config(mapping)
+        build_attack(cfg.attack, **cfg.options)
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=_id)
