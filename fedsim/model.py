@@ -128,7 +128,8 @@ def load_pretrained(path: str | Path) -> nn.Module:
     if json.loads(config.read_text()).get("_class_name") == "SmallCNN":
         return SmallCNN.from_pretrained(path)
     try:
-        return UNet2DModel.from_pretrained(str(path), local_files_only=True)
+        # low_cpu_mem_usage=False: the default asks for `accelerate` and warns without it
+        return UNet2DModel.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         raise ModelError(f"pretrained: cannot load a UNet2DModel from {path}: {err}") from None
 
