@@ -46,6 +46,14 @@ class RunConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     # federation
     strategy: str = "fedavg"
+    selector: Literal["random", "fedemd", "shapley"] = "random"  # who trains each round
+    fedemd_alpha: float = 0.41  # FedEMD: weight of the distance to the global label distribution
+    fedemd_beta: float = 0.41 / 110  # FedEMD: per-round weight of the distance to the trained-on one
+    fedemd_distance: Literal["categorical-l1", "ordinal-w1", "scipy-values"] = "categorical-l1"
+    fedemd_cum_init: str = ""  # FedEMD: initial cumulative class counts, e.g. "1 50 1 1 1 1 1 1 1 1"; "" zeros
+    shapley_decay: float = 0.75  # Shapley selector: v <- decay * v + (1 - decay) * phi
+    shapley_temperature: float = 0.01  # Shapley selector: P = softmax(v / temperature)
+    weighting: Literal["samples", "uniform"] = "samples"  # FedAvg mean weighted by examples, or plain
     mode: Literal["fedavg", "fedsgd"] = "fedavg"
     rounds: int = 10
     clients_per_round: int = 10
@@ -94,12 +102,16 @@ class RunConfig:
             (self.client_cpus >= 1, "client-cpus must be >= 1"),
             (self.client_gpus >= 0, "client-gpus must be >= 0"),
             (self.max_in_flight >= 0, "max-in-flight must be >= 0"),
+            (self.fedemd_alpha >= 0 and self.fedemd_beta >= 0, "fedemd-alpha and fedemd-beta must be >= 0"),
+            (0 <= self.shapley_decay < 1, "shapley-decay must be in [0, 1)"),
+            (self.shapley_temperature > 0, "shapley-temperature must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         for key in ("record_clients", "record_rounds"):
             parse_ids(getattr(self, key), key.replace("_", "-"))
+        parse_counts(self.fedemd_cum_init, "fedemd-cum-init")
 
     @property
     def is_diffusion(self) -> bool:
@@ -122,6 +134,19 @@ def parse_ids(text: str, key: str = "ids") -> set[int] | None:
         return {int(tok) for tok in text.replace(",", " ").split()}
     except ValueError:
         raise ConfigError(f"{key} must be 'all' or whole numbers separated by spaces; got {text!r}") from None
+
+
+def parse_counts(text: str, key: str = "counts") -> list[float] | None:
+    """"" -> None; "1 50 1" or "1,50,1" -> [1.0, 50.0, 1.0] (non-negative numbers)."""
+    if not text.strip():
+        return None
+    try:
+        values = [float(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"{key} must be numbers separated by spaces; got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{key} must be non-negative; got {text!r}")
+    return values
 
 
 def _kebab(name: str) -> str:

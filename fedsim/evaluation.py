@@ -82,6 +82,16 @@ class ServerEvaluator:
             out.update(self.quality(rnd))
         return out
 
+    def utility(self, state_dict: dict[str, torch.Tensor]) -> float:
+        """One score of a model, higher is better: test accuracy (classifiers) or minus the
+        held-out loss with the fixed probe (diffusion). Used to value client contributions."""
+        self.model.load_state_dict(state_dict)
+        if not self.cfg.is_diffusion:
+            return accuracy(self.model, self.test.images, self.labels)
+        losses = per_sample_losses(self.model, self.task, self.test.images, self.labels,
+                                   generator=torch_generator(self.cfg.seed, "eval-probe"))
+        return -float(losses.mean())
+
     def quality(self, rnd: int) -> dict[str, float]:
         cfg, k = self.cfg, self.test.num_classes
         labels = torch.arange(cfg.num_samples) % k if cfg.conditional else None

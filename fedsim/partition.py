@@ -231,6 +231,17 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
+MAVERICKS = {"exclusive-1": 1, "exclusive-2": 2, "exclusive-3": 3, "shared-2": 2, "shared-3": 3,
+             "quantity-maverick": 1, "maverick-only": 1}
+
+
+def maverick_ids(scheme: str, num_clients: int) -> list[int]:
+    """The Maverick clients a scheme creates (always the last ones), [] for other schemes.
+    For logging only: selectors never see it."""
+    k = MAVERICKS.get(scheme, 0)
+    return list(range(num_clients - k, num_clients)) if num_clients >= k else []
+
+
 def partition(
     labels: np.ndarray,
     num_clients: int,

@@ -30,3 +30,29 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+
+
+def plot_selection(metrics_csv: Path, out_png: Path) -> bool:
+    """selection.png for runs with Maverick clients: each Maverick's selection probability
+    P_t and the median of the other clients' (left), times each was selected (right).
+    Returns False (and writes nothing) when the run has no Maverick columns."""
+    df = pd.read_csv(metrics_csv)
+    probs = [c for c in df if c.startswith("maverick_") and c.endswith("_prob")]
+    if not probs or df.empty:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for c in probs:
+        name = c.removesuffix("_prob").replace("_", " ")
+        left.plot(df["round"], df[c], label=name)
+        right.plot(df["round"], df[c.removesuffix("_prob") + "_selections"], label=name)
+    if "typical_prob" in df:
+        left.plot(df["round"], df["typical_prob"], color="grey", ls="--", label="typical client (median)")
+    left.set(xlabel="round", ylabel="selection probability $P_t$", title="who the selector prefers")
+    right.set(xlabel="round", ylabel="times selected", title="Maverick participation")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return True

@@ -22,8 +22,15 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
     train = dataset(cfg, "train")
     dataset(cfg, "test")
-    client_partition(cfg, train.labels)
+    parts = client_partition(cfg, train.labels)
     fresh_model(cfg, train)
+    if cfg.selector == "fedemd":  # its distances need the declared histograms (e.g. class 9 for scipy-values)
+        from fedsim.partition import label_histograms
+        from strategies import build_selector
+        from strategies.client_registry import ClientInfo
+
+        hists = label_histograms(train.labels, parts, train.num_classes)
+        build_selector(cfg, {i: ClientInfo(i, i, len(p), h) for i, (p, h) in enumerate(zip(parts, hists))})
     if cfg.inception_weights:
         from fedsim.inception import load_inception
 

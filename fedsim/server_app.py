@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.config import load_config
 from fedsim.evaluation import ServerEvaluator
 from fedsim.model import save_model
-from fedsim.plots import plot_curves
+from fedsim.plots import plot_curves, plot_selection
 from fedsim.round_log import RoundLog
 from fedsim.run_folder import RunFolder
 from fedsim.wire import to_array_record, to_state_dict
@@ -88,9 +88,10 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     if not clients:
         raise RuntimeError("no client answered the discovery query")
     log = RoundLog()
-    strategy = build_strategy(cfg, clients, log)
     evaluator = ServerEvaluator(cfg, folder.path)
-    folder.start_metrics(evaluator.quality_columns)
+    strategy = build_strategy(cfg, clients, log,
+                              utility=lambda arrays: evaluator.utility(to_state_dict(arrays)))
+    folder.start_metrics(evaluator.quality_columns + list(getattr(strategy, "metric_columns", [])))
     recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
     window = cfg.max_in_flight or (SIMULATION_WINDOW if in_simulation(grid) else 0)
     if window:
@@ -103,5 +104,6 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
         evaluator.model.load_state_dict(to_state_dict(result.arrays))
     save_model(evaluator.model.cpu(), folder.path / "model")
     plot_curves(folder.metrics_path, folder.path / "curves.png")
+    plot_selection(folder.metrics_path, folder.path / "selection.png")
     folder.status("done", round=cfg.rounds, rounds=cfg.rounds, clients=len(clients),
                   initial=recorder.initial, last=recorder.last)

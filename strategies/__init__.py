@@ -10,32 +10,57 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.config import ConfigError, RunConfig, parse_ids
+from fedsim.config import ConfigError, RunConfig, parse_counts, parse_ids
+from fedsim.partition import maverick_ids
 from fedsim.round_log import RoundLog
 from strategies.client_registry import ClientInfo
 from strategies.fedavg import FedAvg
 from strategies.metered import Metered
 from strategies.recording import Recording
+from strategies.selection import FedEMDSelector, RandomSelector, Selector
+from strategies.shapley import ShapleySelector
 
-StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog], Strategy]
+Utility = Callable[[ArrayRecord], float]
+StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility | None], Strategy]
 
 
-def _fedavg(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog) -> Strategy:
+def build_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
+    """The ``selector`` of the config, over the clients that declared themselves."""
+    if cfg.selector == "fedemd":
+        infos = sorted(clients.values(), key=lambda c: c.partition_id)
+        try:
+            return FedEMDSelector(infos, alpha=cfg.fedemd_alpha, beta=cfg.fedemd_beta,
+                                  distance=cfg.fedemd_distance,
+                                  cum_init=parse_counts(cfg.fedemd_cum_init, "fedemd-cum-init"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.selector == "shapley":
+        return ShapleySelector(decay=cfg.shapley_decay, temperature=cfg.shapley_temperature, seed=cfg.seed)
+    return RandomSelector()
+
+
+def _fedavg(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
+            utility: Utility | None = None) -> Strategy:
     return FedAvg(clients, cfg.clients_per_round, seed=cfg.seed, log_book=log,
-                  mode=cfg.mode, server_lr=cfg.server_lr)
+                  mode=cfg.mode, server_lr=cfg.server_lr, selector=build_selector(cfg, clients),
+                  weighting=cfg.weighting, utility=utility,
+                  mavericks=maverick_ids(cfg.partition, cfg.num_clients))
 
 
 STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
 
 
-def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog) -> Strategy:
+def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
+                   utility: Utility | None = None) -> Strategy:
     """Metered(Recording?(named strategy)): bytes are measured and observations
-    recorded on what arrives, before any inner layer transforms it."""
+    recorded on what arrives, before any inner layer transforms it.
+    utility: score of global weights (the server's evaluation), for valuing selectors."""
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
-    strategy = STRATEGIES[cfg.strategy](cfg, clients, log)
+    strategy = STRATEGIES[cfg.strategy](cfg, clients, log, utility)
     partitions = parse_ids(cfg.record_clients)
     if partitions is None or partitions:
         strategy = Recording(strategy, Path(cfg.out_dir or "."), clients, partitions=partitions,

@@ -1,9 +1,10 @@
 """FedAvg (McMahan et al. 2017) with seeded selection and reply validation.
 
 Extends Flower's ``FedAvg`` through its hooks only:
-- ``configure_train`` draws clients with ``select`` (the one hook client
-  selectors such as FedEMD override) from a generator derived from
-  (seed, "select", round), over stable partition ids.
+- ``configure_train`` draws clients with ``select``, which asks the pluggable
+  selector (strategies/selection.py: random, FedEMD, Shapley) with a generator
+  derived from (seed, "select", round), over stable partition ids, and logs who
+  was chosen (and, for Maverick clients, their selection probability and count).
 - ``aggregate_train`` drops failed replies and rejects replies whose arrays do
   not match the global model's keys/shapes or are not finite (logged, counted,
   never aggregated), orders the rest by partition id (so float sums are the
@@ -12,12 +13,14 @@ Extends Flower's ``FedAvg`` through its hooks only:
   decodes every array through ``np.load``, 1.8 s per 100 replies of ddpm-small)
   and aggregates metrics with Flower's ``train_metrics_aggr_fn``.
   In FedSGD mode replies carry gradients: w <- w - server_lr * weighted mean.
+  A selector that values contributions (Shapley) then gets U(coalition): the
+  ``utility`` score of the model aggregated from that coalition's replies only.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import WARNING
 
 import numpy as np
@@ -30,6 +33,8 @@ from fedsim.rng import derive
 from fedsim.round_log import RoundLog
 from fedsim.wire import array_view, numpy_array
 from strategies.client_registry import ClientInfo
+from strategies.selection import RandomSelector, Selector
+from strategies.shapley import RoundContributions
 
 
 def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
@@ -79,22 +84,60 @@ def _common_metric_keys(replies: list[Message]) -> tuple[list[Message], list[Mes
 
 class FedAvg(FlowerFedAvg):
     def __init__(self, clients: dict[int, ClientInfo], clients_per_round: int, *, seed: int,
-                 log_book: RoundLog | None = None, mode: str = "fedavg", server_lr: float = 1.0) -> None:
+                 log_book: RoundLog | None = None, mode: str = "fedavg", server_lr: float = 1.0,
+                 selector: Selector | None = None, weighting: str = "samples",
+                 utility: Callable[[ArrayRecord], float] | None = None,
+                 mavericks: Iterable[int] = ()) -> None:
+        """selector: who trains (default uniform); weighting: "samples" (FedAvg) or "uniform";
+        utility: score of a global model (needed by valuing selectors); mavericks: partition
+        ids whose selection probability and count go into metrics.csv."""
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
+        if weighting not in ("samples", "uniform"):
+            raise ValueError(f"weighting must be 'samples' or 'uniform', got {weighting!r}")
         self.clients = clients
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.log_book = log_book or RoundLog()
         self.mode = mode
         self.server_lr = server_lr
+        self.selector = selector or RandomSelector()
+        if self.selector.needs_contributions and utility is None:
+            raise ValueError(f"the {self.selector.name} selector needs a utility function")
+        self.weighting = weighting
+        self.utility = utility
+        self.mavericks = sorted(set(mavericks))
+        self._times_selected = {m: 0 for m in self.mavericks}
         self._global: ArrayRecord | None = None
+
+    @property
+    def metric_columns(self) -> list[str]:
+        """Extra metrics.csv columns this strategy fills."""
+        cols = [f"maverick_{m}_{what}" for m in self.mavericks for what in ("prob", "selections")]
+        return cols + (["typical_prob"] if self.mavericks else [])
 
     # -- selection ---------------------------------------------------------
     def select(self, server_round: int, candidates: list[ClientInfo]) -> list[ClientInfo]:
-        """Uniform sampling without replacement (the FedAvg baseline)."""
+        """The selector's k distinct clients, drawn from (seed, "select", round)."""
+        if self.mavericks:
+            self._log_probabilities(server_round, candidates)
         rng = derive(self.seed, "select", server_round)
-        k = min(self.clients_per_round, len(candidates))
-        return [candidates[i] for i in sorted(rng.choice(len(candidates), size=k, replace=False))]
+        chosen = self.selector.select(server_round, candidates, self.clients_per_round, rng)
+        for c in chosen:
+            if c.partition_id in self._times_selected:
+                self._times_selected[c.partition_id] += 1
+        self.log_book.record(server_round, **{f"maverick_{m}_selections": n
+                                              for m, n in self._times_selected.items()})
+        return chosen
+
+    def _log_probabilities(self, server_round: int, candidates: list[ClientInfo]) -> None:
+        """P_t of each Maverick and the median P_t of the other clients (one draw's weights)."""
+        p = self.selector.probabilities(server_round, candidates)
+        pid = [c.partition_id for c in candidates]
+        row = {f"maverick_{m}_prob": float(p[pid.index(m)]) if m in pid else 0.0 for m in self.mavericks}
+        typical = [q for i, q in zip(pid, p) if i not in self._times_selected]
+        if typical:
+            row["typical_prob"] = float(np.median(typical))
+        self.log_book.record(server_round, **row)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -135,16 +178,35 @@ class FedAvg(FlowerFedAvg):
             return None, None
         valid.sort(key=lambda m: self._partition_of(m))
         contents = [m.content for m in valid]
-        weights = [float(c["metrics"][self.weighted_by_key]) for c in contents]
-        arrays = weighted_mean([c["arrays"] for c in contents], weights, self._global)
+        arrays = self._combine(contents)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         if "train-loss" in metrics:
             self.log_book.record(server_round, train_loss=float(metrics["train-loss"]))
+        if self.selector.needs_contributions:
+            self._value_contributions(server_round, valid, contents)
+        return arrays, metrics
+
+    def _combine(self, contents: list[RecordDict]) -> ArrayRecord:
+        """The new global weights from these replies (none: the global weights unchanged)."""
+        if not contents:
+            return self._global
+        weights = ([float(c["metrics"][self.weighted_by_key]) for c in contents]
+                   if self.weighting == "samples" else [1.0] * len(contents))
+        arrays = weighted_mean([c["arrays"] for c in contents], weights, self._global)
         if self.mode == "fedsgd":  # replies carry gradients: one server step
             arrays = ArrayRecord({k: numpy_array(array_view(self._global[k])
                                                  - self.server_lr * array_view(arrays[k]))
                                   for k in self._global.keys()}, keep_input=True)
-        return arrays, metrics
+        return arrays
+
+    def _value_contributions(self, server_round: int, valid: list[Message], contents: list[RecordDict]) -> None:
+        infos = [self.clients.get(m.metadata.src_node_id) for m in valid]
+        keep = [i for i, info in enumerate(infos) if info is not None]
+
+        def utility(members: tuple[int, ...]) -> float:
+            return self.utility(self._combine([contents[keep[j]] for j in members]))
+
+        self.selector.observe(server_round, RoundContributions([infos[i] for i in keep], utility))
 
     def _partition_of(self, reply: Message) -> int:
         info = self.clients.get(reply.metadata.src_node_id)

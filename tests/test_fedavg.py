@@ -291,3 +291,55 @@ def test_discover_clients_maps_node_to_partition():
     assert clients[10].node_id == 10 and clients[10].partition_id == 10 and clients[10].num_examples == 5
     assert clients[30].partition_id == 12 and clients[30].label_hist.tolist() == [2, 1]
     assert clients[30].label_hist.dtype == np.int64
+
+
+# --- (f) pluggable selectors, weighting, Maverick logging ---
+
+def test_uniform_weighting_takes_the_plain_mean():
+    log = RoundLog()
+    strategy = FedAvg(make_clients(2), 2, seed=0, log_book=log, weighting="uniform")
+    list(strategy.configure_train(ROUND, arrays(**W0), ConfigRecord({}), FakeGrid(make_clients(2))))
+    out, _ = strategy.aggregate_train(ROUND, [reply(0, 1, w=[[1, 2]]), reply(1, 3, w=[[5, 6]])])
+    np.testing.assert_array_equal(out["w"].numpy(), np.array([[3.0, 4.0]], np.float32))
+
+
+def test_maverick_probability_and_selections_are_logged():
+    from strategies.selection import FedEMDSelector
+
+    clients = make_clients(4)
+    hists = {0: [10, 10], 1: [10, 10], 2: [10, 10], 3: [0, 30]}  # partition 3 alone holds class 1 mostly
+    clients = {n: ClientInfo(c.node_id, c.partition_id, 20, np.array(hists[c.partition_id]))
+               for n, c in clients.items()}
+    log = RoundLog()
+    sel = FedEMDSelector(sorted(clients.values(), key=lambda c: c.partition_id), alpha=2.0, beta=0.0)
+    strategy = FedAvg(clients, 2, seed=0, log_book=log, selector=sel, mavericks=[3])
+    assert strategy.metric_columns == ["maverick_3_prob", "maverick_3_selections", "typical_prob"]
+    total = 0
+    for rnd in (1, 2, 3):
+        list(strategy.configure_train(rnd, arrays(**W0), ConfigRecord({}), FakeGrid(clients)))
+        row = log.get(rnd)
+        total += "3" in row["selected"].split()
+        assert row["maverick_3_selections"] == total
+        assert row["maverick_3_prob"] > row["typical_prob"]  # far from the global distribution
+
+
+def test_shapley_selector_values_coalitions_of_this_rounds_replies():
+    """Utility = the aggregated w[0, 0]; client 0 moves it to 4, client 1 to 0: the coalition
+    values are U() = 0 (global), U(0) = 4, U(1) = 0, U(0, 1) = 2 (equal sizes)."""
+    from strategies.shapley import ShapleySelector
+
+    log = RoundLog()
+    sel = ShapleySelector(decay=0.0)
+    strategy = FedAvg(make_clients(2), 2, seed=0, log_book=log, selector=sel,
+                      utility=lambda a: float(a["w"].numpy()[0, 0]), weighting="uniform")
+    list(strategy.configure_train(ROUND, arrays(**W0), ConfigRecord({}), FakeGrid(make_clients(2))))
+    strategy.aggregate_train(ROUND, [reply(0, 1, w=[[4, 0]]), reply(1, 1, w=[[0, 0]])])
+    # phi_0 = (U(0) - U()) / 2 + (U(0, 1) - U(1)) / 2 = 3; phi_1 = (0 + (2 - 4)) / 2 = -1
+    assert sel.values == pytest.approx({0: 3.0, 1: -1.0})
+
+
+def test_valuing_selector_without_utility_is_refused():
+    from strategies.shapley import ShapleySelector
+
+    with pytest.raises(ValueError, match="utility"):
+        FedAvg(make_clients(2), 2, seed=0, selector=ShapleySelector())

@@ -107,3 +107,26 @@ def test_same_metrics_on_an_existing_ray_cluster(first_run: Path, tmp_path: Path
     a = pd.read_csv(first_run / "metrics.csv").drop(columns=TIMING)
     b = pd.read_csv(tmp_path / "cluster" / "metrics.csv").drop(columns=TIMING)
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("selector", ["fedemd", "shapley"])
+def test_selector_runs_log_the_maverick(tmp_path: Path, env: dict, selector: str) -> None:
+    """A classifier run with one exclusive Maverick (client 9 alone holds class 1): the
+    selector is built from the declared histograms (FedEMD) or values this round's replies
+    on the server's test split (Shapley); metrics.csv holds the Maverick's P_t and count."""
+    out = tmp_path / "run"
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in ["model='cnn'", "num-clients=10", "clients-per-round=3", "rounds=3", "local-epochs=1",
+                 "partition='exclusive-1'", f"selector='{selector}'", "optimizer='sgd'", "lr=0.05"]:
+        cmd += ["--set", item]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out / "metrics.csv")
+    assert list(df["round"]) == [1, 2, 3]
+    chosen = [set(map(int, s.split())) for s in df["selected"]]
+    assert all(len(c) == 3 for c in chosen)
+    assert list(df["maverick_9_selections"]) == list(np.cumsum([9 in c for c in chosen]))
+    assert ((df["maverick_9_prob"] > 0) & (df["maverick_9_prob"] < 1)).all()
+    if selector == "fedemd":  # round 1: the Maverick is the most likely client
+        assert df["maverick_9_prob"].iloc[0] > df["typical_prob"].iloc[0]
+    assert (out / "selection.png").is_file()
