@@ -65,8 +65,9 @@ def test_never_reaching_the_target_is_reported_as_over_budget(exp, tmp_path):
     assert "| exclusive-1 | shapley | >3 | ≥ 4.0 |" in exp.table(df, spec, rounds=3)
 
 
-def test_every_run_of_the_matrix_is_a_valid_config():
-    spec = tomllib.loads((HERE / "experiment.toml").read_text())
+@pytest.mark.parametrize("matrix", ["experiment.toml", "alpha_sweep.toml"])
+def test_every_run_of_the_matrix_is_a_valid_config(matrix):
+    spec = tomllib.loads((HERE / matrix).read_text())
     assert "random" in spec["selectors"]
     for base in ("base.toml", "diffusion.toml"):
         for mav in spec["mavericks"]:
