@@ -122,6 +122,17 @@ def table(df: pd.DataFrame, spec: dict, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def save(fig, axes, path: Path, legend_size: int = 8) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_accuracy(out: Path, spec: dict, seeds: int) -> None:
     import matplotlib
 
@@ -139,11 +150,7 @@ def plot_accuracy(out: Path, spec: dict, seeds: int) -> None:
             acc = np.mean([r["test_acc"].to_numpy() for r in runs], axis=0)
             ax.plot(np.arange(1, len(acc) + 1), acc, label=f"{name} ({len(runs)} seeds)")
         ax.set(title=f"digits, 50 clients, {mav}", xlabel="round", ylabel="test accuracy (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
-    plt.close(fig)
+    save(fig, axes[0], out / "accuracy.png")
 
 
 def plot_selection(out: Path, spec: dict) -> None:
@@ -166,11 +173,7 @@ def plot_selection(out: Path, spec: dict) -> None:
         ax.plot(df["round"], df["typical_prob"], ls="--", color=line.get_color(), alpha=0.6,
                 label=f"{name}: typical client (median)")
     ax.set(title=f"selection probability per draw, {mav}, seed 0", xlabel="round", ylabel="$P_t$")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "selection.png", dpi=120)
-    plt.close(fig)
+    save(fig, [ax], out / "selection.png", legend_size=7)
 
 
 def diffusion_rows(out: Path, spec: dict, seeds: int) -> pd.DataFrame:
