@@ -108,9 +108,7 @@ class FedEMDSelector(Selector):
     def scores(self, server_round: int, candidates: Sequence[ClientInfo]) -> np.ndarray:
         """alpha * EMD_g - t * beta * EMD_c for each candidate."""
         hists = np.stack([np.asarray(c.label_hist, dtype=np.float64) for c in candidates])
-        emd_g = np.array([self.emd_g[c.partition_id] if c.partition_id in self.emd_g
-                          else label_distance(self.distance, c.label_hist[None], self.glob)[0]
-                          for c in candidates])
+        emd_g = np.array([self.emd_g[c.partition_id] for c in candidates])  # candidates declared at start
         # Nothing selected yet: no current distribution to compare with (EMD_c = 0).
         emd_c = label_distance(self.distance, hists, self.cum) if self.cum.sum() > 0 else np.zeros(len(hists))
         return self.alpha * emd_g - server_round * self.beta * emd_c
