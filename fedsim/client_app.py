@@ -15,13 +15,14 @@ import functools
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.compression_mod import compression_mod
 from fedsim.config import RunConfig, load_config
 from fedsim.rng import derive, torch_generator
 from fedsim.train import batch_gradient, per_sample_losses, train_local
 from fedsim.wire import to_array_record, to_state_dict
 from fedsim.workspace import workspace
 
-app = ClientApp()
+app = ClientApp(mods=[compression_mod])  # acts only when the server asks for compression
 
 
 class InjectedClientFailure(RuntimeError):

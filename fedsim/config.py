@@ -63,6 +63,18 @@ class RunConfig:
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
     record_clients: str = ""  # observations for attacks: "" none, "all", or partition ids "0 7 12"
     record_rounds: str = "all"  # rounds to record: "all" or "1 5"
+    sampling: Literal["constant", "exponential", "linear"] = "constant"  # clients per round over time
+    sampling_decay: float = 0.02  # exponential: K_t = max(min, ceil(K exp(-decay (t-1)))); linear: K (1 - decay (t-1))
+    sampling_min: int = 2  # floor of a decaying K_t (at most clients-per-round)
+    # compression of updates (client encodes, server decodes; bytes in metrics.csv are measured)
+    compression: Literal["none", "topk", "stc", "dhq", "qsgd"] = "none"
+    keep_ratio: float = 0.01  # top-k / STC / DHQ: fraction of each tensor's entries sent
+    dhq_levels: int = 4  # DHQ: quantization levels of the kept magnitudes (1 = STC)
+    dhq_split: Literal["quantile", "tree"] = "quantile"  # equal-count levels, or recursive split at the mean
+    qsgd_levels: int = 16  # QSGD: s
+    qsgd_bucket: int = 0  # QSGD: elements per norm bucket; 0: one bucket per tensor
+    error_feedback: Literal["auto", "on", "off"] = "auto"  # client residual; auto: on except QSGD
+    compress_downlink: bool = False  # also send the global model as compressed deltas
     # local training
     local_epochs: int = 5
     batch_size: int = 16
@@ -105,6 +117,10 @@ class RunConfig:
             (self.fedemd_alpha >= 0 and self.fedemd_beta >= 0, "fedemd-alpha and fedemd-beta must be >= 0"),
             (0 <= self.shapley_decay < 1, "shapley-decay must be in [0, 1)"),
             (self.shapley_temperature > 0, "shapley-temperature must be > 0"),
+            (self.sampling_decay >= 0, "sampling-decay must be >= 0"),
+            (self.sampling_min >= 1, "sampling-min must be >= 1"),
+            (self.compression != "none" or not self.compress_downlink,
+             "compress-downlink needs a codec: set compression"),
         ]
         for ok, message in checks:
             if not ok:
@@ -112,6 +128,10 @@ class RunConfig:
         for key in ("record_clients", "record_rounds"):
             parse_ids(getattr(self, key), key.replace("_", "-"))
         parse_counts(self.fedemd_cum_init, "fedemd-cum-init")
+        try:
+            codec_settings(self.to_flwr())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def is_diffusion(self) -> bool:
@@ -123,6 +143,20 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+CODEC_KEYS = ("compression", "keep-ratio", "dhq-levels", "dhq-split", "qsgd-levels", "qsgd-bucket",
+              "error-feedback")
+
+
+def codec_settings(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """The codec keys of a config, as the server sends them to clients with each
+    TRAIN message; checks them by building the codec (ValueError if bad)."""
+    from strategies.codecs import from_settings  # here: strategies/__init__ imports this module
+
+    settings = {k: mapping[k] for k in CODEC_KEYS}
+    from_settings(settings)
+    return settings
 
 
 def parse_ids(text: str, key: str = "ids") -> set[int] | None:

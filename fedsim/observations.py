@@ -9,7 +9,8 @@ ThreatModel, and only attacks/metrics.py sees the truth.
 
 Stored under the run folder as
 ``observations/round_RRR/client_PPP/{sent,received}.safetensors`` and
-``meta.json``.
+``meta.json``. A compressed upload is stored as received (decoded, the update the
+server aggregated) and as ``received.bin`` (the bytes that travelled).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Observation:
     num_examples: int
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # what the server sent with the weights
+    codec: str = ""  # compressed upload: the codec (e.g. "dhq(p=0.01,L=4)"); received is its decoding
+    encoded: bytes | None = None  # compressed upload: the bytes that travelled
 
     def update(self) -> dict[str, torch.Tensor]:
         """Delta w = w_local - w_server (the negative gradient direction); for a
@@ -52,7 +55,10 @@ def save(obs: Observation, root: Path) -> Path:
     save_file({k: v.contiguous() for k, v in obs.sent.items()}, str(path / "sent.safetensors"))
     save_file({k: v.contiguous() for k, v in obs.received.items()}, str(path / "received.safetensors"))
     meta = {"server_round": obs.server_round, "partition_id": obs.partition_id, "payload": obs.payload,
-            "num_examples": obs.num_examples, "metrics": obs.metrics, "config": obs.config}
+            "num_examples": obs.num_examples, "metrics": obs.metrics, "config": obs.config,
+            "codec": obs.codec}
+    if obs.encoded is not None:
+        (path / "received.bin").write_bytes(obs.encoded)
     (path / "meta.json").write_text(json.dumps(meta, indent=1))
     return path
 
@@ -62,8 +68,9 @@ def load(path: Path) -> Observation:
     if not (path / "meta.json").is_file():
         raise FileNotFoundError(f"no observation at {path} (expected meta.json, sent/received.safetensors)")
     meta = json.loads((path / "meta.json").read_text())
+    encoded = (path / "received.bin").read_bytes() if (path / "received.bin").is_file() else None
     return Observation(sent=load_file(str(path / "sent.safetensors")),
-                       received=load_file(str(path / "received.safetensors")), **meta)
+                       received=load_file(str(path / "received.safetensors")), encoded=encoded, **meta)
 
 
 def list_observations(root: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 BASE_COLUMNS = ["round", "clients_sampled", "clients_failed", "clients_rejected", "train_loss",
-                "eval_loss", "bytes_up", "bytes_down", "wall_s", "eval_s"]
+                "eval_loss", "bytes_up", "bytes_down", "bytes_up_total", "bytes_down_total", "wall_s", "eval_s"]
 # wall_s: whole round (selection, client training, aggregation, evaluation);
 # eval_s: the server-side evaluation part of it. Both vary between runs; every
 # other column is the same for the same config and seed.

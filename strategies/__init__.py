@@ -13,13 +13,15 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.config import ConfigError, RunConfig, parse_counts, parse_ids
+from fedsim.config import ConfigError, RunConfig, codec_settings, parse_counts, parse_ids
 from fedsim.partition import maverick_ids
 from fedsim.round_log import RoundLog
 from strategies.client_registry import ClientInfo
+from strategies.compression import Compressed
 from strategies.fedavg import FedAvg
 from strategies.metered import Metered
 from strategies.recording import Recording
+from strategies.sampling import Schedule
 from strategies.selection import FedEMDSelector, RandomSelector, Selector
 from strategies.shapley import ShapleySelector
 
@@ -47,7 +49,9 @@ def _fedavg(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
     return FedAvg(clients, cfg.clients_per_round, seed=cfg.seed, log_book=log,
                   mode=cfg.mode, server_lr=cfg.server_lr, selector=build_selector(cfg, clients),
                   weighting=cfg.weighting, utility=utility,
-                  mavericks=maverick_ids(cfg.partition, cfg.num_clients))
+                  mavericks=maverick_ids(cfg.partition, cfg.num_clients),
+                  schedule=Schedule(cfg.sampling, cfg.clients_per_round, cfg.sampling_decay,
+                                    min(cfg.sampling_min, cfg.clients_per_round)))
 
 
 STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
@@ -55,14 +59,17 @@ STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
                    utility: Utility | None = None) -> Strategy:
-    """Metered(Recording?(named strategy)): bytes are measured and observations
-    recorded on what arrives, before any inner layer transforms it.
+    """Metered(Recording?(Compressed?(named strategy))): bytes are measured and
+    observations recorded on what arrives, before any inner layer decodes it.
     utility: score of global weights (the server's evaluation), for valuing selectors."""
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[cfg.strategy](cfg, clients, log, utility)
+    settings = codec_settings(cfg.to_flwr())
+    if cfg.compression != "none":
+        strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)
     partitions = parse_ids(cfg.record_clients)
     if partitions is None or partitions:
         strategy = Recording(strategy, Path(cfg.out_dir or "."), clients, partitions=partitions,
-                             rounds=parse_ids(cfg.record_rounds))
+                             rounds=parse_ids(cfg.record_rounds), codec_settings=settings)
     return Metered(strategy, log)

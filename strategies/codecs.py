@@ -258,6 +258,19 @@ def make_codec(name: str, *, keep_ratio: float = 0.01, levels: int = 4, split: s
     raise ValueError(f"unknown codec {name!r}; known: {', '.join(CODECS)}")
 
 
+def from_settings(settings: Mapping[str, object]) -> tuple[Codec | None, bool]:
+    """(codec, error feedback on?) from the kebab-case keys a TRAIN message carries
+    (fedsim.config.CODEC_KEYS)."""
+    codec = make_codec(str(settings["compression"]), keep_ratio=float(settings["keep-ratio"]),
+                       levels=int(settings["dhq-levels"]), split=str(settings["dhq-split"]),
+                       qsgd_levels=int(settings["qsgd-levels"]), qsgd_bucket=int(settings["qsgd-bucket"]))
+    feedback = str(settings.get("error-feedback", "auto"))
+    if feedback not in ("auto", "on", "off"):
+        raise ValueError(f"error-feedback must be auto, on or off, got {feedback!r}")
+    on = codec is not None and (codec.error_feedback if feedback == "auto" else feedback == "on")
+    return codec, on
+
+
 def encode_update(codec: Codec, tensors: Mapping[str, np.ndarray], *,
                   residual: dict[str, np.ndarray] | None = None,
                   rng: np.random.Generator | None = None) -> tuple[bytes, dict[str, np.ndarray]]:

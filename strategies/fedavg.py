@@ -87,8 +87,9 @@ class FedAvg(FlowerFedAvg):
                  log_book: RoundLog | None = None, mode: str = "fedavg", server_lr: float = 1.0,
                  selector: Selector | None = None, weighting: str = "samples",
                  utility: Callable[[ArrayRecord], float] | None = None,
-                 mavericks: Iterable[int] = ()) -> None:
-        """selector: who trains (default uniform); weighting: "samples" (FedAvg) or "uniform";
+                 mavericks: Iterable[int] = (), schedule: Callable[[int], int] | None = None) -> None:
+        """selector: who trains (default uniform); schedule: how many train in a round
+        (default clients_per_round, see strategies/sampling.py); weighting: "samples" (FedAvg) or "uniform";
         utility: score of a global model (needed by valuing selectors); mavericks: partition
         ids whose selection probability and count go into metrics.csv."""
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
@@ -96,6 +97,7 @@ class FedAvg(FlowerFedAvg):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {weighting!r}")
         self.clients = clients
         self.clients_per_round = clients_per_round
+        self.schedule = schedule or (lambda server_round: clients_per_round)
         self.seed = seed
         self.log_book = log_book or RoundLog()
         self.mode = mode
@@ -121,7 +123,8 @@ class FedAvg(FlowerFedAvg):
         if self.mavericks:
             self._log_probabilities(server_round, candidates)
         rng = derive(self.seed, "select", server_round)
-        chosen = self.selector.select(server_round, candidates, self.clients_per_round, rng)
+        k = min(self.schedule(server_round), len(candidates))
+        chosen = self.selector.select(server_round, candidates, k, rng)
         for c in chosen:
             if c.partition_id in self._times_selected:
                 self._times_selected[c.partition_id] += 1

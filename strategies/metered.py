@@ -31,6 +31,7 @@ class Metered(StrategyWrapper):
     def __init__(self, inner: Strategy, log: RoundLog) -> None:
         super().__init__(inner)
         self.log = log
+        self.total_up = self.total_down = 0
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -39,11 +40,15 @@ class Metered(StrategyWrapper):
         for m in messages:
             if id(m.content) not in sizes:
                 sizes[id(m.content)] = wire_bytes(m)
-        self.log.record(server_round, bytes_down=sum(sizes[id(m.content)] for m in messages))
+        down = sum(sizes[id(m.content)] for m in messages)
+        self.total_down += down
+        self.log.record(server_round, bytes_down=down, bytes_down_total=self.total_down)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.log.record(server_round, bytes_up=sum(wire_bytes(m) for m in replies))
+        up = sum(wire_bytes(m) for m in replies)
+        self.total_up += up
+        self.log.record(server_round, bytes_up=up, bytes_up_total=self.total_up)
         return self.inner.aggregate_train(server_round, replies)

@@ -4,7 +4,8 @@ A wrapper: ``configure_train`` remembers the global weights and config sent in
 the round; ``aggregate_train`` stores each chosen client's reply as an
 Observation (fedsim/observations.py) before passing the replies on unchanged.
 Placed inside the byte meter and outside any decoder, it records exactly what
-arrived (a compressed update stays compressed).
+arrived: a compressed update is stored as its bytes and as the dense update the
+server decodes from them (what the attacks read).
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.observations import Observation, save
-from fedsim.wire import to_state_dict
+from fedsim.wire import to_numpy_dict, to_state_dict
+from strategies.codecs import from_settings
+from strategies.compression import COMPRESSED, blob_bytes, decode_reply, layout_of
 from strategies.client_registry import ClientInfo
 from strategies.wrapper import StrategyWrapper
 
 
 class Recording(StrategyWrapper):
     def __init__(self, inner: Strategy, root: Path, clients: dict[int, ClientInfo], *,
-                 partitions: set[int] | None = None, rounds: set[int] | None = None) -> None:
-        """partitions / rounds: which to record (None: all)."""
+                 partitions: set[int] | None = None, rounds: set[int] | None = None,
+                 codec_settings: dict | None = None) -> None:
+        """partitions / rounds: which to record (None: all); codec_settings: the run's
+        compression keys, to decode compressed replies (fedsim.config.codec_settings)."""
         super().__init__(inner)
+        self.codec = from_settings(codec_settings)[0] if codec_settings else None
         self.root, self.registry = Path(root), clients
         self.partitions, self.rounds = partitions, rounds
         self._sent: dict[int, tuple[ArrayRecord, dict]] = {}
@@ -54,10 +60,14 @@ class Recording(StrategyWrapper):
                 info = self.registry.get(reply.metadata.src_node_id)
                 if reply.has_error() or info is None or not self._wanted(server_round, info.partition_id):
                     continue
-                content = reply.content
+                content, encoded = reply.content, None
+                if COMPRESSED in content.array_records and self.codec is not None:
+                    encoded = blob_bytes(content[COMPRESSED])
+                    content = decode_reply(self.codec, content, layout_of(arrays), to_numpy_dict(arrays))
                 meta = dict(content["meta"]) if "meta" in content.config_records else {}
                 save(Observation(server_round=server_round, partition_id=info.partition_id, sent=sent,
                                  received=to_state_dict(content["arrays"]),
+                                 codec=str(meta.get("codec", "")), encoded=encoded,
                                  payload=str(meta.get("payload", "weights")),
                                  num_examples=int(content["metrics"]["num-examples"]),
                                  metrics={**dict(content["metrics"]),
