@@ -27,6 +27,7 @@ import tomli_w
 
 from attacks.threat_model import ThreatModel
 from fedsim.config import ConfigError, parse_override, read_toml
+from strategies.codecs import make_codec
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,14 @@ class AttackRunConfig:
     batch_size: int = 1  # images the attacked client holds (reconstructed together)
     local_steps: int = 1  # 1: FedSGD gradient; > 1: FedAvg update of that many SGD steps
     lr: float = 0.05  # client SGD learning rate
-    defense: str = "none"  # none | dp (Flower's local DP: clip + Gaussian noise)
+    defense: str = "none"  # none | dp (Flower's local DP: clip + Gaussian noise) | topk | stc | dhq | qsgd
     dp_clip: float = 1.0
     dp_epsilon: float = 10.0
     dp_delta: float = 1e-5
     dp_sensitivity: float = 0.01
+    keep_ratio: float = 0.01  # defense topk / stc / dhq: the update is compressed as fedsim's codec sends it
+    dhq_levels: int = 4
+    qsgd_levels: int = 16
     trials: int = 1
     seed: int = 0
     prior_epochs: int = 60  # GIDM prior training when no prior path is given
@@ -64,12 +68,22 @@ class AttackRunConfig:
             values[name] = v
         return ThreatModel(**values)
 
+    def codec(self):
+        """The uplink codec of a compression defense (None for none / dp)."""
+        if self.defense in ("none", "dp"):
+            return None
+        return make_codec(self.defense, keep_ratio=self.keep_ratio, levels=self.dhq_levels,
+                          qsgd_levels=self.qsgd_levels)
+
     def replace(self, **changes: Any) -> AttackRunConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
         return {k: v for k, v in out.items() if v != {} and v is not None}
+
+
+DEFENSES = ("none", "dp", "topk", "stc", "dhq", "qsgd")
 
 
 def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
@@ -91,7 +105,7 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
                 raise ConfigError(f"'{key}' must be {type(default).__name__}, got {value!r}")
         values[name] = value
     cfg = AttackRunConfig(**values)
-    for key, allowed in (("defense", ("none", "dp")), ("t_mode", ("shared", "per-sample")),
+    for key, allowed in (("defense", DEFENSES), ("t_mode", ("shared", "per-sample")),
                          ("init", ("default", "uniform"))):
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"'{key.replace('_', '-')}' must be one of {', '.join(allowed)}")
@@ -99,6 +113,10 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"'{key.replace('_', '-')}' must be >= 1")
     cfg.threat_model()
+    try:
+        cfg.codec()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return cfg
 
 

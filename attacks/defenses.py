@@ -1,4 +1,10 @@
-"""Defenses applied to what the server observes, using Flower's own differential-privacy code.
+"""Defenses applied to what the server observes: Flower's local DP, and update compression.
+
+Compression ("topk", "stc", "dhq", "qsgd") runs the update through the codec a
+compressed fedsim run uses (strategies/codecs.py, as fedsim/compression_mod.py
+does on a client, first round: no residual yet); the server sees the decoded
+update and the bytes. It is not meant as a defense, but it is what the server
+records in a compressed federation, so attacks are measured against it.
 
 "dp" is Flower's local DP (flwr.clientapp.mod.LocalDpMod): the client clips its update to
 L2 norm ``clip`` (FlatClip) and adds Gaussian noise with
@@ -19,6 +25,7 @@ import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_clip_model_update
 
 from fedsim.observations import Observation
+from strategies.codecs import Codec, encode_update
 
 
 def local_dp_sigma(sensitivity: float, epsilon: float, delta: float) -> float:
@@ -44,3 +51,18 @@ def local_dp(obs: Observation, *, clip: float, sensitivity: float, epsilon: floa
     return Observation(server_round=obs.server_round, partition_id=obs.partition_id, sent=obs.sent,
                        received=out, payload=obs.payload, num_examples=obs.num_examples,
                        metrics=obs.metrics, config=obs.config)
+
+
+def compressed(obs: Observation, codec: Codec, *, seed: int) -> Observation:
+    """A copy of ``obs`` whose update went through ``codec`` (first round: no residual)."""
+    names = list(obs.received)
+    update = {k: v.detach().cpu().numpy() for k, v in obs.update().items()}
+    rng = np.random.default_rng(seed) if codec.needs_rng else None
+    data, sent = encode_update(codec, {k: update[k] for k in names}, rng=rng)
+    if obs.payload == "weights":
+        out = {k: obs.sent[k] + torch.from_numpy(np.ascontiguousarray(sent[k])).to(obs.sent[k].dtype) for k in names}
+    else:
+        out = {k: torch.from_numpy(np.ascontiguousarray(sent[k])).to(obs.received[k].dtype) for k in names}
+    return Observation(server_round=obs.server_round, partition_id=obs.partition_id, sent=obs.sent,
+                       received=out, payload=obs.payload, num_examples=obs.num_examples,
+                       metrics=obs.metrics, config=obs.config, codec=codec.spec(), encoded=data)

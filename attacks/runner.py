@@ -28,7 +28,7 @@ import torch
 from attacks import build_attack
 from attacks.base import Reconstruction, Victim
 from attacks.config import AttackRunConfig
-from attacks.defenses import local_dp
+from attacks.defenses import compressed, local_dp
 from attacks.exchange import client_exchange
 from attacks.metrics import best_truth, match, score, to_unit
 from attacks.prior import prior_path
@@ -153,6 +153,8 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         if cfg.defense == "dp":
             obs = local_dp(obs, clip=cfg.dp_clip, sensitivity=cfg.dp_sensitivity, epsilon=cfg.dp_epsilon,
                            delta=cfg.dp_delta, seed=int(derive(cfg.seed, "dp", trial).integers(2**31)))
+        elif cfg.codec() is not None and not obs.codec:  # a recorded compressed run is already compressed
+            obs = compressed(obs, cfg.codec(), seed=int(derive(cfg.seed, "uplink", trial).integers(2**31)))
         inp = expose(obs, threat, t.secrets)
         if from_run is not None and attack.cfg.batch_size is None and obs.payload == "gradient":
             # FedSGD: the gradient is of one batch, not of the whole partition
@@ -170,7 +172,7 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         row = {"attack": cfg.attack, "model": cfg.model if from_run is None else "recorded",
                "dataset": cfg.dataset if from_run is None else "recorded", "batch_size": rec.images.shape[0],
                "local_steps": cfg.local_steps if from_run is None else int(obs.metrics.get("steps") or 1),
-               "defense": cfg.defense, "trial": trial, **{k: s[k] for k in ("psnr", "psnr_sd", "ssim", "ssim_sd",
+               "defense": obs.codec or cfg.defense, "trial": trial, **{k: s[k] for k in ("psnr", "psnr_sd", "ssim", "ssim_sd",
                                                                              "mse", "label_acc", "lpips")},
                **_noise_metrics(rec, t.secrets), "wall_s": round(rec.wall_s, 3),
                "iterations": rec.history[-1][0] + 1 if rec.history else 0,

@@ -8,7 +8,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from attacks import ATTACKS
 from attacks.config import load_attack_config, resolve_attack
@@ -107,3 +109,24 @@ def test_attack_on_recorded_run_end_to_end(tmp_path):
     res = subprocess.run([str(exe), "attack", str(PRESETS / "ig.toml"), "--from-run", str(run), "--client", "3",
                           "--round", "1", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "client_0000" in one_line(res.stderr)
+
+
+def test_compression_defense_attacks_the_decoded_update(tmp_path):
+    """The attacked observation is the DHQ-decoded update: sparse, a few magnitudes, bytes kept."""
+    from attacks.defenses import compressed
+    from attacks.runner import run_attack
+    from fedsim.observations import Observation
+    from strategies.codecs import make_codec
+
+    sent = {"w": torch.zeros(20, 10), "b": torch.zeros(10)}
+    received = {"w": torch.randn(20, 10, generator=torch.Generator().manual_seed(0)), "b": torch.ones(10)}
+    obs = Observation(server_round=1, partition_id=0, sent=sent, received=received, payload="weights",
+                      num_examples=1)
+    out = compressed(obs, make_codec("dhq", keep_ratio=0.1, levels=2), seed=0)
+    assert out.codec == "dhq(p=0.1,L=2)" and out.encoded and len(out.encoded) < 4 * 210 / 4
+    assert int((out.update()["w"] != 0).sum()) == 20 and len(out.update()["w"].abs().unique()) == 3  # 0 + 2 levels
+    base = {"attack": "ig", "model": "convnet", "dataset": "digits", "options": {"iterations": 5}}
+    row = run_attack(load_attack_config({**base, "defense": "dhq", "keep-ratio": 0.05}), tmp_path / "a")[0]
+    assert row["defense"] == "dhq(p=0.05,L=4)" and np.isfinite(float(row["psnr"]))
+    with pytest.raises(ConfigError, match="keep-ratio"):
+        load_attack_config({**base, "defense": "dhq", "keep-ratio": 2.0})

@@ -4,7 +4,8 @@ Reads experiments/attacks/benchmark.toml, runs each cell through attacks/runner.
 behind ``fedsim attack``), then the GIDM phase comparison, and writes to --out
 (default docs/attacks): benchmark.csv (one row per cell x trial), benchmark.md (the table
 for the README, iteration counts included), benchmark.png (PSNR per attack and setting).
-About 45 minutes on a 2-core CPU.
+About 30 minutes on a 2-core CPU. benchmark_compressed.toml runs a subset against
+DHQ-compressed updates (the decoded update a compressed federation's server records).
 """
 
 from __future__ import annotations
@@ -62,14 +63,30 @@ def fmt(v, spec=".2f") -> str:
     return "" if v is None or pd.isna(v) else format(v, spec)
 
 
+def _of_defense(g: pd.DataFrame, defense: str) -> pd.DataFrame:
+    """Rows of one defense; a compression defense is stored as its codec spec, e.g. dhq(p=0.05,L=4)."""
+    return g[(g.defense == defense) | g.defense.astype(str).str.startswith(defense + "(")]
+
+
+def _defense_label(df: pd.DataFrame, defense: str) -> str:
+    if defense == "dp":
+        return "DP"
+    specs = _of_defense(df, defense).defense.unique()
+    return str(specs[0]) if len(specs) else defense
+
+
 def table(df: pd.DataFrame, spec: dict) -> str:
-    lines = ["| attack | iterations | B | local steps | PSNR (dB) | PSNR with DP | SSIM | label acc | t acc | s / reconstruction |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    others = [d for d in spec["defenses"] if d != "none"]
+    lines = ["| attack | iterations | B | local steps | PSNR (dB) | "
+             + "".join(f"PSNR with {_defense_label(df, d)} | " for d in others)
+             + "SSIM | label acc | t acc | s / reconstruction |",
+             "|---|---|---|---|---|" + "---|" * len(others) + "---|---|---|---|"]
     for (attack, steps, batch), g in df.groupby(["attack", "local_steps", "batch_size"], sort=False):
-        none, dp = g[g.defense == "none"], g[g.defense == "dp"]
+        none = _of_defense(g, "none")
         opts = spec["attacks"][attack].get("options", {})
         lines.append(f"| {attack} | {iterations_of(opts)} | {batch} | {steps} | {fmt(none.psnr.mean())} | "
-                     f"{fmt(dp.psnr.mean())} | {fmt(none.ssim.mean(), '.3f')} | {fmt(none.label_acc.mean())} | "
+                     + "".join(f"{fmt(_of_defense(g, d).psnr.mean())} | " for d in others)
+                     + f"{fmt(none.ssim.mean(), '.3f')} | {fmt(none.label_acc.mean())} | "
                      f"{fmt(none.t_acc.mean())} | {fmt(none.wall_s.median(), '.1f')} |")
     return "\n".join(lines)
 
@@ -120,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     df.to_csv(out / "benchmark.csv", index=False)
     plot(df, out / "benchmark.png")
     phase_rows = []
-    if not args.only or "gidm" in args.only:
+    if "phases" in spec and (not args.only or "gidm" in args.only):
         for label, mapping in phase_cells(spec):
             for r in run_attack(load_attack_config(mapping), out / "cells" / f"phases-{len(phase_rows)}"):
                 phase_rows.append({"variant": label, **r})
