@@ -56,7 +56,7 @@ def save(obs: Observation, root: Path) -> Path:
     save_file({k: v.contiguous() for k, v in obs.received.items()}, str(path / "received.safetensors"))
     meta = {"server_round": obs.server_round, "partition_id": obs.partition_id, "payload": obs.payload,
             "num_examples": obs.num_examples, "metrics": obs.metrics, "config": obs.config,
-            "codec": obs.codec}
+            "codec": obs.codec, "keys": list(obs.sent)}  # safetensors sorts keys; keep the model's order
     if obs.encoded is not None:
         (path / "received.bin").write_bytes(obs.encoded)
     (path / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -69,8 +69,10 @@ def load(path: Path) -> Observation:
         raise FileNotFoundError(f"no observation at {path} (expected meta.json, sent/received.safetensors)")
     meta = json.loads((path / "meta.json").read_text())
     encoded = (path / "received.bin").read_bytes() if (path / "received.bin").is_file() else None
-    return Observation(sent=load_file(str(path / "sent.safetensors")),
-                       received=load_file(str(path / "received.safetensors")), encoded=encoded, **meta)
+    sent, received = load_file(str(path / "sent.safetensors")), load_file(str(path / "received.safetensors"))
+    keys = meta.pop("keys", None) or list(sent)  # the model's order (the order of received.bin)
+    return Observation(sent={k: sent[k] for k in keys}, received={k: received[k] for k in keys if k in received},
+                       encoded=encoded, **meta)
 
 
 def list_observations(root: Path) -> list[Path]:
