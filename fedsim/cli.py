@@ -71,7 +71,9 @@ def monitor(fed: LocalFederation, run_id: str, folder: RunFolder, cfg: RunConfig
                 row, rnd = status["last"], status.get("round", cfg.rounds)
                 per_round = (time.monotonic() - start) / max(rnd, 1)
                 info = (f"clients {row.get('clients_sampled', '-')} (failed {row.get('clients_failed', 0)}) "
-                        f"train {_fmt(row, 'train_loss')} eval {_fmt(row, 'eval_loss')}")
+                        f"train {_fmt(row, 'train_loss')} eval {_fmt(row, 'eval_loss')} "
+                        f"up {row.get('bytes_up_total', 0) / 1e6:.2f} MB"
+                        + (f" ({row['compression_ratio']:.0f}x)" if row.get("compression_ratio") else ""))
                 eta = time.strftime("%M:%S", time.gmtime(per_round * (cfg.rounds - rnd)))
                 bar.update(task, completed=rnd, info=info, eta=eta)
                 if not console.is_terminal and rnd != shown:
@@ -110,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(cfg)
     folder = RunFolder(out)
     write_toml(cfg, out / "config.toml")
+    codec = "" if cfg.compression == "none" else f", {cfg.compression} uplink"
     console.print(f"fedsim: {cfg.num_clients} clients, {cfg.clients_per_round}/round, {cfg.rounds} rounds, "
-                  f"{cfg.model} on {cfg.dataset} ({cfg.partition}) -> {out}")
+                  f"{cfg.model} on {cfg.dataset} ({cfg.partition}){codec} -> {out}")
     with LocalFederation(out, cfg) as fed:
         run_id = fed.submit()
         status = monitor(fed, run_id, folder, cfg, console)

@@ -64,9 +64,19 @@ class Writer:
             return
         if width > 16:
             raise ValueError(f"fields wider than 16 bits are not supported, got {width}")
-        nbytes = 1 if width <= 8 else 2
-        as_bytes = values.astype(">u2" if nbytes == 2 else np.uint8).view(np.uint8).reshape(-1, nbytes)
-        bits = np.unpackbits(as_bytes, axis=1)[:, 8 * nbytes - width:]
+        if width <= 8:  # 8 values of w bits = w bytes: shift them into one uint64 per group
+            groups = -(-values.size // 8)
+            padded = np.zeros(groups * 8, dtype=np.uint64)
+            padded[:values.size] = values
+            padded = padded.reshape(groups, 8)
+            acc = np.zeros(groups, dtype=np.uint64)
+            for j in range(8):
+                acc |= padded[:, j] << np.uint64(width * (7 - j))
+            packed = acc.astype(">u8").view(np.uint8).reshape(groups, 8)[:, 8 - width:]
+            self.chunks.append(packed.tobytes()[:(values.size * width + 7) // 8])
+            return
+        as_bytes = values.astype(">u2").view(np.uint8).reshape(-1, 2)
+        bits = np.unpackbits(as_bytes, axis=1)[:, 16 - width:]
         self.chunks.append(np.packbits(bits).tobytes())
 
     def sorted_indices(self, idx: np.ndarray) -> None:
@@ -117,11 +127,23 @@ class Reader:
         if width == 0 or count == 0:
             return np.zeros(count, dtype=np.int64)
         raw = np.frombuffer(self._take((count * width + 7) // 8), np.uint8)
+        if width <= 8:  # inverse of Writer.uints: w bytes -> one uint64 -> 8 values
+            groups = -(-count // 8)
+            full = np.zeros((groups, 8), dtype=np.uint8)
+            body = np.zeros(groups * width, dtype=np.uint8)
+            body[:raw.size] = raw
+            full[:, 8 - width:] = body.reshape(groups, width)
+            acc = full.view(">u8").ravel().astype(np.uint64)
+            mask = np.uint64((1 << width) - 1)
+            out = np.empty((groups, 8), dtype=np.int64)
+            for j in range(8):
+                out[:, j] = (acc >> np.uint64(width * (7 - j))) & mask
+            return out.ravel()[:count]
         bits = np.unpackbits(raw, count=count * width).reshape(count, width)
-        out = np.zeros(count, dtype=np.int64 if width > 8 else np.uint8)
-        for j in range(width):  # width passes over uint8 columns beat a (count x width) product
+        out = np.zeros(count, dtype=np.int64)
+        for j in range(width):
             out = (out << 1) | bits[:, j]
-        return out.astype(np.int64)
+        return out
 
     def sorted_indices(self, count: int) -> np.ndarray:
         m = self.u8()

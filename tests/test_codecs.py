@@ -156,3 +156,15 @@ def test_decode_rejects_wrong_codec_and_truncation():
 def test_bad_settings_say_which(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_codec("dhq", **kwargs)
+
+
+def test_fixed_width_fields_match_packbits_bit_for_bit():
+    rng = np.random.default_rng(9)
+    for width in range(1, 17):
+        for n in (0, 1, 7, 8, 9, 1001):
+            v = rng.integers(0, 1 << width, size=n)
+            w = Writer()
+            w.uints(v, width)
+            ref = np.packbits(((v[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8).ravel())
+            assert w.getvalue() == (ref.tobytes() if n else b""), (width, n)
+            np.testing.assert_array_equal(Reader(w.getvalue()).uints(n, width), v)
