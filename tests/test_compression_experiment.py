@@ -29,7 +29,8 @@ def exp():
 
 
 def args(**kw):
-    return Namespace(**{"methods": "", "models": "", "partitions": "", "no_sweep": False, "rounds": 0, **kw})
+    return Namespace(**{"methods": "", "models": "", "partitions": "", "no_sweep": False, "extra": False,
+                        "rounds": 0, **kw})
 
 
 def fake_run(folder: Path, acc, up, clients=10) -> None:
@@ -43,14 +44,17 @@ def fake_run(folder: Path, acc, up, clients=10) -> None:
 
 def test_every_planned_run_is_a_valid_config(exp):
     spec = tomllib.loads((HERE / "experiment.toml").read_text())
-    runs = exp.plan(spec, args())
+    assert not [n for _, _, n, _ in exp.plan(spec, args()) if n in ("dhq-ds floor8", "dhq p0.2")]
+    runs = exp.plan(spec, args(extra=True))
     assert {(m, p) for m, p, _, _ in runs} == {(m, p) for m in ("classifier", "diffusion")
                                               for p in ("iid", "dirichlet")}
-    assert not [n for m, _, n, _ in runs if m == "diffusion" and " " in n]  # sweeps: classifier only
+    assert {n for m, _, n, _ in runs if m == "diffusion" and " " in n} == {"dhq p0.2"}  # sweeps: classifier
     for model, _, _, overrides in runs:
         load_config({**read_toml(exp.BASES[model]), **overrides})
-    ds = dict((n, o) for m, p, n, o in runs if (m, p) == ("classifier", "iid"))["dhq-ds"]
+    named = dict((n, o) for m, p, n, o in runs if (m, p) == ("classifier", "iid"))
+    ds = named["dhq-ds"]
     assert ds["sampling"] == "exponential" and ds["clients-per-round"] == 20 and ds["compression"] == "dhq"
+    assert named["dhq-ds floor8"]["sampling-min"] == 8 and named["dhq-ds floor8"]["clients-per-round"] == 20
 
 
 def test_unknown_method_is_one_line(exp):
@@ -79,8 +83,8 @@ def test_summary_bytes_to_target_by_hand(exp, tmp_path):
     assert df.loc["dhq", "keep_ratio"] == 0.05 and df.loc["dhq", "levels"] == 4
     assert df.loc["qsgd", "note"] == "boom"
     md = exp.table(df.reset_index())
-    assert "| classifier | iid | dhq | dhq | 0.05 | 4 | 10 | acc 0.9500 | +0.0 pt | 0.00 | 25.0x | 5 | 0.00 |" in md
-    assert "| classifier | iid | qsgd | qsgd | | | | boom |" in md
+    assert "| classifier | iid | dhq | dhq | 0.05 | 4 | 10 | 50 | acc 0.9500 | +0.0 pt | 0.00 | 25.0x | 5 | 0.00 |" in md
+    assert "| classifier | iid | qsgd | qsgd | | | | | boom |" in md
 
 
 def test_codec_benchmark_writes_csv_and_png(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ results.md (the README table), quality_vs_bytes.png. Runs already finished in
 DIR/runs are reused, so an interrupted experiment resumes.
 
     python experiments/compression/run.py --out DIR [--rounds R] [--models classifier]
-        [--partitions iid] [--methods fedavg,dhq-ds] [--no-sweep] [--report]
+        [--partitions iid] [--methods fedavg,dhq-ds] [--no-sweep] [--extra] [--report]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 BASES = {"classifier": HERE / "classifier.toml", "diffusion": HERE / "diffusion.toml"}
-COLUMNS = ["method", "codec", "model", "partition", "keep_ratio", "levels", "sampling", "quality_metric",
+COLUMNS = ["method", "codec", "model", "partition", "keep_ratio", "levels", "sampling", "k_start", "k_min",
+           "quality_metric",
            "final_quality", "uplink_bytes", "downlink_bytes", "uplink_reduction", "uploads", "target",
            "rounds_to_target", "bytes_to_target", "encode_s", "rounds", "note"]
 
@@ -82,9 +83,14 @@ def plan(spec: dict, args) -> list[tuple[str, str, str, dict]]:
             for name in chosen:
                 method = dict(methods[name])
                 sweep, dynamic = method.pop("sweep", False), method.pop("dynamic", False)
-                if sweep and (args.no_sweep or model != "classifier"):
-                    continue  # sweeps on the classifier only (cheaper)
-                overrides = {**method, "partition": partition, **(spec["dynamic"] if dynamic else {})}
+                extra = method.pop("extra", False)
+                models = method.pop("models", ["classifier"] if sweep else list(BASES))
+                if (sweep and args.no_sweep) or model not in models or (extra and not args.extra):
+                    continue  # sweeps: classifier only (cheaper); extra: only with --extra
+                # dynamic = true: the [dynamic] schedule; a table: that schedule with these changes
+                schedule = {**spec["dynamic"], **dynamic} if isinstance(dynamic, dict) else \
+                    (spec["dynamic"] if dynamic else {})
+                overrides = {**method, "partition": partition, **schedule}
                 if args.rounds:
                     overrides["rounds"] = args.rounds
                 runs.append((model, partition, name, overrides))
@@ -102,6 +108,10 @@ def quality(df: pd.DataFrame, model: str) -> tuple[str, pd.Series, bool]:
     return "eval_loss", df["eval_loss"], False
 
 
+def _base_value(model: str, key: str):
+    return tomllib.loads(BASES[model].read_text())[key]
+
+
 def summarise(out: Path, spec: dict, runs: list) -> pd.DataFrame:
     window = int(spec.get("final_window", 5))
     rows, frames = [], {}
@@ -117,7 +127,10 @@ def summarise(out: Path, spec: dict, runs: list) -> pd.DataFrame:
                 "levels": (overrides.get("dhq-levels", 4) if overrides.get("compression") == "dhq" else
                            1 if overrides.get("compression") == "stc" else
                            overrides.get("qsgd-levels", 16) if overrides.get("compression") == "qsgd" else None),
-                "sampling": overrides.get("sampling", "constant")}
+                "sampling": overrides.get("sampling", "constant"),
+                "k_start": overrides.get("clients-per-round", _base_value(model, "clients-per-round")),
+                "k_min": overrides.get("sampling-min") if overrides.get("sampling", "constant") != "constant"
+                else None}
         df = frames.get((model, partition, name))
         if df is None:
             err = folder_of(out, model, partition, name) / "error.txt"
@@ -149,15 +162,15 @@ def mb(x) -> str:
 
 
 def table(df: pd.DataFrame) -> str:
-    lines = ["| model | partition | method | codec | p | L / s | K_t | final quality | vs FedAvg | "
+    lines = ["| model | partition | method | codec | p | L / s | K_t | uploads | final quality | vs FedAvg | "
              "uplink MB | uplink reduction | rounds to target | uplink MB to target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, partition), g in df.groupby(["model", "partition"], sort=False):
         ref = g[g.method == "fedavg"]
         ref_q = float(ref.final_quality.iloc[0]) if len(ref) and not pd.isna(ref.final_quality.iloc[0]) else None
         for r in g.itertuples():
             if r.note:
-                lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | | | | {r.note} | | | | | |")
+                lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | | | | | {r.note} | | | | | |")
                 continue
             metric = "acc" if r.quality_metric == "test_acc" else "loss"
             if ref_q is None or r.method == "fedavg":
@@ -170,8 +183,8 @@ def table(df: pd.DataFrame) -> str:
             lv = "" if pd.isna(r.levels) else f"{int(r.levels)}"
             red = "" if pd.isna(r.uplink_reduction) else f"{r.uplink_reduction:.1f}x"
             rt = "never" if pd.isna(r.rounds_to_target) else str(int(r.rounds_to_target))
-            kt = "decaying" if r.sampling != "constant" else "10"
-            lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | {p} | {lv} | {kt} | "
+            kt = f"{int(r.k_start)}" if r.sampling == "constant" else f"{int(r.k_start)}→{int(r.k_min)}"
+            lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | {p} | {lv} | {kt} | {int(r.uploads)} | "
                          f"{metric} {r.final_quality:.4f} | {delta} | {mb(r.uplink_bytes)} | {red} | {rt} | "
                          f"{mb(r.bytes_to_target)} |")
     return "\n".join(lines)
@@ -184,8 +197,12 @@ def plot(out: Path, df: pd.DataFrame, runs: list) -> None:
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys((m, p) for m, p, _, _ in runs))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for ax, (model, partition) in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax, (model, partition) in zip(axes.ravel(), panels):
         for m, p, name, _ in runs:
             folder = folder_of(out, m, p, name)
             if (m, p) != (model, partition) or not is_done(folder):
@@ -219,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", default="", help="comma-separated subset of the partitions")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods")
     ap.add_argument("--no-sweep", action="store_true", help="skip the keep-ratio / level sweeps")
+    ap.add_argument("--extra", action="store_true",
+                    help="also the supplementary methods (extra = true; about 10 more minutes)")
     ap.add_argument("--report", action="store_true", help="only summarise the runs already in --out")
     args = ap.parse_args(argv)
     config = Path(args.config)
