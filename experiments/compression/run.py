@@ -25,9 +25,6 @@ DIR/runs are reused, so an interrupted experiment resumes.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
 import sys
 import time
 import tomllib
@@ -36,36 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.sweep import fedsim_run, is_done
+
 HERE = Path(__file__).resolve().parent
 BASES = {"classifier": HERE / "classifier.toml", "diffusion": HERE / "diffusion.toml"}
 COLUMNS = ["method", "codec", "model", "partition", "keep_ratio", "levels", "sampling", "k_start", "k_min",
            "quality_metric",
            "final_quality", "uplink_bytes", "downlink_bytes", "uplink_reduction", "uploads", "target",
            "rounds_to_target", "bytes_to_target", "encode_s", "rounds", "note"]
-
-
-def is_done(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "status.json").read_text()).get("state") == "done"
-    except (OSError, ValueError):
-        return False
-
-
-def fedsim_run(config: Path, overrides: dict, folder: Path) -> str:
-    """One `fedsim run`; '' on success, else the error line it printed."""
-    if is_done(folder):
-        return ""
-    if folder.exists():  # an interrupted earlier attempt: start it again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "fedsim.cli", "run", str(config), "--out", str(folder)]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        return lines[-1] if lines else f"exit code {res.returncode}"
-    return ""
 
 
 def plan(spec: dict, args) -> list[tuple[str, str, str, dict]]:

@@ -22,8 +22,6 @@ Runs already finished in DIR/runs are reused, so an interrupted experiment resum
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 import tomllib
@@ -32,37 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.sweep import fedsim_run, is_done
+
 HERE = Path(__file__).resolve().parent
 
 
 def run_folder(out: Path, *parts: str) -> Path:
     return out.joinpath("runs", *parts)
-
-
-def is_done(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "status.json").read_text()).get("state") == "done"
-    except (OSError, ValueError):
-        return False
-
-
-def fedsim_run(config: Path, overrides: dict, folder: Path) -> str:
-    """One `fedsim run`; '' on success, else the error line it printed."""
-    if is_done(folder):
-        return ""
-    if folder.exists():  # an interrupted earlier attempt: start it again
-        import shutil
-
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "fedsim.cli", "run", str(config), "--out", str(folder)]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        return lines[-1] if lines else f"exit code {res.returncode}"
-    return ""
 
 
 def r99(acc: np.ndarray, target: float) -> int | None:

@@ -1,0 +1,42 @@
+"""Many `fedsim run`s from an experiment script: one subprocess each, resumable.
+
+A run whose folder says ``done`` (status.json) is kept; a folder left by an
+interrupted attempt is removed and the run starts again. Each run is a real
+``fedsim run`` (its own SuperLink and Ray), so a failing one cannot take the
+script down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def is_done(folder: Path) -> bool:
+    try:
+        return json.loads((Path(folder) / "status.json").read_text()).get("state") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
+    """One `fedsim run CONFIG --set k=v ... --out FOLDER`; '' on success (or already
+    done), else the last line it printed (its error)."""
+    folder = Path(folder)
+    if is_done(folder):
+        return ""
+    if folder.exists():  # an interrupted earlier attempt: start it again
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "fedsim.cli", "run", str(config), "--out", str(folder)]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        return lines[-1] if lines else f"exit code {res.returncode}"
+    return ""
