@@ -160,16 +160,17 @@ class Compressed(StrategyWrapper):
                 self._synced.pop(reply.metadata.src_node_id, None)  # its copy may be stale: resend dense
             if reply.has_error() or COMPRESSED not in reply.content.array_records:
                 continue
-            compressed_bytes += payload_bytes(reply.content)
+            size = payload_bytes(reply.content)
             meta = reply.content["meta"] if "meta" in reply.content.config_records else {}
-            encode_s.append(float(meta.get("encode-s", 0.0)))
             try:
                 reply.content = decode_reply(self.codec, reply.content, layout, reference)
-            except ValueError as err:
+            except ValueError as err:  # the inner strategy rejects the undecoded reply
                 log(WARNING, "round %d: reply from node %d not decoded: %s",
                     server_round, reply.metadata.src_node_id, err)
                 continue
+            compressed_bytes += size
             dense_bytes += payload_bytes(reply.content)
+            encode_s.append(float(meta.get("encode-s", 0.0)))
         self.log_book.record(server_round, decode_s=time.perf_counter() - t0,
                              encode_s=float(np.mean(encode_s)) if encode_s else 0.0,
                              compression_ratio=dense_bytes / compressed_bytes if compressed_bytes else 1.0)
