@@ -63,6 +63,8 @@ class RunConfig:
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
     record_clients: str = ""  # observations for attacks: "" none, "all", or partition ids "0 7 12"
     record_rounds: str = "all"  # rounds to record: "all" or "1 5"
+    ledger_every: int = 0  # store client updates in the ledger every N rounds (FedEraser); 0: participants only
+    ledger_max_mb: float = 512.0  # bound on the ledger's stored updates
     sampling: Literal["constant", "exponential", "linear"] = "constant"  # clients per round over time
     sampling_decay: float = 0.02  # exponential: K_t = max(min, ceil(K exp(-decay (t-1)))); linear: K (1 - decay (t-1))
     sampling_min: int = 2  # floor of a decaying K_t (at most clients-per-round)
@@ -119,6 +121,8 @@ class RunConfig:
             (self.shapley_temperature > 0, "shapley-temperature must be > 0"),
             (self.sampling_decay >= 0, "sampling-decay must be >= 0"),
             (self.sampling_min >= 1, "sampling-min must be >= 1"),
+            (self.ledger_every >= 0, "ledger-every must be >= 0"),
+            (self.ledger_max_mb > 0, "ledger-max-mb must be > 0"),
             (self.compression != "none" or not self.compress_downlink,
              "compress-downlink needs a codec: set compression"),
         ]

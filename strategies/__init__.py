@@ -14,11 +14,13 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.config import ConfigError, RunConfig, codec_settings, parse_counts, parse_ids
+from fedsim.ledger import LedgerWriter
 from fedsim.partition import maverick_ids
 from fedsim.round_log import RoundLog
 from strategies.client_registry import ClientInfo
 from strategies.compression import Compressed
 from strategies.fedavg import FedAvg
+from strategies.ledger import Ledgered
 from strategies.metered import Metered
 from strategies.recording import Recording
 from strategies.sampling import Schedule
@@ -59,12 +61,16 @@ STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
                    utility: Utility | None = None) -> Strategy:
-    """Metered(Recording?(Compressed?(named strategy))): bytes are measured and
-    observations recorded on what arrives, before any inner layer decodes it.
+    """Metered(Recording?(Compressed?(Ledgered?(named strategy)))): bytes are measured
+    and observations recorded on what arrives, before any inner layer decodes it;
+    the ledger sees the dense updates that were aggregated.
     utility: score of global weights (the server's evaluation), for valuing selectors."""
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[cfg.strategy](cfg, clients, log, utility)
+    if cfg.out_dir:  # the ledger for unlearning lives in the run folder
+        strategy = Ledgered(strategy, LedgerWriter(Path(cfg.out_dir), seed=cfg.seed, every=cfg.ledger_every,
+                                                   max_bytes=cfg.ledger_max_mb * 1e6), clients)
     settings = codec_settings(cfg.to_flwr())
     if cfg.compression != "none":
         strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)

@@ -130,3 +130,19 @@ def test_selector_runs_log_the_maverick(tmp_path: Path, env: dict, selector: str
     if selector == "fedemd":  # round 1: the Maverick is the most likely client
         assert df["maverick_9_prob"].iloc[0] > df["typical_prob"].iloc[0]
     assert (out / "selection.png").is_file()
+
+
+def test_ledger_lists_the_aggregated_clients(first_run: Path) -> None:
+    """Every run keeps a ledger: per round the partitions whose updates were aggregated."""
+    from fedsim.ledger import load_ledger
+
+    ledger = load_ledger(first_run)
+    assert ledger.seed == 3 and ledger.stored_rounds() == []  # ledger-every = 0: participants only
+    for _, row in pd.read_csv(first_run / "metrics.csv").iterrows():
+        rnd = int(row["round"])
+        chosen = [int(p) for p in str(row["selected"]).split()]
+        ok = sorted(p for p in chosen if derive(3, "fault", rnd, p).random() >= 0.3)
+        assert sorted(ledger.participants(rnd)) == ok
+    from safetensors.torch import load_file
+    final = load_file(str(first_run / "model" / "diffusion_pytorch_model.safetensors"))
+    assert set(ledger.initial()) == set(final)  # the replay's start is the same model
