@@ -63,6 +63,9 @@ class RunConfig:
     client_failure_rate: float = 0.0  # chaos: probability a selected client raises
     record_clients: str = ""  # observations for attacks: "" none, "all", or partition ids "0 7 12"
     record_rounds: str = "all"  # rounds to record: "all" or "1 5"
+    forget_clients: str = ""  # unlearning: partition ids whose data are left out ("" none)
+    forget_class: int = -1  # unlearning: a class every client leaves out (-1 none)
+    replay: str = ""  # a run folder: train the rounds its ledger lists, with the same participants
     ledger_every: int = 0  # store client updates in the ledger every N rounds (FedEraser); 0: participants only
     ledger_max_mb: float = 512.0  # bound on the ledger's stored updates
     sampling: Literal["constant", "exponential", "linear"] = "constant"  # clients per round over time
@@ -129,6 +132,8 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if parse_ids(self.forget_clients, "forget-clients") is None:
+            raise ConfigError("forget-clients must list partition ids, not 'all'")
         for key in ("record_clients", "record_rounds"):
             parse_ids(getattr(self, key), key.replace("_", "-"))
         parse_counts(self.fedemd_cum_init, "fedemd-cum-init")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import tomllib
 
-from fedsim.config import ConfigError, RunConfig, load_config
+from pathlib import Path
+
+from fedsim.config import ConfigError, RunConfig, load_config, parse_ids
 
 
 def check(cfg: RunConfig) -> None:
@@ -22,7 +24,25 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
     train = dataset(cfg, "train")
     dataset(cfg, "test")
+    gone = sorted(i for i in parse_ids(cfg.forget_clients, "forget-clients") or set() if i >= cfg.num_clients)
+    if gone:
+        raise ConfigError(f"forget-clients {gone} are not partition ids (0..{cfg.num_clients - 1})")
+    if cfg.forget_class >= train.num_classes:
+        raise ConfigError(f"forget-class {cfg.forget_class} is not a class of '{cfg.dataset}' "
+                          f"(0..{train.num_classes - 1})")
     parts = client_partition(cfg, train.labels)
+    if not any(len(p) for p in parts):
+        raise ConfigError("no client holds any data once the forget request is applied")
+    if cfg.replay:
+        from fedsim.ledger import load_ledger
+
+        try:
+            ledger = load_ledger(Path(cfg.replay))
+        except FileNotFoundError as err:
+            raise ConfigError(f"replay: {err}") from None
+        if cfg.rounds > len(ledger.rounds):
+            raise ConfigError(f"rounds = {cfg.rounds}, but the replayed run's ledger lists "
+                              f"{len(ledger.rounds)} rounds")
     fresh_model(cfg, train)
     if cfg.selector == "fedemd":  # its distances need the declared histograms (e.g. class 9 for scipy-values)
         from fedsim.partition import label_histograms

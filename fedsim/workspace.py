@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.config import RunConfig
+from fedsim.config import RunConfig, parse_ids
 from fedsim.data import ImageData, load_dataset
 from fedsim.model import build_model
 from fedsim.partition import label_histograms, partition
@@ -52,9 +52,16 @@ def dataset(cfg: RunConfig, split: str) -> ImageData:
 
 
 def client_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
-    return partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
-                     classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
-                     source=f"the '{cfg.dataset}' train split")
+    """Each client's index set. The data an unlearning request removes
+    (``forget-clients``, ``forget-class``) are taken out after partitioning, so every
+    other sample stays with the client that held it in the original run."""
+    parts = partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
+                      classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
+                      source=f"the '{cfg.dataset}' train split")
+    gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
+    if cfg.forget_class >= 0:
+        parts = [p[labels[p] != cfg.forget_class] for p in parts]
+    return [p[:0] if i in gone else p for i, p in enumerate(parts)]
 
 
 def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:

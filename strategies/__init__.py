@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.config import ConfigError, RunConfig, codec_settings, parse_counts, parse_ids
-from fedsim.ledger import LedgerWriter
+from fedsim.ledger import LedgerWriter, load_ledger
 from fedsim.partition import maverick_ids
 from fedsim.round_log import RoundLog
 from strategies.client_registry import ClientInfo
@@ -24,7 +24,7 @@ from strategies.ledger import Ledgered
 from strategies.metered import Metered
 from strategies.recording import Recording
 from strategies.sampling import Schedule
-from strategies.selection import FedEMDSelector, RandomSelector, Selector
+from strategies.selection import FedEMDSelector, RandomSelector, ReplaySelector, Selector
 from strategies.shapley import ShapleySelector
 
 Utility = Callable[[ArrayRecord], float]
@@ -32,7 +32,14 @@ StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility 
 
 
 def build_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
-    """The ``selector`` of the config, over the clients that declared themselves."""
+    """The ``selector`` of the config, over the clients that declared themselves
+    (``replay``: the schedule of that run's ledger, whatever the selector)."""
+    if cfg.replay:
+        try:
+            ledger = load_ledger(Path(cfg.replay))
+        except FileNotFoundError as err:
+            raise ConfigError(f"replay: {err}") from None
+        return ReplaySelector({r["round"]: set(r["participants"]) for r in ledger.rounds})
     if cfg.selector == "fedemd":
         infos = sorted(clients.values(), key=lambda c: c.partition_id)
         try:

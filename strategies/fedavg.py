@@ -145,8 +145,8 @@ class FedAvg(FlowerFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         connected = set(grid.get_node_ids())
-        candidates = sorted((c for n, c in self.clients.items() if n in connected),
-                            key=lambda c: c.partition_id)
+        candidates = sorted((c for n, c in self.clients.items() if n in connected and c.num_examples > 0),
+                            key=lambda c: c.partition_id)  # a client left without data cannot train
         chosen = self.select(server_round, candidates)
         self._global = arrays
         config["server-round"] = server_round

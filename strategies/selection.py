@@ -7,6 +7,7 @@ passes in, derived from (seed, "select", round), so a seed fixes who trained in
 every round.
 
 - ``RandomSelector``: k distinct clients uniformly (the FedAvg baseline).
+- ``ReplaySelector``: the participants a ledger lists per round (retraining).
 - ``FedEMDSelector``: FedEMD (Huang et al., "Maverick Matters", PAKDD 2023),
   with the fixes listed in shared/papers/fedemd.md. Round t (from 1):
 
@@ -119,3 +120,24 @@ class FedEMDSelector(Selector):
     def selected(self, server_round: int, chosen: Sequence[ClientInfo]) -> None:
         for c in chosen:
             self.cum += np.asarray(c.label_hist, dtype=np.float64)
+
+
+class ReplaySelector(Selector):
+    """The participants a ledger lists for each round (fedsim/ledger.py), minus
+    those no longer connected or left without data: FedRetrain's replay of the
+    original schedule. Draws nothing."""
+
+    name = "replay"
+
+    def __init__(self, schedule: dict[int, set[int]]) -> None:
+        self.schedule = schedule
+
+    def probabilities(self, server_round: int, candidates: Sequence[ClientInfo]) -> np.ndarray:
+        wanted = self.schedule.get(server_round, set())
+        hits = np.array([c.partition_id in wanted for c in candidates], dtype=float)
+        return hits / hits.sum() if hits.sum() else np.full(len(candidates), 1.0 / max(len(candidates), 1))
+
+    def select(self, server_round: int, candidates: Sequence[ClientInfo], k: int,
+               rng: np.random.Generator) -> list[ClientInfo]:
+        wanted = self.schedule.get(server_round, set())
+        return sorted((c for c in candidates if c.partition_id in wanted), key=lambda c: c.partition_id)

@@ -45,12 +45,12 @@ def fake_train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def run(tmp_path, rounds: int, fail=(), **overrides):
+def run(tmp_path, rounds: int, fail=(), clients=None, **overrides):
     """fail: (round, partition id) pairs whose reply is an error."""
     cfg = RunConfig(num_clients=N, clients_per_round=overrides.pop("clients_per_round", 2), model="cnn",
                     out_dir=str(tmp_path), **overrides)
     log = RoundLog()
-    strategy = build_strategy(cfg, CLIENTS, log)
+    strategy = build_strategy(cfg, clients or CLIENTS, log)
     ctx = {n: Context(1, n, {"partition-id": c.partition_id}, RecordDict(), cfg.to_flwr()) for n, c in CLIENTS.items()}
     arrays = ArrayRecord({k: Array(v) for k, v in W0.items()})
     globals_ = [to_numpy_dict(arrays)]
@@ -118,3 +118,92 @@ def test_build_strategy_without_a_run_folder_keeps_no_ledger(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     build_strategy(RunConfig(num_clients=N, clients_per_round=2), CLIENTS, RoundLog())
     assert not (tmp_path / "ledger").exists()
+
+
+def test_replay_without_a_request_reproduces_the_run(tmp_path):
+    log_a, models_a = run(tmp_path / "a", 4)
+    log_b, models_b = run(tmp_path / "b", 4, replay=str(tmp_path / "a"))
+    for rnd in (1, 2, 3, 4):
+        assert log_a.get(rnd)["selected"] == log_b.get(rnd)["selected"]
+        for k in SHAPES:
+            np.testing.assert_array_equal(models_a[rnd][k], models_b[rnd][k])
+
+
+def test_replay_leaves_out_a_client_without_data(tmp_path):
+    """A client named in forget-clients declares 0 examples (its workspace holds none):
+    the replay trains every other participant of every round, and only them."""
+    log_a, _ = run(tmp_path / "a", 4)
+    gone = int(log_a.get(1)["selected"].split()[0])
+    clients = {n: ClientInfo(c.node_id, c.partition_id, 0 if c.partition_id == gone else c.num_examples,
+                             c.label_hist) for n, c in CLIENTS.items()}
+    log_b, _ = run(tmp_path / "b", 4, clients=clients, replay=str(tmp_path / "a"), forget_clients=str(gone))
+    for rnd in (1, 2, 3, 4):
+        expect = [p for p in log_a.get(rnd)["selected"].split() if int(p) != gone]
+        assert log_b.get(rnd)["selected"].split() == expect
+
+
+def test_forget_request_removes_only_the_forgotten_data():
+    from fedsim.workspace import client_partition, dataset
+
+    cfg = RunConfig(num_clients=10, partition="dirichlet", model="cnn")
+    labels = dataset(cfg, "train").labels
+    before = client_partition(cfg, labels)
+    after = client_partition(cfg.replace(forget_clients="3 7", forget_class=4), labels)
+    for i, (b, a) in enumerate(zip(before, after)):
+        if i in (3, 7):
+            assert a.size == 0
+        else:
+            np.testing.assert_array_equal(a, b[labels[b] != 4])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"forget_clients": "99"}, "not partition ids"),
+    ({"forget_class": 12}, "not a class"),
+    ({"replay": "/nonexistent"}, "has no ledger"),
+])
+def test_bad_forget_or_replay_requests_are_one_line(overrides, message):
+    from fedsim.config import ConfigError
+    from fedsim.preflight import check
+
+    with pytest.raises(ConfigError, match=message):
+        check(RunConfig(num_clients=10, model="cnn", **overrides))
+
+
+def test_replay_needs_enough_rounds_in_the_ledger(tmp_path):
+    from fedsim.config import ConfigError
+    from fedsim.preflight import check
+
+    run(tmp_path / "a", 2)
+    with pytest.raises(ConfigError, match="lists 2 rounds"):
+        check(RunConfig(num_clients=N, clients_per_round=2, model="cnn", rounds=3, replay=str(tmp_path / "a")))
+
+
+@pytest.mark.slow
+def test_retrain_with_no_request_reproduces_the_run_end_to_end(tmp_path):
+    """Two `fedsim run`s through Ray: the original, then a replay of its ledger with
+    nothing forgotten. Same metrics.csv (timing aside), same final model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    exe = Path(sys.executable).parent / "fedsim"
+    settings = ["model='cnn'", "num-clients=6", "clients-per-round=3", "rounds=2", "local-epochs=1",
+                "eval-every=0", "seed=5"]
+
+    def fedsim_run(out: Path, *extra: str) -> None:
+        cmd = [str(exe), "run", "--out", str(out)]
+        for item in [*settings, *extra]:
+            cmd += ["--set", item]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    fedsim_run(tmp_path / "a")
+    fedsim_run(tmp_path / "b", f"replay='{tmp_path / 'a'}'")
+    a, b = (pd.read_csv(tmp_path / r / "metrics.csv").drop(columns=["wall_s", "eval_s"]) for r in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    wa, wb = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
