@@ -110,6 +110,7 @@ class FedAvg(FlowerFedAvg):
         self.mavericks = sorted(set(mavericks))
         self._times_selected = {m: 0 for m in self.mavericks}
         self._global: ArrayRecord | None = None
+        self.aggregated_replies: list[Message] = []  # the last round's, in partition order (for the ledger)
 
     @property
     def metric_columns(self) -> list[str]:
@@ -177,9 +178,11 @@ class FedAvg(FlowerFedAvg):
                 "from the other replies'", server_round, reply.metadata.src_node_id)
         rejected += len(odd)
         self.log_book.record(server_round, clients_failed=failed + missing, clients_rejected=rejected)
+        self.aggregated_replies = []
         if not valid:
             return None, None
         valid.sort(key=lambda m: self._partition_of(m))
+        self.aggregated_replies = valid
         contents = [m.content for m in valid]
         arrays = self._combine(contents)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)

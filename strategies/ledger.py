@@ -3,8 +3,8 @@
 A wrapper inside any decoder (it sees dense updates) and around the named
 strategy: ``configure_train`` notes the global model sent (and saves the
 initial one); ``aggregate_train`` lets the inner strategy aggregate, then logs
-which partitions' replies were aggregated (the same validation FedAvg applies)
-with their example counts and, in storing rounds, their updates.
+the replies it aggregated (its ``aggregated_replies``: after validation) with
+their example counts and, in storing rounds, their updates.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.ledger import LedgerWriter
 from fedsim.wire import to_numpy_dict
 from strategies.client_registry import ClientInfo
-from strategies.fedavg import _common_metric_keys, reply_problem
 from strategies.wrapper import StrategyWrapper
 
 
 class Ledgered(StrategyWrapper):
+    """inner: a strategy that exposes ``aggregated_replies`` (strategies.fedavg.FedAvg)."""
+
     def __init__(self, inner: Strategy, writer: LedgerWriter, clients: dict[int, ClientInfo]) -> None:
         super().__init__(inner)
         self.writer, self.registry = writer, clients
@@ -38,18 +39,15 @@ class Ledgered(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        sound = [r for r in replies if reply_problem(r, self._sent) is None]
-        aggregated, _ = _common_metric_keys(sound)
+        result = self.inner.aggregate_train(server_round, replies)
         sent = to_numpy_dict(self._sent)
         store = self.writer.stores(server_round)
         entries = []
-        for reply in aggregated:
+        for reply in self.inner.aggregated_replies:
             info = self.registry.get(reply.metadata.src_node_id)
             pid = info.partition_id if info else reply.metadata.src_node_id
             entries.append((pid, int(reply.content["metrics"]["num-examples"]),
                             self._update(reply, sent) if store else None))
-        result = self.inner.aggregate_train(server_round, replies)
         self.writer.record(server_round, sent, sorted(entries, key=lambda e: e[0]))
         return result
 
