@@ -62,7 +62,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     else:
         update = {k: local[k] - sent[k] if np.issubdtype(sent[k].dtype, np.floating) else local[k]
                   for k in sent}
-    residual = {k: v for k, v in to_numpy_dict(context.state[RESIDUAL]).items()} \
+    residual = dict(to_numpy_dict(context.state[RESIDUAL])) \
         if feedback and RESIDUAL in context.state.array_records else {}
     pid = int(context.node_config.get("partition-id", 0))
     rng = derive(int(context.run_config.get("seed", 0)), "uplink", server_round, pid) if codec.needs_rng else None
@@ -85,7 +85,7 @@ def _rebuild_global(content: RecordDict, context: Context, codec) -> RecordDict:
     if held != base:
         raise DownlinkOutOfSync(f"server sent model codes from round {base}, this client holds round {held}")
     view = {k: v.copy() for k, v in to_numpy_dict(context.state[VIEW]).items()}
-    layout = layout_of(context.state[VIEW])
+    layout = layout_of(view)
     codes = to_numpy_dict(content[DOWNLINK])
     for key in sorted(codes, key=lambda k: int(k.split("-")[1])):
         delta = decode_update(codec, codes[key].tobytes(), layout)

@@ -52,9 +52,9 @@ def blob_bytes(record: ArrayRecord, key: str = "update") -> bytes:
     return array_view(record[key]).tobytes()
 
 
-def layout_of(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    views = to_numpy_dict(arrays)
-    return {k: (v.shape, v.dtype) for k, v in views.items()}
+def layout_of(tensors: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype), in order: what decode_update needs."""
+    return {k: (v.shape, v.dtype) for k, v in tensors.items()}
 
 
 def decode_reply(codec: Codec, content: RecordDict, layout, reference: dict[str, np.ndarray]) -> RecordDict:
@@ -151,8 +151,8 @@ class Compressed(StrategyWrapper):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         t0 = time.perf_counter()
-        layout = layout_of(self._sent)
         reference = to_numpy_dict(self._sent)
+        layout = layout_of(reference)
         compressed_bytes = dense_bytes = 0
         encode_s = []
         for reply in replies:

@@ -56,6 +56,7 @@ class Recording(StrategyWrapper):
         if server_round in self._sent:
             arrays, config = self._sent.pop(server_round)
             sent = to_state_dict(arrays)
+            reference = to_numpy_dict(arrays)  # zero-copy views, shared by every reply of the round
             for reply in replies:
                 info = self.registry.get(reply.metadata.src_node_id)
                 if reply.has_error() or info is None or not self._wanted(server_round, info.partition_id):
@@ -63,7 +64,7 @@ class Recording(StrategyWrapper):
                 content, encoded = reply.content, None
                 if COMPRESSED in content.array_records and self.codec is not None:
                     encoded = blob_bytes(content[COMPRESSED])
-                    content = decode_reply(self.codec, content, layout_of(arrays), to_numpy_dict(arrays))
+                    content = decode_reply(self.codec, content, layout_of(reference), reference)
                 meta = dict(content["meta"]) if "meta" in content.config_records else {}
                 save(Observation(server_round=server_round, partition_id=info.partition_id, sent=sent,
                                  received=to_state_dict(content["arrays"]),
