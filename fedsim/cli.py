@@ -1,4 +1,4 @@
-"""``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``.
+"""``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``, ``fedsim attack``, ``fedsim unlearn``.
 
 Validates everything it can before starting (config keys and types, dataset
 path, partition feasibility, model, strategy name), then runs the app on a
@@ -104,11 +104,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=False)
     cfg = resolve(args.config, args.set)
     out = Path(args.out or cfg.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    cfg = cfg.replace(out_dir=str(out))
+    check_out(out)
+    execute(cfg.replace(out_dir=str(out)), console)
+    return 0
+
+
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     if (out / "metrics.csv").exists():
         raise ConfigError(f"{out} already holds a run (metrics.csv); choose another --out")
+
+
+def execute(cfg: RunConfig, console: Console) -> dict:
+    """Pre-flight, then the run into cfg.out_dir with the progress display; its final status."""
+    out = Path(cfg.out_dir)
     preflight(cfg)
     folder = RunFolder(out)
     write_toml(cfg, out / "config.toml")
@@ -124,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   + (f", fd {_fmt(last, 'fd', '.3g')}" if last.get("fd") not in (None, "") else "")
                   + (f", test_acc {_fmt(last, 'test_acc')}" if last.get("test_acc") not in (None, "") else "")
                   + f" | metrics.csv, curves.png, samples/, model/ in {out}")
-    return 0
+    return status
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -169,6 +179,32 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from fedsim.data import DataError
+    from fedsim.model import ModelError
+    from fedsim.partition import PartitionError
+    from fedsim.unlearning import driver
+
+    console = Console(stderr=False)
+    run_dir = Path(args.run).resolve()
+    what = f"client {args.client}" if args.client is not None else f"class {args.klass}"
+    out = Path(args.out or Path("runs") / f"unlearn-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    check_out(out)
+    retrain = driver.check_retrain(args.retrain)
+    try:
+        request = driver.request_keys(driver.original_config(run_dir), args.client, args.klass)
+        cfg = driver.unlearn_config(run_dir, args.method, request, args.set, out)
+    except (DataError, ModelError, PartitionError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from None
+    console.print(f"fedsim unlearn: {args.method}, forget {what} of {run_dir}")
+    execute(cfg, console)
+    target = driver.report(run_dir, out, args.method, retrain, args.samples, console)
+    console.print(f"report: {target / 'report.md'} (table), {target / 'grids.png'} (samples before/after)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsim", description="Federated generative-model simulation on Flower + Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -187,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--client", type=int, help="partition id of the recorded client (default 0)")
     attack.add_argument("--round", type=int, help="server round of the recorded observation (default 1)")
     attack.set_defaults(func=cmd_attack)
+    unlearn = sub.add_parser("unlearn", help="forget a client's or a class's data from a finished run")
+    unlearn.add_argument("--run", required=True, metavar="DIR", help="the finished run (fedsim run --out DIR)")
+    who = unlearn.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", type=int, metavar="K", help="forget all data of partition K")
+    who.add_argument("--class", dest="klass", type=int, metavar="C", help="forget class C on every client")
+    unlearn.add_argument("--method", required=True, metavar="M",
+                         help="retrain | federaser | gradient-ascent | erasediff | salun | msgm")
+    unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key of the unlearning run (repeatable), e.g. unlearn-rounds=3")
+    unlearn.add_argument("--out", help="folder of the unlearning run (default runs/unlearn-<method>-<timestamp>)")
+    unlearn.add_argument("--retrain", metavar="DIR3", help="a retrain run of the same request, compared in the report")
+    unlearn.add_argument("--samples", type=int, default=500, help="generated samples scored per model (default 500)")
+    unlearn.set_defaults(func=cmd_unlearn)
     return parser
 
 

@@ -3,8 +3,9 @@
 - QUERY: declare partition id, data size and label histogram (once per run).
 - TRAIN: load the global weights, train locally with the lr / local-epochs /
   batch-size the server sent (or, in FedSGD mode, compute one gradient of one
-  batch) and reply with weights (or gradients), ``num-examples`` and
-  ``train-loss``.
+  batch; or, in an unlearning run, the ``objective`` the server names, see
+  fedsim/unlearning/local.py) and reply with weights (or gradients),
+  ``num-examples`` and ``train-loss``.
 - EVALUATE: mean loss of the global model on the client's own data.
 """
 
@@ -50,7 +51,8 @@ def _setup(context: Context):
 def query(msg: Message, context: Context) -> Message:
     cfg, ws, pid = _setup(context)
     info = ConfigRecord({"partition-id": pid, "num-examples": int(len(ws.parts[pid])),
-                         "label-hist": [int(c) for c in ws.label_hist(pid)]})
+                         "label-hist": [int(c) for c in ws.label_hist(pid)],
+                         "num-forget": int(len(ws.forget[pid]))})
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
@@ -67,7 +69,14 @@ def train(msg: Message, context: Context) -> Message:
     ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
     images, labels = ws.client_data(pid)
     gen = torch_generator(cfg.seed, "train", rnd, pid)
-    if cfg.mode == "fedsgd":
+    objective = str(sent.get("objective", "train"))
+    if objective != "train":  # an unlearning round (strategies/unlearning.py)
+        from fedsim.unlearning.local import run_objective
+
+        tensors, payload, stats = run_objective(objective, ws, pid, cfg, sent, epochs=epochs,
+                                                batch_size=batch_size, lr=lr, generator=gen)
+        arrays = to_array_record(tensors)
+    elif cfg.mode == "fedsgd":
         grads, stats = batch_gradient(ws.model, ws.task, images, labels,
                                       batch_size=batch_size, generator=gen)
         arrays, payload = to_array_record(grads), "gradient"

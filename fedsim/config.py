@@ -68,6 +68,29 @@ class RunConfig:
     replay: str = ""  # a run folder: train the rounds its ledger lists, with the same participants
     ledger_every: int = 0  # store client updates in the ledger every N rounds (FedEraser); 0: participants only
     ledger_max_mb: float = 512.0  # bound on the ledger's stored updates
+    # unlearning runs (``fedsim unlearn`` sets these; see fedsim/unlearning/)
+    unlearn_method: Literal["", "federaser", "gradient-ascent", "erasediff", "salun", "msgm"] = ""
+    unlearn_from: str = ""  # the original run folder (its ledger and model)
+    unlearn_rounds: int = 5  # rounds running the method's objective (salun: after its mask round); then normal rounds
+    federaser_ratio: float = 0.5  # FedEraser: calibration epochs = ratio x local-epochs
+    federaser_calibration: Literal["per-client", "per-layer-mean"] = "per-client"
+    ga_radius: float = 0.1  # gradient ascent: ball radius as a fraction of ||w_ref - w_random||
+    ga_reference_rounds: int = 1  # gradient ascent: local epochs the client trains to estimate its own model
+    msgm_loss: Literal["orthogonal", "obtuse", "erase"] = "orthogonal"
+    msgm_weight: float = 0.01  # L = (1 - w) L_g + w L_u
+    msgm_every: int = 4  # L_u on every N-th step only (official code)
+    msgm_orth_form: Literal["elementwise", "dot"] = "elementwise"
+    msgm_obtuse_form: Literal["definition", "official-code", "hinge"] = "definition"
+    msgm_margin: float = 0.0
+    erasediff_lambda: float = 0.1
+    erasediff_rule: Literal["fixed", "cosine", "bome"] = "fixed"
+    erasediff_eta: float = 0.1
+    erasediff_inner_passes: int = 2  # K passes over the forget data to estimate min f
+    erasediff_target: Literal["uniform", "random-label"] = "uniform"
+    salun_mask_ratio: float = 0.5  # share of weights SalUn may change
+    salun_beta: float = 1e-3  # weight of the remaining data's loss
+    salun_relabel: Literal["shift", "random"] = "shift"
+    unlearn_grad_clip: float = 1.0  # gradient-norm clip of every unlearning step (0: none)
     sampling: Literal["constant", "exponential", "linear"] = "constant"  # clients per round over time
     sampling_decay: float = 0.02  # exponential: K_t = max(min, ceil(K exp(-decay (t-1)))); linear: K (1 - decay (t-1))
     sampling_min: int = 2  # floor of a decaying K_t (at most clients-per-round)
@@ -126,6 +149,21 @@ class RunConfig:
             (self.sampling_min >= 1, "sampling-min must be >= 1"),
             (self.ledger_every >= 0, "ledger-every must be >= 0"),
             (self.ledger_max_mb > 0, "ledger-max-mb must be > 0"),
+            (self.unlearn_rounds >= 1, "unlearn-rounds must be >= 1"),
+            (0 < self.federaser_ratio <= 1, "federaser-ratio must be in (0, 1]"),
+            (self.ga_radius > 0, "ga-radius must be > 0"),
+            (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),
+            (0 <= self.msgm_weight <= 1, "msgm-weight must be in [0, 1]"),
+            (self.msgm_every >= 1, "msgm-every must be >= 1"),
+            (self.erasediff_lambda >= 0 and self.erasediff_eta >= 0, "erasediff-lambda and -eta must be >= 0"),
+            (self.erasediff_inner_passes >= 1, "erasediff-inner-passes must be >= 1"),
+            (0 < self.salun_mask_ratio <= 1, "salun-mask-ratio must be in (0, 1]"),
+            (self.salun_beta >= 0, "salun-beta must be >= 0"),
+            (self.unlearn_grad_clip >= 0, "unlearn-grad-clip must be >= 0"),
+            (not self.unlearn_method or bool(self.forget_clients.strip()) or self.forget_class >= 0,
+             f"unlearn-method {self.unlearn_method} needs a request: forget-clients or forget-class"),
+            (self.unlearn_method not in ("erasediff", "salun", "msgm") or self.is_diffusion,
+             f"unlearn-method {self.unlearn_method} is for diffusion models (model = ddpm-*)"),
             (self.compression != "none" or not self.compress_downlink,
              "compress-downlink needs a codec: set compression"),
         ]

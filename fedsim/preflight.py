@@ -17,7 +17,7 @@ from fedsim.config import ConfigError, RunConfig, load_config, parse_ids
 
 
 def check(cfg: RunConfig) -> None:
-    from fedsim.workspace import client_partition, dataset, fresh_model
+    from fedsim.workspace import dataset, fresh_model, split_request
     from strategies import STRATEGIES
 
     if cfg.strategy not in STRATEGIES:
@@ -30,9 +30,17 @@ def check(cfg: RunConfig) -> None:
     if cfg.forget_class >= train.num_classes:
         raise ConfigError(f"forget-class {cfg.forget_class} is not a class of '{cfg.dataset}' "
                           f"(0..{train.num_classes - 1})")
-    parts = client_partition(cfg, train.labels)
+    parts, forgotten = split_request(cfg, train.labels)
     if not any(len(p) for p in parts):
         raise ConfigError("no client holds any data once the forget request is applied")
+    if cfg.unlearn_method and not any(len(f) for f in forgotten):
+        raise ConfigError("the forget request names no data that any client holds")
+    if cfg.unlearn_method == "erasediff" and cfg.erasediff_target == "random-label" and not cfg.conditional:
+        raise ConfigError("erasediff-target = random-label needs a class-conditional model (conditional = true)")
+    if cfg.unlearn_method == "federaser" and cfg.mode != "fedavg":
+        raise ConfigError("federaser replays weight updates: mode must be fedavg")
+    if cfg.unlearn_method == "federaser" and not cfg.unlearn_from:
+        raise ConfigError("federaser needs unlearn-from: the original run folder with a ledger")
     if cfg.replay:
         from fedsim.ledger import load_ledger
 

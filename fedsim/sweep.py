@@ -1,4 +1,4 @@
-"""Many `fedsim run`s from an experiment script: one subprocess each, resumable.
+"""Many `fedsim run`s (and `fedsim unlearn`s) from an experiment script: one subprocess each, resumable.
 
 A run whose folder says ``done`` (status.json) is kept; a folder left by an
 interrupted attempt is removed and the run starts again. Each run is a real
@@ -33,6 +33,29 @@ def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fedsim.cli", "run", str(config), "--out", str(folder)]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        return lines[-1] if lines else f"exit code {res.returncode}"
+    return ""
+
+
+def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: dict[str, Any], folder: Path,
+                   retrain: Path | None = None, samples: int = 500) -> str:
+    """One `fedsim unlearn --run RUN_DIR REQUEST --method M --set k=v ... --out FOLDER`;
+    '' on success (or already done: the folder holds its report), else its last line."""
+    folder = Path(folder)
+    if is_done(folder) and (folder / "unlearning" / "report.csv").is_file():
+        return ""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "fedsim.cli", "unlearn", "--run", str(run_dir), *request, "--method", method,
+           "--out", str(folder), "--samples", str(samples)]
+    if retrain is not None:
+        cmd += ["--retrain", str(retrain)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     res = subprocess.run(cmd, capture_output=True, text=True)

@@ -33,7 +33,8 @@ def pick_device(requested: str) -> str:
 class Workspace:
     cfg: RunConfig
     train: ImageData
-    parts: list[np.ndarray]
+    parts: list[np.ndarray]  # what each client trains on (an unlearning request's data left out)
+    forget: list[np.ndarray]  # what a request asks each client to forget (empty without a request)
     model: nn.Module
     task: Task
     device: str
@@ -42,6 +43,11 @@ class Workspace:
         """(images (n, C, H, W), labels (n,)) of partition ``pid``."""
         idx = torch.from_numpy(self.parts[pid])
         return self.train.images[idx], torch.from_numpy(self.train.labels[self.parts[pid]])
+
+    def forget_data(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) that partition ``pid`` is asked to forget (0 rows if none)."""
+        idx = self.forget[pid]
+        return self.train.images[torch.from_numpy(idx)], torch.from_numpy(self.train.labels[idx])
 
     def label_hist(self, pid: int) -> np.ndarray:
         return label_histograms(self.train.labels, [self.parts[pid]], self.train.num_classes)[0]
@@ -52,16 +58,26 @@ def dataset(cfg: RunConfig, split: str) -> ImageData:
 
 
 def client_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
-    """Each client's index set. The data an unlearning request removes
-    (``forget-clients``, ``forget-class``) are taken out after partitioning, so every
-    other sample stays with the client that held it in the original run."""
+    """Each client's training index set: its partition minus what an unlearning
+    request (``forget-clients``, ``forget-class``) removes."""
+    return split_request(cfg, labels)[0]
+
+
+def split_request(cfg: RunConfig, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(kept, forgotten) index sets per client. The request is applied after
+    partitioning, so every sample stays with the client that held it in the
+    original run: retraining replays the same clients without the data, and
+    fine-tuning methods find the forget data where they were."""
     parts = partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
                       classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
                       source=f"the '{cfg.dataset}' train split")
     gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
-    if cfg.forget_class >= 0:
-        parts = [p[labels[p] != cfg.forget_class] for p in parts]
-    return [p[:0] if i in gone else p for i, p in enumerate(parts)]
+    kept, forgotten = [], []
+    for i, p in enumerate(parts):
+        drop = np.full(len(p), i in gone) | (labels[p] == cfg.forget_class)
+        kept.append(p[~drop])
+        forgotten.append(p[drop])
+    return kept, forgotten
 
 
 def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
@@ -78,5 +94,6 @@ def workspace(cfg: RunConfig) -> Workspace:
     train = dataset(cfg, "train")
     device = pick_device(cfg.device)
     model = fresh_model(cfg, train).to(device)
-    return Workspace(cfg, train, client_partition(cfg, train.labels), model,
+    kept, forgotten = split_request(cfg, train.labels)
+    return Workspace(cfg, train, kept, forgotten, model,
                      make_task(cfg.model, cfg.timesteps, cfg.beta_schedule), device)

@@ -24,8 +24,12 @@ from strategies.ledger import Ledgered
 from strategies.metered import Metered
 from strategies.recording import Recording
 from strategies.sampling import Schedule
+from strategies.federaser import Calibrated, calibration_rounds
 from strategies.selection import FedEMDSelector, RandomSelector, ReplaySelector, Selector
 from strategies.shapley import ShapleySelector
+from strategies.unlearning import HolderSelector, Unlearning, UnlearningPlan
+
+FINE_TUNING = ("gradient-ascent", "erasediff", "salun", "msgm")  # unlearning by local objectives
 
 Utility = Callable[[ArrayRecord], float]
 StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility | None], Strategy]
@@ -34,12 +38,31 @@ StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility 
 def build_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
     """The ``selector`` of the config, over the clients that declared themselves
     (``replay``: the schedule of that run's ledger, whatever the selector)."""
+    if cfg.unlearn_method == "federaser":  # the stored rounds' participants, one stored round per round
+        ledger = _ledger(cfg.unlearn_from, "unlearn-from")
+        rounds = calibration_rounds(ledger, client_level=bool(parse_ids(cfg.forget_clients)))
+        return ReplaySelector({i: set(ledger.participants(t)) for i, t in enumerate(rounds, start=1)})
     if cfg.replay:
-        try:
-            ledger = load_ledger(Path(cfg.replay))
-        except FileNotFoundError as err:
-            raise ConfigError(f"replay: {err}") from None
+        ledger = _ledger(cfg.replay, "replay")
         return ReplaySelector({r["round"]: set(r["participants"]) for r in ledger.rounds})
+    base = _named_selector(cfg, clients)
+    if cfg.unlearn_method in FINE_TUNING:
+        return HolderSelector(base, unlearning_plan(cfg))
+    return base
+
+
+def _ledger(run_dir: str, key: str):
+    try:
+        return load_ledger(Path(run_dir))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def unlearning_plan(cfg: RunConfig) -> UnlearningPlan:
+    return UnlearningPlan(cfg.unlearn_method, cfg.unlearn_rounds, client_level=bool(parse_ids(cfg.forget_clients)))
+
+
+def _named_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
     if cfg.selector == "fedemd":
         infos = sorted(clients.values(), key=lambda c: c.partition_id)
         try:
@@ -68,9 +91,9 @@ STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
                    utility: Utility | None = None) -> Strategy:
-    """Metered(Recording?(Compressed?(Ledgered?(named strategy)))): bytes are measured
-    and observations recorded on what arrives, before any inner layer decodes it;
-    the ledger sees the dense updates that were aggregated.
+    """Metered(Recording?(Compressed?(Unlearning|Calibrated?(Ledgered?(named strategy))))):
+    bytes are measured and observations recorded on what arrives, before any inner
+    layer decodes it; unlearning protocols and the ledger see dense updates.
     utility: score of global weights (the server's evaluation), for valuing selectors."""
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
@@ -78,6 +101,13 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
     if cfg.out_dir:  # the ledger for unlearning lives in the run folder
         strategy = Ledgered(strategy, LedgerWriter(Path(cfg.out_dir), seed=cfg.seed, every=cfg.ledger_every,
                                                    max_bytes=cfg.ledger_max_mb * 1e6), clients)
+    if cfg.unlearn_method == "federaser":
+        ledger = _ledger(cfg.unlearn_from, "unlearn-from")
+        strategy = Calibrated(strategy, ledger,
+                              calibration_rounds(ledger, client_level=bool(parse_ids(cfg.forget_clients))),
+                              calibration=cfg.federaser_calibration)
+    elif cfg.unlearn_method in FINE_TUNING:
+        strategy = Unlearning(strategy, unlearning_plan(cfg), mask_ratio=cfg.salun_mask_ratio, log_book=log)
     settings = codec_settings(cfg.to_flwr())
     if cfg.compression != "none":
         strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)

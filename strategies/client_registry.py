@@ -3,7 +3,8 @@
 Clients declare these once, answering a QUERY message at the start of the run.
 Selection is then done over partition ids, which are stable across runs, so a
 seed says exactly who trained in every round (node ids are random per run).
-The label histogram is the only extra fact a client discloses (FedEMD needs it).
+The label histogram is the only extra fact a client discloses (FedEMD needs it),
+and, under an unlearning request, how many examples it is asked to forget.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class ClientInfo:
     node_id: int
     partition_id: int
     num_examples: int
-    label_hist: np.ndarray  # (num_classes,) int64 counts
+    label_hist: np.ndarray  # (num_classes,) int64 counts of the data it trains on
+    num_forget: int = 0  # examples an unlearning request asks it to forget (still on the client)
 
 
 def discover_clients(grid: Grid, timeout: float = 600.0) -> dict[int, ClientInfo]:
@@ -35,5 +37,6 @@ def discover_clients(grid: Grid, timeout: float = 600.0) -> dict[int, ClientInfo
         info = reply.content["info"]
         nid = reply.metadata.src_node_id
         clients[nid] = ClientInfo(nid, int(info["partition-id"]), int(info["num-examples"]),
-                                  np.asarray(info["label-hist"], dtype=np.int64))
+                                  np.asarray(info["label-hist"], dtype=np.int64),
+                                  int(info.get("num-forget", 0)))
     return clients

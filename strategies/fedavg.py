@@ -146,8 +146,9 @@ class FedAvg(FlowerFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         connected = set(grid.get_node_ids())
-        candidates = sorted((c for n, c in self.clients.items() if n in connected and c.num_examples > 0),
-                            key=lambda c: c.partition_id)  # a client left without data cannot train
+        candidates = sorted((c for n, c in self.clients.items()
+                             if n in connected and self.selector.eligible(server_round, c)),
+                            key=lambda c: c.partition_id)  # e.g. a client left without data cannot train
         chosen = self.select(server_round, candidates)
         self._global = arrays
         config["server-round"] = server_round

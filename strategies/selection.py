@@ -55,6 +55,10 @@ class Selector:
     def probabilities(self, server_round: int, candidates: Sequence[ClientInfo]) -> np.ndarray:
         raise NotImplementedError
 
+    def eligible(self, server_round: int, client: ClientInfo) -> bool:
+        """Whether a connected client may be drawn this round (by default: it has data to train on)."""
+        return client.num_examples > 0
+
     def select(self, server_round: int, candidates: Sequence[ClientInfo], k: int,
                rng: np.random.Generator) -> list[ClientInfo]:
         """k distinct candidates (fewer if fewer are connected), ordered by partition id."""

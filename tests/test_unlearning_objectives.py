@@ -1,0 +1,343 @@
+"""Tests for fedsim/unlearning/objectives.py: MSGM, EraseDiff, SalUn and gradient-ascent FU.
+
+Plain PyTorch on CPU with sklearn digits (8x8) and the tiny diffusers UNet. The MSGM
+tests start from a class-conditional tiny UNet pre-trained for a few dozen steps on
+digits 0 (desirable, D_r) and 1 (undesirable, D_f) and check the score cosine the
+paper's acceptance criteria name: cos(s_theta, -z / sigma_t) = cos(eps_theta, eps).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedsim.data import load_dataset
+from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
+from fedsim.model import build_model
+from fedsim.train import ClassifierTask, DiffusionTask, per_sample_losses, train_local
+from fedsim.unlearning.objectives import (
+    UnlearnParams,
+    erasediff_train,
+    forget_gradient,
+    gradient_ascent_train,
+    msgm_train,
+    msgm_undesirable_loss,
+    reference_model,
+    saliency_mask,
+    salun_train,
+    score_cosine,
+)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+SCHED = NoiseSchedule(100, "squaredcos_cap_v2")
+SHAPE = (1, 8, 8)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def digits01():
+    """D_r = all train digits 0 (142), D_f = all train digits 1 (145)."""
+    d = load_dataset("digits", "train")
+    y = torch.from_numpy(d.labels.copy())
+    return (d.images[y == 0], y[y == 0]), (d.images[y == 1], y[y == 1])
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits01):
+    """State of a conditional tiny UNet after 36 Adam steps on D_r + D_f (about 4 s)."""
+    retain, forget = digits01
+    model = build_model("ddpm-tiny", SHAPE, 10, conditional=True, seed=0)
+    x, y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
+    train_local(model, DiffusionTask(SCHED), x, y, epochs=4, batch_size=32, lr=3e-3, generator=_gen(0))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _model(state=None, conditional=True):
+    model = build_model("ddpm-tiny", SHAPE, 10, conditional=conditional, seed=0)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def _cos(model, data) -> torch.Tensor:
+    """(N,) score cosines on a fixed (t, eps) probe."""
+    return score_cosine(model, SCHED, *data, generator=_gen(123))
+
+
+# --- UnlearnParams, reference model, saliency mask, forget gradient ---
+
+def test_params_reject_bad_choices():
+    UnlearnParams()  # the defaults are valid
+    with pytest.raises(ValueError, match="msgm_loss"):
+        UnlearnParams(msgm_loss="acute")
+    with pytest.raises(ValueError, match="erasediff_rule"):
+        UnlearnParams(erasediff_rule="adaptive")
+    with pytest.raises(ValueError, match="salun_mask_ratio"):
+        UnlearnParams(salun_mask_ratio=0.0)
+
+
+def test_reference_model_by_hand():
+    glob = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor([7])}
+    local = {"w": torch.tensor([3.0, 0.0]), "steps": torch.tensor([9])}
+    ref = reference_model(glob, local, 3)  # (3 * [1, 2] - [3, 0]) / 2 = [0, 3]
+    assert torch.equal(ref["w"], torch.tensor([0.0, 3.0]))
+    assert torch.equal(ref["steps"], torch.tensor([7]))  # non-float entries: the global's
+    # with N = 2 the reference is the other client's model: 2 * g - l
+    assert torch.equal(reference_model(glob, local, 2)["w"], torch.tensor([-1.0, 4.0]))
+    with pytest.raises(ValueError):
+        reference_model(glob, local, 1)
+
+
+def test_saliency_mask_by_hand():
+    grads = {"a": torch.tensor([[0.1, -4.0], [3.0, 0.2]]), "b": torch.tensor([-0.5, 5.0])}
+    mask = saliency_mask(grads, 0.5)  # 3 of 6 entries: |g| = 5, 4, 3
+    assert mask["a"].dtype == torch.bool
+    assert mask["a"].tolist() == [[False, True], [True, False]]
+    assert mask["b"].tolist() == [False, True]
+    assert saliency_mask(grads, 1.0)["a"].all()
+    with pytest.raises(ValueError):
+        saliency_mask(grads, 0.0)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.1])
+def test_saliency_mask_keeps_share_and_largest(ratio):
+    gen = _gen(1)
+    grads = {"w": torch.randn(30, 7, generator=gen), "b": torch.randn(13, generator=gen) * 3,
+             "z": torch.zeros(4)}
+    mask = saliency_mask(grads, ratio)
+    total = sum(g.numel() for g in grads.values())
+    kept = torch.cat([(g.abs()[mask[k]]) for k, g in grads.items()])
+    dropped = torch.cat([(g.abs()[~mask[k]]) for k, g in grads.items()])
+    assert kept.numel() == round(ratio * total)
+    assert kept.min() >= dropped.max()  # one global threshold over all tensors
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_forget_gradient_independent_of_batch_size(digits01, conditional):
+    _, forget = digits01
+    data = (forget[0][:20], forget[1][:20])
+    model = _model(conditional=conditional)
+    task = DiffusionTask(SCHED)
+    small = forget_gradient(model, task, data, generator=_gen(3), batch_size=7)  # batches of 7, 7, 6
+    whole = forget_gradient(model, task, data, generator=_gen(3), batch_size=256)
+    assert set(small) == {n for n, _ in model.named_parameters()}
+    assert all(p.grad is None for p in model.parameters())
+    for name in whole:
+        assert torch.allclose(small[name], whole[name], rtol=1e-4, atol=1e-6), name
+    # the SUM of per-sample losses, with (t, eps) drawn up front as per_sample_losses does
+    gen = _gen(3)
+    t = torch.randint(0, SCHED.timesteps, (20,), generator=gen)
+    eps = torch.randn(data[0].shape, generator=gen)
+    model.zero_grad()
+    model.eval()
+    diffusion_loss(model, SCHED, *data, eps=eps, t=t, reduction="none").sum().backward()
+    for name, p in model.named_parameters():
+        expected = p.grad if p.grad is not None else torch.zeros_like(p)
+        assert torch.allclose(whole[name], expected, rtol=1e-4, atol=1e-6), name
+
+
+def test_forget_gradient_classifier_sum_of_batches(digits01):
+    _, forget = digits01
+    x, y = forget[0][:20], forget[1][:20]
+    model = build_model("cnn", SHAPE, 10, seed=0)
+    grads = forget_gradient(model, ClassifierTask(), (x, y), generator=_gen(0), batch_size=7)
+    model.zero_grad()
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
+# --- SalUn ---
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_salun_moves_only_masked_entries(digits01, pretrained, conditional):
+    retain, forget = digits01
+    model = _model(pretrained if conditional else None, conditional=conditional)
+    fset, rset = (forget[0][:32], forget[1][:32]), (retain[0][:32], retain[1][:32])
+    mask = saliency_mask(forget_gradient(model, DiffusionTask(SCHED), fset, generator=_gen(4)), 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = salun_train(model, SCHED, rset, fset, mask, epochs=2, batch_size=16, lr=1e-3,
+                        params=UnlearnParams(), num_classes=10, generator=_gen(5))
+    assert stats.steps == 4 and stats.loss > 0
+    changed = 0
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach()[~mask[name]], before[name][~mask[name]]), name  # bit for bit
+        changed += int((p.detach()[mask[name]] != before[name][mask[name]]).sum())
+    assert changed > 0.25 * sum(int(m.sum()) for m in mask.values())
+
+
+# --- MSGM ---
+
+def test_msgm_undesirable_loss_forms_by_hand():
+    pred = torch.tensor([[1.0, 2.0, 0.0, -1.0]])  # one sample, D = 4
+    eps = torch.tensor([[1.0, -1.0, 3.0, 1.0]])  # <pred, eps> = 1 - 2 + 0 - 1 = -2
+    def loss(**kw):
+        return float(msgm_undesirable_loss(pred, eps, UnlearnParams(**kw)))
+    assert loss(msgm_loss="orthogonal") == pytest.approx((1 + 4 + 0 + 1) / 4)  # sum (p e)^2 / D
+    assert loss(msgm_loss="orthogonal", msgm_orth_form="dot") == pytest.approx((-2 / 4) ** 2)
+    assert loss(msgm_loss="obtuse") == pytest.approx(-2 / 4)
+    assert loss(msgm_loss="obtuse", msgm_obtuse_form="official-code") == pytest.approx(2 / 4)
+    cos = -2 / (6 ** 0.5 * 12 ** 0.5)
+    assert loss(msgm_loss="obtuse", msgm_obtuse_form="hinge", msgm_margin=0.5) == pytest.approx(cos + 0.5)
+    assert loss(msgm_loss="obtuse", msgm_obtuse_form="hinge") == 0.0  # already obtuse: relu(cos) = 0
+    u = torch.rand(pred.shape, generator=_gen(9))
+    erase = msgm_undesirable_loss(pred, eps, UnlearnParams(msgm_loss="erase"), generator=_gen(9))
+    assert float(erase) == pytest.approx(float((u - pred).pow(2).mean()))
+
+
+def _msgm(pretrained, data, params, rounds, lr=5e-3):
+    """``rounds`` calls of one epoch each (a fresh Adam per call, as a client gets per FL round)."""
+    retain, forget = data
+    model = _model(pretrained)
+    gen = _gen(1)
+    for _ in range(rounds):
+        stats = msgm_train(model, SCHED, retain, forget, epochs=1, batch_size=32, lr=lr, params=params,
+                           generator=gen)
+        assert stats.steps == 5  # ceil(142 / 32) retain batches
+    return _cos(model, retain), _cos(model, forget)
+
+
+# The tests weight L_u far above the default 0.01 and apply it at every step (msgm_every=1)
+# so that 30 steps of the tiny model suffice. The noise floor of mean |cos| between
+# independent 64-dim vectors is about 0.1.
+@pytest.mark.parametrize("form, bound", [("dot", 0.15), ("elementwise", 0.2)])
+def test_msgm_orthogonal_decorrelates_undesirable_only(digits01, pretrained, form, bound):
+    cos_r0, cos_f0 = _cos(_model(pretrained), digits01[0]), _cos(_model(pretrained), digits01[1])
+    assert cos_r0.mean() > 0.5 and cos_f0.mean() > 0.5  # the pre-trained model denoises both classes
+    params = UnlearnParams(msgm_loss="orthogonal", msgm_orth_form=form, msgm_weight=0.9, msgm_every=1)
+    cos_r, cos_f = _msgm(pretrained, digits01, params, rounds=6)
+    assert cos_f.abs().mean() < bound
+    assert cos_f.abs().mean() < 0.3 * cos_f0.abs().mean()
+    assert abs(cos_r.mean() - cos_r0.mean()) < 0.15
+
+
+@pytest.mark.parametrize("form, margin", [("definition", 0.0), ("hinge", 0.5)])
+def test_msgm_obtuse_makes_undesirable_cosine_negative(digits01, pretrained, form, margin):
+    cos_r0 = _cos(_model(pretrained), digits01[0])
+    params = UnlearnParams(msgm_loss="obtuse", msgm_obtuse_form=form, msgm_margin=margin, msgm_weight=0.7,
+                           msgm_every=1)
+    cos_r, cos_f = _msgm(pretrained, digits01, params, rounds=6)
+    assert cos_f.mean() < -0.2
+    assert abs(cos_r.mean() - cos_r0.mean()) < 0.15
+
+
+def test_msgm_obtuse_official_code_sign_keeps_cosine_positive(digits01, pretrained):
+    """The sign caveat: the authors' code minimises -<pred, eps>, which pulls the score toward
+    the true denoising direction instead of away from it."""
+    cos_f0 = _cos(_model(pretrained), digits01[1])
+    assert cos_f0.mean() > 0.5
+    params = UnlearnParams(msgm_loss="obtuse", msgm_obtuse_form="official-code", msgm_weight=0.7,
+                           msgm_every=1)
+    _, cos_f = _msgm(pretrained, digits01, params, rounds=2)  # definition form: ~0.1 after 10 steps
+    assert cos_f.mean() > 0.5
+
+
+def test_msgm_empty_sets_and_every(digits01):
+    retain, forget = digits01
+    r, f = (retain[0][:20], retain[1][:20]), (forget[0][:20], forget[1][:20])
+    empty = (r[0][:0], r[1][:0])
+    kw = dict(batch_size=8, lr=1e-3, params=UnlearnParams(msgm_loss="erase"))
+    only_f = msgm_train(_model(), SCHED, empty, f, epochs=2, generator=_gen(0), **kw)
+    only_r = msgm_train(_model(), SCHED, r, empty, epochs=1, generator=_gen(0), **kw)
+    assert (only_f.steps, only_f.num_examples) == (6, 20)  # 2 passes over D_f in batches of 8
+    assert (only_r.steps, only_r.num_examples) == (3, 20)
+    # 3 steps: msgm_every = 4 never applies L_u (same weights as msgm_every = 100), 3 does on step 3
+    def run(every):
+        model = _model()
+        msgm_train(model, SCHED, r, f, epochs=1, generator=_gen(0), batch_size=8, lr=1e-3,
+                   params=UnlearnParams(msgm_loss="erase", msgm_weight=0.5, msgm_every=every))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(run(4), run(100))
+    assert not torch.equal(run(3), run(4))
+
+
+# --- EraseDiff ---
+
+@torch.no_grad()
+def _uniform_forget_loss(model, data) -> float:
+    """f with the uniform target on a fixed probe: || u - eps_theta(add_noise(x, u, t), t, c) ||^2."""
+    x, y = data
+    gen = _gen(77)
+    t = torch.randint(0, SCHED.timesteps, (x.shape[0],), generator=gen)
+    u = torch.rand(x.shape, generator=gen)
+    return float((predict_eps(model, SCHED.add_noise(x, u, t), t, y) - u).pow(2).mean())
+
+
+@torch.no_grad()
+def _retain_loss(model, data) -> float:
+    return float(diffusion_loss(model, SCHED, *data, generator=_gen(78)))
+
+
+def test_erasediff_uniform_target_forgets_and_keeps_utility(digits01, pretrained):
+    retain, forget = digits01
+    r, f = (retain[0][:64], retain[1][:64]), (forget[0][:64], forget[1][:64])
+    model = _model(pretrained)
+    f0, r0 = _uniform_forget_loss(model, f), _retain_loss(model, r)
+    # lambda = 1 (default 0.1) so that 2 epochs of 4 outer steps show the effect
+    stats = erasediff_train(model, SCHED, r, f, epochs=2, batch_size=16, lr=2e-3, num_classes=10,
+                            params=UnlearnParams(erasediff_lambda=1.0), generator=_gen(2))
+    assert stats.steps == 8 and stats.num_examples == 128
+    f1, r1 = _uniform_forget_loss(model, f), _retain_loss(model, r)
+    assert f1 < 0.8 * f0
+    assert r1 < 1.5 * r0
+
+
+@pytest.mark.parametrize("rule, target",
+                         [("cosine", "uniform"), ("bome", "uniform"), ("bome", "random-label")])
+def test_erasediff_adaptive_rules_run(digits01, pretrained, rule, target):
+    retain, forget = digits01
+    r, f = (retain[0][:32], retain[1][:32]), (forget[0][:32], forget[1][:32])
+    model = _model(pretrained)
+    params = UnlearnParams(erasediff_rule=rule, erasediff_target=target, erasediff_inner_passes=1)
+    stats = erasediff_train(model, SCHED, r, f, epochs=1, batch_size=16, lr=1e-3, num_classes=10,
+                            params=params, generator=_gen(2))
+    assert stats.steps == 2 and torch.isfinite(torch.tensor(stats.loss))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(p, pretrained[n]) for n, p in model.named_parameters())
+
+
+def test_erasediff_empty_retain_and_random_label_needs_classes(digits01):
+    _, forget = digits01
+    f = (forget[0][:16], forget[1][:16])
+    empty = (f[0][:0], f[1][:0])
+    stats = erasediff_train(_model(conditional=False), SCHED, empty, f, epochs=1, batch_size=8, lr=1e-3,
+                            num_classes=10, params=UnlearnParams(), generator=_gen(0))
+    assert stats.steps == 2
+    with pytest.raises(ValueError, match="conditional"):
+        erasediff_train(_model(conditional=False), SCHED, f, f, epochs=1, batch_size=8, lr=1e-3,
+                        num_classes=10, params=UnlearnParams(erasediff_target="random-label"),
+                        generator=_gen(0))
+
+
+# --- Gradient-ascent FU (Halimi et al.) ---
+
+def test_gradient_ascent_raises_forget_loss_within_radius(digits01):
+    retain, forget = digits01
+    x, y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
+    model = build_model("cnn", SHAPE, 10, seed=0)
+    train_local(model, ClassifierTask(), x, y, epochs=2, batch_size=32, lr=3e-3, generator=_gen(0))
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before = float(per_sample_losses(model, ClassifierTask(), *forget, generator=_gen(0)).mean())
+    radius = 0.5
+    stats = gradient_ascent_train(model, ClassifierTask(), forget, reference=reference, radius=radius,
+                                  epochs=2, batch_size=32, lr=0.5, generator=_gen(1))
+    after = float(per_sample_losses(model, ClassifierTask(), *forget, generator=_gen(0)).mean())
+    dist = torch.sqrt(sum((p.detach() - reference[n]).pow(2).sum() for n, p in model.named_parameters()))
+    assert stats.steps == 10 and stats.loss > 0
+    assert after > before + 0.5
+    assert dist <= radius + 1e-5
+    assert dist > radius - 1e-4  # the projection was active: unconstrained ascent goes further
+
+
+def test_gradient_ascent_diffusion_task(digits01):
+    _, forget = digits01
+    f = (forget[0][:16], forget[1][:16])
+    model = _model(conditional=False)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gradient_ascent_train(model, DiffusionTask(SCHED), f, reference=reference, radius=0.1, epochs=1,
+                          batch_size=8, lr=1.0, generator=_gen(0))
+    dist = torch.sqrt(sum((p.detach() - reference[n]).pow(2).sum() for n, p in model.named_parameters()))
+    assert 0.1 - 1e-4 < dist <= 0.1 + 1e-5

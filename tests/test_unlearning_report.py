@@ -1,0 +1,176 @@
+"""fedsim/unlearning/report.py: forget sets, the scored metrics, cost and the written report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fedsim.config import RunConfig
+from fedsim.evaluation import save_grid
+from fedsim.train import make_task, train_local
+from fedsim.unlearning.report import (SCORE_KEYS, Request, cost, forget_set, score, target_class,
+                                      write_report)
+from fedsim.workspace import dataset, fresh_model, split_request
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# exclusive-1: client 9 (the last) alone holds class 1, the rest is dealt round-robin to all.
+CFG = RunConfig(model="ddpm-tiny", timesteps=100, beta_schedule="squaredcos_cap_v2", num_clients=10,
+                clients_per_round=2, partition="exclusive-1", maverick_class=1, num_samples=64, sample_steps=5)
+MAVERICK = Request(frozenset({9}), -1)
+MIXED = Request(frozenset({3}), -1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """One evaluator classifier for the whole module, trained into a temporary cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDSIM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def _initial(cfg: RunConfig) -> dict:
+    return fresh_model(cfg, dataset(cfg, "test")).state_dict()
+
+
+def _rows(images: torch.Tensor) -> list[bytes]:
+    return sorted(r.tobytes() for r in images.numpy())
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def test_request_from_config_and_description() -> None:
+    assert Request.of(CFG) == Request(frozenset(), -1)
+    assert Request.of(CFG.replace(forget_clients="7 3")) == Request(frozenset({3, 7}), -1)
+    assert Request.of(CFG.replace(forget_class=0)).describe() == "class 0"
+    assert Request(frozenset({19}), -1).describe() == "client 19"
+    assert Request(frozenset({7, 3}), -1).describe() == "clients 3 7"
+    assert Request(frozenset({2}), 4).describe() == "client 2 and class 4"
+
+
+def test_forget_set_of_a_class_request_is_that_class() -> None:
+    train = dataset(CFG, "train")
+    images, labels = forget_set(CFG, Request(frozenset(), 0))
+    assert (labels == 0).all() and len(labels) == int((train.labels == 0).sum())
+    assert _rows(images) == _rows(train.images[torch.from_numpy(train.labels == 0)])
+
+
+def test_forget_set_of_a_client_request_is_its_partition() -> None:
+    train = dataset(CFG, "train")
+    parts = split_request(CFG, train.labels)[0]
+    for request, pid in ((MAVERICK, 9), (MIXED, 3)):
+        images, labels = forget_set(CFG, request)
+        assert torch.equal(images, train.images[torch.from_numpy(parts[pid])])
+        assert np.array_equal(labels.numpy(), train.labels[parts[pid]])
+    both = forget_set(CFG, Request(frozenset({3, 9}), -1))[0]
+    assert len(both) == len(parts[3]) + len(parts[9])
+    assert len(forget_set(CFG, Request(frozenset(), -1))[0]) == 0
+
+
+def test_target_class() -> None:
+    assert target_class(CFG, MAVERICK) == 1  # the Maverick owns class 1
+    assert target_class(CFG, MIXED) == -1  # round-robin client: no majority class
+    assert target_class(CFG, Request(frozenset({3}), 5)) == 5
+    assert target_class(CFG, Request(frozenset(), -1)) == -1
+
+
+def test_score_of_an_untrained_model(tmp_path) -> None:
+    sd = _initial(CFG)
+    grid = tmp_path / "grid.png"
+    first = score(CFG, sd, MAVERICK, num_samples=40, grid_path=grid)
+    assert list(first) == SCORE_KEYS
+    finite = ["forget_rate", "fd_remaining", "eval_loss_remaining", "forget_loss", "mia_auc", "mia_tpr_1fpr",
+              "test_acc_evaluator"]
+    assert all(math.isfinite(first[k]) for k in finite), first
+    assert math.isnan(first["forget_rate_cond"])  # unconditional model
+    assert 0 <= first["forget_rate"] <= 1 and first["test_acc_evaluator"] > 0.8
+    assert 0.3 < first["mia_auc"] < 0.7  # no training, no membership signal
+    assert grid.is_file()
+    assert _same(first, score(CFG, sd, MAVERICK, num_samples=40))  # fixed noise and probes
+    # a client without a majority class has no target class to count
+    assert math.isnan(score(CFG, sd, MIXED, num_samples=20)["forget_rate"])
+
+
+def test_score_of_a_conditional_model_has_a_class_row_grid(tmp_path) -> None:
+    cfg = CFG.replace(conditional=True)
+    grid = tmp_path / "grid.png"
+    out = score(cfg, _initial(cfg), Request(frozenset(), 0), num_samples=80, grid_path=grid)
+    assert 0 <= out["forget_rate_cond"] <= 1 and math.isfinite(out["fd_remaining"])
+    # 10 class rows of 8 samples: (10 * 9 + 1) x (8 * 9 + 1) pixels, upscaled 4x
+    assert Image.open(grid).size == (73 * 4, 91 * 4)
+
+
+def test_score_of_a_classifier() -> None:
+    cfg = CFG.replace(model="cnn")
+    out = score(cfg, _initial(cfg), MAVERICK)
+    assert 0 <= out["forget_rate"] <= 1 and math.isfinite(out["eval_loss_remaining"])
+    assert math.isnan(out["fd_remaining"]) and math.isnan(out["forget_rate_cond"])
+    assert 0 <= out["mia_auc"] <= 1
+
+
+def test_fine_tuning_on_the_forget_set_shows_in_loss_and_membership() -> None:
+    # 100 iid clients: client 3 holds 15 images, few enough to start memorizing in 100 steps
+    cfg = CFG.replace(num_clients=100, partition="iid")
+    request = Request(frozenset({3}), -1)
+    model = fresh_model(cfg, dataset(cfg, "test"))
+    before = score(cfg, model.state_dict(), request, num_samples=20)
+    images, labels = forget_set(cfg, request)
+    train_local(model, make_task(cfg.model, cfg.timesteps, cfg.beta_schedule), images, labels, epochs=100,
+                batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0))
+    after = score(cfg, model.state_dict(), request, num_samples=20)
+    assert after["forget_loss"] < 0.5 * before["forget_loss"]
+    assert after["mia_auc"] > before["mia_auc"] + 0.05
+
+
+def test_cost_reads_metrics_csv(tmp_path) -> None:
+    pd.DataFrame({"round": [1, 2, 3], "wall_s": [1.5, 2.0, 0.5], "bytes_up_total": [10, 20, 30],
+                  "bytes_down_total": [100, 200, 300], "eval_loss": [1.0, 0.9, 0.8]}
+                 ).to_csv(tmp_path / "metrics.csv", index=False)
+    assert cost(tmp_path) == {"wall_s": 4.0, "rounds": 3.0, "bytes": 330.0}
+    with pytest.raises(ValueError, match="metrics.csv"):
+        cost(tmp_path / "missing")
+    (tmp_path / "metrics.csv").write_text("")
+    with pytest.raises(ValueError):
+        cost(tmp_path)
+    (tmp_path / "metrics.csv").write_text("round,wall_s,bytes_up_total,bytes_down_total\n")
+    with pytest.raises(ValueError):
+        cost(tmp_path)
+
+
+def _row(model: str, fd: float, wall: float, nbytes: float) -> dict:
+    return {"model": model, **dict.fromkeys(SCORE_KEYS, 0.5), "fd_remaining": fd,
+            "wall_s": wall, "rounds": 10.0, "bytes": nbytes}
+
+
+def test_write_report_with_retrain_ratios_and_grids(tmp_path) -> None:
+    rows = [_row("original", 10.0, 100.0, 1000.0), _row("retrain", 20.0, 50.0, 500.0),
+            _row("salun", 30.0, 5.0, 50.0)]
+    for name in ("original", "salun"):
+        save_grid(torch.zeros(16, 1, 8, 8), tmp_path / f"grid_{name}.png", ncol=8)
+    write_report(tmp_path, rows, MAVERICK)
+    df = pd.read_csv(tmp_path / "report.csv")
+    assert list(df.columns[:15]) == ["model", "request", "forget_rate", "forget_rate_cond", "fd_remaining",
+                                     "eval_loss_remaining", "forget_loss", "mia_auc", "mia_tpr_1fpr", "wall_s",
+                                     "rounds", "bytes", "wall_vs_retrain", "bytes_vs_retrain", "fd_vs_retrain"]
+    assert df["wall_vs_retrain"].tolist() == [2.0, 1.0, 0.1]
+    assert df["bytes_vs_retrain"].tolist() == [2.0, 1.0, 0.1]
+    assert df["fd_vs_retrain"].tolist() == [0.5, 1.0, 1.5]
+    assert (df["request"] == "client 9").all()
+    md = (tmp_path / "report.md").read_text()
+    assert "client 9" in md.splitlines()[0]
+    assert "| salun | 0.5 |" in md and "| 0.1 |" in md
+    assert (tmp_path / "grids.png").is_file()
+
+
+def test_write_report_without_retrain_has_no_ratios(tmp_path) -> None:
+    write_report(tmp_path, [_row("original", 10.0, 100.0, 1000.0)], Request(frozenset(), 0))
+    df = pd.read_csv(tmp_path / "report.csv")
+    assert "wall_vs_retrain" not in df and df["request"].tolist() == ["class 0"]
+    assert not (tmp_path / "grids.png").exists()
