@@ -72,6 +72,7 @@ class RunConfig:
     unlearn_method: Literal["", "federaser", "gradient-ascent", "erasediff", "salun", "msgm"] = ""
     unlearn_from: str = ""  # the original run folder (its ledger and model)
     unlearn_rounds: int = 5  # rounds running the method's objective (salun: after its mask round); then normal rounds
+    unlearn_lr: float = 0.0  # learning rate of the method's rounds (0: lr); normal rounds use lr
     federaser_ratio: float = 0.5  # FedEraser: calibration epochs = ratio x local-epochs
     federaser_calibration: Literal["per-client", "per-layer-mean"] = "per-client"
     ga_radius: float = 0.1  # gradient ascent: ball radius as a fraction of ||w_ref - w_random||
@@ -150,6 +151,7 @@ class RunConfig:
             (self.ledger_every >= 0, "ledger-every must be >= 0"),
             (self.ledger_max_mb > 0, "ledger-max-mb must be > 0"),
             (self.unlearn_rounds >= 1, "unlearn-rounds must be >= 1"),
+            (self.unlearn_lr >= 0, "unlearn-lr must be >= 0"),
             (0 < self.federaser_ratio <= 1, "federaser-ratio must be in (0, 1]"),
             (self.ga_radius > 0, "ga-radius must be > 0"),
             (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),

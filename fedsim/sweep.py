@@ -29,17 +29,7 @@ def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
     folder = Path(folder)
     if is_done(folder):
         return ""
-    if folder.exists():  # an interrupted earlier attempt: start it again
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "fedsim.cli", "run", str(config), "--out", str(folder)]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        return lines[-1] if lines else f"exit code {res.returncode}"
-    return ""
+    return _fedsim(["run", str(config)], overrides, folder)
 
 
 def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: dict[str, Any], folder: Path,
@@ -49,13 +39,17 @@ def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: di
     folder = Path(folder)
     if is_done(folder) and (folder / "unlearning" / "report.csv").is_file():
         return ""
+    args = ["unlearn", "--run", str(run_dir), *request, "--method", method, "--samples", str(samples)]
+    return _fedsim(args + (["--retrain", str(retrain)] if retrain is not None else []), overrides, folder)
+
+
+def _fedsim(args: list[str], overrides: dict[str, Any], folder: Path) -> str:
+    """`fedsim ARGS --set k=v ... --out FOLDER` in a subprocess, into a fresh folder (an
+    interrupted earlier attempt is removed); '' or the last line it printed."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "fedsim.cli", "unlearn", "--run", str(run_dir), *request, "--method", method,
-           "--out", str(folder), "--samples", str(samples)]
-    if retrain is not None:
-        cmd += ["--retrain", str(retrain)]
+    cmd = [sys.executable, "-m", "fedsim.cli", *args, "--out", str(folder)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     res = subprocess.run(cmd, capture_output=True, text=True)

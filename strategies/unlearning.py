@@ -132,10 +132,11 @@ class Unlearning(StrategyWrapper):
     """inner: a strategy with FedAvg's validation and aggregation (strategies.fedavg.FedAvg),
     possibly wrapped (the ledger); it sees dense replies (this sits inside any decoder)."""
 
-    def __init__(self, inner: Strategy, plan: UnlearningPlan, *, mask_ratio: float,
+    def __init__(self, inner: Strategy, plan: UnlearningPlan, *, mask_ratio: float, lr: float = 0.0,
                  log_book: RoundLog | None = None) -> None:
+        """lr: learning rate sent in the method's rounds (0: the run's)."""
         super().__init__(inner)
-        self.plan, self.mask_ratio = plan, mask_ratio
+        self.plan, self.mask_ratio, self.lr = plan, mask_ratio, lr
         self.log_book = log_book or RoundLog()
         self.mask: dict[str, np.ndarray] | None = None
         self._sent: ArrayRecord | None = None
@@ -148,6 +149,8 @@ class Unlearning(StrategyWrapper):
                         grid: Grid) -> Iterable[Message]:
         phase = self.plan.phase(server_round)
         config["objective"] = phase
+        if phase not in ("train", "saliency") and self.lr > 0:
+            config["lr"] = self.lr
         if phase == "salun" and self.mask is not None:
             config["salun-mask"] = pack_mask(self.mask, list(self.mask))
         self._sent = arrays

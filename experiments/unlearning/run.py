@@ -56,7 +56,8 @@ def run_request(name: str, spec: dict, methods: dict, out: Path, samples: int, l
         if method not in methods:
             continue
         t0 = time.monotonic()
-        err = fedsim_unlearn(original, method, list(spec["forget"]), dict(methods[method]),
+        overrides = {**methods[method], **spec.get("methods", {}).get(method, {})}
+        err = fedsim_unlearn(original, overrides.pop("method", method), list(spec["forget"]), overrides,
                              out / "runs" / name / method,
                              retrain=retrain if method != "retrain" and (retrain / "model").is_dir() else None,
                              samples=samples)
@@ -75,7 +76,7 @@ def collect(out: Path, requests: list[str], methods: list[str]) -> pd.DataFrame:
                 continue
             report = pd.read_csv(path)
             for _, row in report.iterrows():
-                label = row["model"]
+                label = method if row["model"] not in ("original", "retrain") else row["model"]
                 if label == "retrain" and method != "retrain":
                     continue  # the retrain row comes from the retrain run's own report
                 if label == "original" and any(r["method"] == "original" and r["request"] == name for r in rows):
@@ -105,18 +106,23 @@ def grids(out: Path, requests: list[str], methods: list[str], df: pd.DataFrame) 
     for name in requests:
         panels = []
         for label in ["original", *methods]:
-            folder = "retrain" if label in ("original", "retrain") else label
-            path = out / "runs" / name / folder / "unlearning" / f"grid_{label}.png"
+            reference = label in ("original", "retrain")
+            folder = out / "runs" / name / ("retrain" if reference else label) / "unlearning"
+            found = [p for p in folder.glob("grid_*.png") if reference == (p.stem in ("grid_original", "grid_retrain"))]
+            path = folder / f"grid_{label}.png" if reference else (found[0] if found else folder / "none")
             if path.is_file():
                 rate = df[(df.request == name) & (df.method == label)]["forget_rate"]
                 panels.append((label, path, float(rate.iloc[0]) if len(rate) else float("nan")))
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9))
-        for ax, (label, path, rate) in zip(list(axes) if len(panels) > 1 else [axes], panels):
+        ncol = min(5, len(panels))
+        nrow = -(-len(panels) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.9 * nrow), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (label, path, rate) in zip(axes.flat, panels):
             ax.imshow(Image.open(path), cmap="gray")
             ax.set_title(f"{label}\nforget rate {rate:.1%}", fontsize=9)
-            ax.axis("off")
         fig.suptitle(f"{name}: samples before / after unlearning", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / f"grids_{name}.png", dpi=110)

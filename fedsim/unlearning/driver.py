@@ -9,11 +9,11 @@ from DIR's config.toml:
     federaser        start from DIR's ledger (M(t_1), minus the forgotten
                      client's first stored update), then one calibration round
                      per stored round (strategies/federaser.py)
-    gradient-ascent  from DIR's model: ``unlearn-rounds`` rounds of projected
-    erasediff        gradient ascent / EraseDiff / SalUn (+ its mask round) /
-    salun            MSGM by the clients holding forget data, the others
-    msgm             training normally (strategies/unlearning.py); gradient
-                     ascent then adds 2 normal rounds
+    gradient-ascent  from DIR's model: ``unlearn-rounds`` rounds (gradient ascent:
+    erasediff        1) of projected gradient ascent / EraseDiff / SalUn (+ its
+    salun            mask round) / MSGM by the clients holding forget data, the
+    msgm             others training normally (strategies/unlearning.py), at
+                     ``unlearn-lr`` if set; gradient ascent then adds 2 normal rounds
 
 Defaults follow from the method (rounds, start model, local epochs); any key
 can still be overridden with ``--set``. The unlearning run keeps no ledger
@@ -81,6 +81,8 @@ def unlearn_config(run_dir: Path, method: str, request: dict[str, Any], override
     cfg = load_config(mapping)  # validates the user's keys too
     if method == "federaser":
         return _federaser(cfg, run_dir, out, user)
+    if method == "gradient-ascent" and "unlearn-rounds" not in user:
+        cfg = cfg.replace(unlearn_rounds=1)  # one ascent round, then normal rounds (Halimi et al.)
     if method != "retrain" and "rounds" not in user:
         extra = 1 if method == "salun" else GA_NORMAL_ROUNDS if method == "gradient-ascent" else 0
         cfg = cfg.replace(rounds=cfg.unlearn_rounds + extra)
