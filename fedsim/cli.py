@@ -1,4 +1,6 @@
-"""``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``, ``fedsim attack``, ``fedsim unlearn``.
+"""``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``, ``fedsim attack``, ``fedsim unlearn``,
+``fedsim split-data CONFIG --out DIR`` (one data-dir per SuperNode, see split_data.py),
+``fedsim app CONFIG --out DIR`` (a Flower app folder for ``flwr run`` on a deployed SuperLink).
 
 Validates everything it can before starting (config keys and types, dataset
 path, partition feasibility, model, strategy name), then runs the app on a
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 from fedsim.config import ConfigError, RunConfig, resolve, to_toml, write_toml
-from fedsim.launch import LaunchError, LocalFederation
+from fedsim.launch import LaunchError, LocalFederation, app_pyproject
 from fedsim.run_folder import RunFolder
 
 USER_ERRORS = (ConfigError, LaunchError)
@@ -205,6 +207,38 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split_data(args: argparse.Namespace) -> int:
+    from fedsim.data import DataError
+    from fedsim.partition import PartitionError
+    from fedsim.split_data import split_data, summary
+
+    cfg = resolve(args.config, args.set)
+    try:
+        split = split_data(cfg, Path(args.out).resolve())
+    except (DataError, PartitionError) as err:
+        raise ConfigError(str(err)) from None
+    print("\n".join(summary(split)))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """The app folder `fedsim run` submits, for a SuperLink you run yourself (docker/README.md)."""
+    import tomli_w
+
+    cfg = resolve(args.config, args.set)
+    out = Path(args.out)
+    target = out / "pyproject.toml"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists; use --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    target.write_text(tomli_w.dumps(app_pyproject(cfg)))
+    print(f"wrote {target}: fedsim's ServerApp and ClientApp with this run config; submit it with\n"
+          f"  flwr run {out} <federation> --stream")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsim", description="Federated generative-model simulation on Flower + Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -236,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--retrain", metavar="DIR3", help="a retrain run of the same request, compared in the report")
     unlearn.add_argument("--samples", type=int, default=500, help="generated samples scored per model (default 500)")
     unlearn.set_defaults(func=cmd_unlearn)
+    split = sub.add_parser("split-data", help="write the run's partition as one data-dir per SuperNode")
+    split.add_argument("config", nargs="?", help="the run's TOML (dataset, num-clients, partition, seed)")
+    split.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+    split.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for node-<k>/ and server/")
+    split.set_defaults(func=cmd_split_data)
+    app = sub.add_parser("app", help="write a Flower app folder (pyproject.toml) for flwr run on your SuperLink")
+    app.add_argument("config", nargs="?", help="the run's TOML")
+    app.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (repeatable)")
+    app.add_argument("--out", required=True, metavar="DIR", help="the app folder")
+    app.add_argument("--force", action="store_true", help="overwrite DIR/pyproject.toml")
+    app.set_defaults(func=cmd_app)
     return parser
 
 

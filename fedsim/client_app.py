@@ -1,27 +1,26 @@
 """ClientApp: Flower Message -> local training -> reply. Translation only.
 
-- QUERY: declare partition id, data size and label histogram (once per run).
+- QUERY: declare client id, data size and label histogram (once per run).
 - TRAIN: load the global weights, train locally with the lr / local-epochs /
   batch-size the server sent (or, in FedSGD mode, compute one gradient of one
   batch; or, in an unlearning run, the ``objective`` the server names, see
   fedsim/unlearning/local.py) and reply with weights (or gradients),
   ``num-examples`` and ``train-loss``.
 - EVALUATE: mean loss of the global model on the client's own data.
+
+Which data and client id: fedsim/node_data.py (node config data-dir or partition-id).
 """
 
 from __future__ import annotations
-
-import functools
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.compression_mod import compression_mod
-from fedsim.config import RunConfig, load_config
+from fedsim.node_data import node_workspace
 from fedsim.rng import derive, torch_generator
 from fedsim.train import batch_gradient, per_sample_losses, train_local
 from fedsim.wire import to_array_record, to_state_dict
-from fedsim.workspace import workspace
 
 app = ClientApp(mods=[compression_mod])  # acts only when the server asks for compression
 
@@ -30,21 +29,9 @@ class InjectedClientFailure(RuntimeError):
     """Raised on purpose when ``client-failure-rate`` > 0 (fault-tolerance studies)."""
 
 
-@functools.lru_cache(maxsize=8)
-def _config(items: tuple, num_partitions: int | None) -> RunConfig:
-    """The run config; with ``flwr run .`` the federation size comes from
-    Flower's node config (num-partitions), which then overrides num-clients."""
-    cfg = load_config(dict(items))
-    if num_partitions and num_partitions != cfg.num_clients:
-        cfg = cfg.replace(num_clients=num_partitions,
-                          clients_per_round=min(cfg.clients_per_round, num_partitions))
-    return cfg
-
-
 def _setup(context: Context):
-    parts = context.node_config.get("num-partitions")
-    cfg = _config(tuple(sorted(context.run_config.items())), int(parts) if parts else None)
-    return cfg, workspace(cfg), int(context.node_config["partition-id"])
+    """(run config, workspace, client id); NodeDataError if the node config names no data."""
+    return node_workspace(context)
 
 
 @app.query()

@@ -22,6 +22,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsim.node_data import client_id
 from fedsim.rng import derive
 from fedsim.wire import numpy_array, to_numpy_dict
 from strategies.codecs import decode_update, encode_update, from_settings
@@ -64,7 +65,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
                   for k in sent}
     residual = dict(to_numpy_dict(context.state[RESIDUAL])) \
         if feedback and RESIDUAL in context.state.array_records else {}
-    pid = int(context.node_config.get("partition-id", 0))
+    pid = client_id(context)
     rng = derive(int(context.run_config.get("seed", 0)), "uplink", server_round, pid) if codec.needs_rng else None
     data, _ = encode_update(codec, update, residual=residual if feedback else None, rng=rng)
     if feedback:

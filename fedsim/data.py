@@ -12,7 +12,8 @@ faces vs non-faces, 24x24). From a local directory (`path=`): "mnist", "fashion-
 (path/<class>/*.png|jpg|jpeg|bmp). Datasets without an official test split get a
 fixed stratified 20 % test split from SPLIT_SEED, so train/test membership never
 depends on a run's seed. Nothing here downloads anything; file formats are parsed
-in datasets_local.py; client partitions are partition.py's job.
+in datasets_local.py; client partitions are partition.py's job. `load_local` reads all
+of one deployed node's own data (its data-dir) in the format of the run's dataset.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fedsim.datasets_local import (
     require_dir,
 )
 
-__all__ = ["DATASETS", "DataError", "ImageData", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "ImageData", "load_dataset", "load_local"]
 
 SPLIT_SEED = 0  # fixed: the train/test split of digits, lfw and folder never changes
 TEST_PERCENT = 20  # share of each class held out when a dataset has no official split
@@ -235,4 +236,50 @@ def _load(name: str, split: str, path: str | None, image_size: int) -> ImageData
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, num_classes, name)
 
 
-clear_cache = _load.cache_clear  # tests, and long-lived processes whose files changed
+BUNDLED = frozenset(DATASETS) - NEEDS_PATH  # ship with fedsim: no node holds them in a data-dir
+LOCAL_LAYOUT = {  # what load_local expects in a node's data-dir
+    "mnist": "train-images-idx3-ubyte and train-labels-idx1-ubyte",
+    "fashion-mnist": "train-images-idx3-ubyte and train-labels-idx1-ubyte",
+    "cifar10": "cifar-10-batches-py/ or data_batch_1 .. data_batch_5",
+    "folder": "<class>/ (or train/<class>/) subdirectories of .png/.jpg/.jpeg/.bmp images",
+}
+
+
+def load_local(name: str, path: str | Path | None, image_size: int = 32) -> ImageData:
+    """All of one node's own data in directory `path`, in the format of the run's dataset `name`.
+
+    mnist / fashion-mnist / cifar10: the train files in `path` (as load_dataset(name, "train", path)).
+    folder: path/train/<class>/ if path/train is a directory, else path/<class>/; every image,
+    no test split taken away; empty class directories are allowed (classes the node does not
+    hold), so num_classes is the number of class directories. Cached like load_dataset.
+    Raises DataError (one line) for a bundled or unknown dataset, or a missing or bad directory.
+    """
+    if name in BUNDLED:
+        raise DataError(f"dataset '{name}' ships with fedsim and is not read from a node's data-dir; run with "
+                        "dataset = folder, mnist, fashion-mnist or cifar10, or start the SuperNode with "
+                        "partition-id=K num-partitions=N")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    root = require_dir(path, f"{name} data-dir", LOCAL_LAYOUT[name])
+    if name != "folder":
+        return load_dataset(name, "train", str(root))
+    if not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"folder: image_size must be a positive int, got {image_size!r}")
+    return _load_local_folder(str(root.resolve()), image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_local_folder(path: str, image_size: int) -> ImageData:
+    root = Path(path) / "train" if (Path(path) / "train").is_dir() else Path(path)
+    classes = class_dirs(root)
+    if not classes:
+        raise DataError(f"folder data-dir: expected class subdirectories of images in {root}, found none")
+    images, labels = read_image_folder(root, classes, image_size, allow_empty=True)
+    labels.setflags(write=False)
+    return ImageData(torch.from_numpy(_to_pm1(images, 255.0)), labels, len(classes), "folder")
+
+
+def clear_cache() -> None:
+    """Forget every cached dataset: tests, and long-lived processes whose files changed."""
+    _load.cache_clear()
+    _load_local_folder.cache_clear()

@@ -129,12 +129,15 @@ def class_dirs(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_image_folder(root: Path, classes: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_image_folder(root: Path, classes: list[str], image_size: int,
+                      allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images under root/<class>/ for each name in `classes` (label = position in `classes`).
 
     Every image is converted to RGB and resized bilinearly to image_size x image_size.
     Returns images (N, 3, S, S) uint8 and labels (N,) int64. Files are read in sorted order,
-    so the result does not depend on the filesystem's listing order.
+    so the result does not depend on the filesystem's listing order. allow_empty: an empty
+    class directory is fine (a node's own data need not hold every class); no image at all
+    is still an error.
     """
     from PIL import Image, UnidentifiedImageError  # Pillow only when a folder is used
 
@@ -142,7 +145,7 @@ def read_image_folder(root: Path, classes: list[str], image_size: int) -> tuple[
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(f for f in (root / name).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        if not files and not allow_empty:
             raise DataError(f"{what}: class directory {root / name} has no {'/'.join(IMAGE_SUFFIXES)} images")
         for file in files:
             try:
@@ -152,4 +155,6 @@ def read_image_folder(root: Path, classes: list[str], image_size: int) -> tuple[
                 raise DataError(f"{what}: cannot read image {file}: {e}") from None
             images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
             labels.append(label)
+    if not images:
+        raise DataError(f"{what}: no {'/'.join(IMAGE_SUFFIXES)} images in the class directories of {root}")
     return np.stack(images), np.asarray(labels, dtype=np.int64)

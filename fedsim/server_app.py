@@ -20,7 +20,7 @@ from fedsim.run_folder import RunFolder
 from fedsim.wire import to_array_record, to_state_dict
 from fedsim.windowed_grid import WindowedGrid, in_simulation
 from strategies import build_strategy
-from strategies.client_registry import discover_clients
+from strategies.client_registry import check_classes, discover_clients
 
 app = ServerApp()
 SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
@@ -84,11 +84,10 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run(grid: Grid, cfg, folder: RunFolder) -> None:
-    clients = discover_clients(grid)
-    if not clients:
-        raise RuntimeError("no client answered the discovery query")
+    clients = discover_clients(grid)  # RuntimeError if none answers
     log = RoundLog()
     evaluator = ServerEvaluator(cfg, folder.path)
+    check_classes(clients, evaluator.test.num_classes)
     strategy = build_strategy(cfg, clients, log,
                               utility=lambda arrays: evaluator.utility(to_state_dict(arrays)))
     folder.start_metrics(evaluator.quality_columns + list(getattr(strategy, "metric_columns", [])))

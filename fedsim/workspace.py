@@ -10,6 +10,7 @@ so every process computes the same index sets.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,10 @@ def pick_device(requested: str) -> str:
 class Workspace:
     cfg: RunConfig
     train: ImageData
-    parts: list[np.ndarray]  # what each client trains on (an unlearning request's data left out)
-    forget: list[np.ndarray]  # what a request asks each client to forget (empty without a request)
+    # client id -> indices into train; a list in simulation (ids 0..n-1), a one-entry dict on a
+    # SuperNode with its own data (fedsim/node_data.py)
+    parts: Mapping[int, np.ndarray]  # what each client trains on (an unlearning request's data left out)
+    forget: Mapping[int, np.ndarray]  # what a request asks each client to forget (empty without a request)
     model: nn.Module
     task: Task
     device: str
@@ -68,16 +71,27 @@ def split_request(cfg: RunConfig, labels: np.ndarray) -> tuple[list[np.ndarray],
     partitioning, so every sample stays with the client that held it in the
     original run: retraining replays the same clients without the data, and
     fine-tuning methods find the forget data where they were."""
-    parts = partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
-                      classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
-                      source=f"the '{cfg.dataset}' train split")
-    gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
     kept, forgotten = [], []
-    for i, p in enumerate(parts):
-        drop = np.full(len(p), i in gone) | (labels[p] == cfg.forget_class)
-        kept.append(p[~drop])
-        forgotten.append(p[drop])
+    for i, p in enumerate(run_partition(cfg, labels)):
+        k, f = apply_request(cfg, labels, i, p)
+        kept.append(k)
+        forgotten.append(f)
     return kept, forgotten
+
+
+def run_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """The run's partition of the train split, before any unlearning request."""
+    return partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
+                     classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
+                     source=f"the '{cfg.dataset}' train split")
+
+
+def apply_request(cfg: RunConfig, labels: np.ndarray, client: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, forgotten) parts of client ``client``'s index set ``idx`` under the run's
+    request: all of it if the client is in forget-clients, else the forget-class samples."""
+    gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
+    drop = np.full(len(idx), client in gone) | (labels[idx] == cfg.forget_class)
+    return idx[~drop], idx[drop]
 
 
 def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
@@ -86,14 +100,21 @@ def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
                        pretrained=cfg.pretrained, seed=cfg.seed)
 
 
-@functools.lru_cache(maxsize=2)
-def workspace(cfg: RunConfig) -> Workspace:
+def build_workspace(cfg: RunConfig, train: ImageData, parts: Mapping[int, np.ndarray],
+                    forget: Mapping[int, np.ndarray]) -> Workspace:
+    """Model, task and device around the given data."""
     # Each simulated client gets client-cpus cores: use that many threads, not
     # all of the machine's (two 2-thread actors on 2 cores thrash).
     torch.set_num_threads(cfg.client_cpus)
-    train = dataset(cfg, "train")
     device = pick_device(cfg.device)
     model = fresh_model(cfg, train).to(device)
-    kept, forgotten = split_request(cfg, train.labels)
-    return Workspace(cfg, train, kept, forgotten, model,
+    return Workspace(cfg, train, parts, forget, model,
                      make_task(cfg.model, cfg.timesteps, cfg.beta_schedule), device)
+
+
+@functools.lru_cache(maxsize=2)
+def workspace(cfg: RunConfig) -> Workspace:
+    """Every simulated client's view of the run's dataset (partitioned)."""
+    train = dataset(cfg, "train")
+    kept, forgotten = split_request(cfg, train.labels)
+    return build_workspace(cfg, train, kept, forgotten)

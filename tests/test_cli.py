@@ -123,3 +123,18 @@ def test_console_script_unknown_key_subprocess(tmp_path):
     assert len(lines) == 1 and "num-clients" in lines[0], res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert list(tmp_path.iterdir()) == []  # no run folder made
+
+
+def test_app_writes_the_flower_app_and_refuses_to_overwrite(capsys, tmp_path):
+    import tomllib
+
+    out = tmp_path / "app"
+    assert cli.main(["app", str(REPO / "experiments" / "deployment.toml"), "--set", "rounds=7", "--out", str(out)]) == 0
+    capsys.readouterr()
+    app = tomllib.loads((out / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedsim.server_app:app", "clientapp": "fedsim.client_app:app"}
+    assert app["config"]["rounds"] == 7 and app["config"]["dataset"] == "folder"
+    assert cli.main(["app", "--out", str(out)]) == 2
+    assert "--force" in one_line(capsys.readouterr().err)
+    assert cli.main(["app", "--set", "rounds=ten", "--out", str(tmp_path / "b")]) == 2
+    assert "rounds" in one_line(capsys.readouterr().err) and not (tmp_path / "b").exists()
