@@ -16,6 +16,9 @@ ENV FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
     FLWR_HOME=/tmp/flwr \
-    MPLCONFIGDIR=/tmp/matplotlib
-WORKDIR /runs
+    MPLCONFIGDIR=/tmp/matplotlib \
+    FEDSIM_CACHE=/tmp/fedsim-cache \
+    HOME=/tmp
+# a run without out-dir writes runs/<timestamp>, i.e. /runs (mounted from docker/runs)
+WORKDIR /
 ENTRYPOINT ["flower-superexec"]

@@ -6,6 +6,7 @@ ARG FLWR_VERSION=1.41.0
 RUN pip install --no-cache-dir "flwr==${FLWR_VERSION}"
 ENV FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
-    FLWR_HOME=/tmp/flwr
+    FLWR_HOME=/tmp/flwr \
+    HOME=/tmp
 WORKDIR /state
 ENTRYPOINT ["flower-superlink"]

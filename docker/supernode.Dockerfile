@@ -23,6 +23,8 @@ ENV FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
     FLWR_HOME=/tmp/flwr \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    FEDSIM_CACHE=/tmp/fedsim-cache \
+    HOME=/tmp
 WORKDIR /tmp
 ENTRYPOINT ["flower-supernode"]

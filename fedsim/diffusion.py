@@ -8,10 +8,13 @@ Schedules and sampling steps come from diffusers' DDPMScheduler / DDIMScheduler.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
+
+if TYPE_CHECKING:  # diffusers is imported on first use: a CNN-only process never pays for it
+    from diffusers import DDIMScheduler, DDPMScheduler
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,13 @@ class NoiseSchedule:
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
     def ddpm(self) -> DDPMScheduler:
+        from diffusers import DDPMScheduler
+
         return DDPMScheduler(**self.scheduler_config)
 
     def ddim(self) -> DDIMScheduler:
+        from diffusers import DDIMScheduler
+
         return DDIMScheduler(**self.scheduler_config)
 
 
@@ -53,6 +60,8 @@ _CACHE: dict[tuple[int, str], torch.Tensor] = {}
 def _alphas_cumprod(timesteps: int, beta_schedule: str) -> torch.Tensor:
     key = (timesteps, beta_schedule)
     if key not in _CACHE:
+        from diffusers import DDPMScheduler
+
         sched = DDPMScheduler(num_train_timesteps=timesteps, beta_schedule=beta_schedule)
         _CACHE[key] = sched.alphas_cumprod.clone().float()
     return _CACHE[key]

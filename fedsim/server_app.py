@@ -14,7 +14,6 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim.config import load_config
 from fedsim.evaluation import ServerEvaluator
 from fedsim.model import save_model
-from fedsim.plots import plot_curves, plot_selection
 from fedsim.round_log import RoundLog
 from fedsim.run_folder import RunFolder
 from fedsim.wire import to_array_record, to_state_dict
@@ -102,6 +101,8 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     if len(result.arrays):
         evaluator.model.load_state_dict(to_state_dict(result.arrays))
     save_model(evaluator.model.cpu(), folder.path / "model")
+    from fedsim.plots import plot_curves, plot_selection  # pandas + matplotlib: ~1.5 s, once, at the end
+
     plot_curves(folder.metrics_path, folder.path / "curves.png")
     plot_selection(folder.metrics_path, folder.path / "selection.png")
     folder.status("done", round=cfg.rounds, rounds=cfg.rounds, clients=len(clients),

@@ -21,7 +21,6 @@ here, except ``scipy-values``, which keeps the authors' scaling.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import wasserstein_distance
 
 DISTANCES = ("categorical-l1", "ordinal-w1", "scipy-values")
 
@@ -59,6 +58,8 @@ def scipy_values(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Authors' form: wasserstein_distance(values of profile_i, values of q), q used as given."""
     rows = authors_profiles(p)
     q = np.asarray(q, dtype=np.float64)
+    from scipy.stats import wasserstein_distance  # on use: scipy.stats costs ~1.5 s to import
+
     out = np.array([wasserstein_distance(row, q) for row in rows])
     return out if np.ndim(p) > 1 else out[0]
 

@@ -112,24 +112,32 @@ class Processes:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
+        self._signal(proc, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._signal(proc, signal.SIGKILL)
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM to every group at once, then SIGKILL whatever is left (children included)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                self._signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            self._signal(proc, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> None:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def stop_all(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                self.kill(name, signal.SIGTERM)
-        for proc in self.procs.values():  # children that outlived a TERMed leader
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def text(self, name: str) -> str:
         return self.log(name).read_text(errors="replace")

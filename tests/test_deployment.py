@@ -104,9 +104,13 @@ def test_loopback_deployment_tls_auth_and_a_node_lost_mid_round(tmp_path):
         (root / "home" / "config.toml").write_text(tomli_w.dumps({"superlink": {
             "default": "local",
             "local": {"address": f"127.0.0.1:{port}", "root-certificates": str(root / "certs" / "ca.crt")}}}))
-        for k in (1, 2, 3):
-            res = _flwr(env, "supernode", "register", str(root / "certs" / f"node_{k}.pub"), "local")
-            assert res.returncode == 0 and "registered" in res.stdout, res.stdout + res.stderr
+        flwr = str(Path(sys.executable).parent / "flwr")
+        registering = [subprocess.Popen([flwr, "supernode", "register", str(root / "certs" / f"node_{k}.pub"), "local"],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                       for k in (1, 2, 3)]
+        for proc in registering:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and "registered" in out, out
 
         argv = {n: loopback.service_argv(n, root, port, compose) for n in NODES}
         for n in NODES:
@@ -119,10 +123,12 @@ def test_loopback_deployment_tls_auth_and_a_node_lost_mid_round(tmp_path):
                           "three SuperNodes activated")
 
         assert fedsim_main(["app", str(base), "--set", f"dataset-path={root / 'data' / 'server'}",
-                            "--set", f"out-dir={root / 'runs' / 'deployment'}", "--out", str(root / "app")]) == 0
+                            "--out", str(root / "app")]) == 0
         res = _flwr(env, "run", str(root / "app"), "local", "--format", "json")
         assert res.returncode == 0 and json.loads(res.stdout[res.stdout.index("{"):])["success"], res.stdout + res.stderr
-        run_dir = root / "runs" / "deployment"
+        # no out-dir: the ServerApp writes runs/<timestamp> under the runtime's working directory
+        run_dir = loopback.wait_for(lambda: next((root / "runs").glob("*/status.json"), None), 60,
+                                    "the ServerApp created its run folder").parent
 
         # kill supernode-3 while it holds round 1's TRAIN message
         loopback.wait_for(lambda: "Receiving: train message" in procs.text("supernode-3"), 120,
