@@ -239,13 +239,18 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """CONFIG.toml and repeatable --set key=value, as every run-config command takes them."""
+    parser.add_argument("config", nargs="?", help=what)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsim", description="Federated generative-model simulation on Flower + Ray.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a federated simulation")
-    run.add_argument("config", nargs="?", help="TOML file with kebab-case keys (see README)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key (repeatable)")
+    _config_args(run, "TOML file with kebab-case keys (see README)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.set_defaults(func=cmd_run)
     attack = sub.add_parser("attack", help="run a gradient-inversion attack (fresh exchange or recorded run)")
@@ -271,15 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     unlearn.add_argument("--samples", type=int, default=500, help="generated samples scored per model (default 500)")
     unlearn.set_defaults(func=cmd_unlearn)
     split = sub.add_parser("split-data", help="write the run's partition as one data-dir per SuperNode")
-    split.add_argument("config", nargs="?", help="the run's TOML (dataset, num-clients, partition, seed)")
-    split.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
+    _config_args(split, "the run's TOML (dataset, num-clients, partition, seed)")
     split.add_argument("--out", required=True, metavar="DIR", help="new or empty folder for node-<k>/ and server/")
     split.set_defaults(func=cmd_split_data)
     app = sub.add_parser("app", help="write a Flower app folder (pyproject.toml) for flwr run on your SuperLink")
-    app.add_argument("config", nargs="?", help="the run's TOML")
-    app.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key (repeatable)")
+    _config_args(app, "the run's TOML")
     app.add_argument("--out", required=True, metavar="DIR", help="the app folder")
     app.add_argument("--force", action="store_true", help="overwrite DIR/pyproject.toml")
     app.set_defaults(func=cmd_app)

@@ -1,4 +1,4 @@
-"""Tests for fedsim/unlearning/objectives.py: MSGM, EraseDiff, SalUn and gradient-ascent FU.
+"""Tests for fedsim/unlearning/{msgm,erasediff,salun,gradient_ascent}.py: MSGM, EraseDiff, SalUn and gradient-ascent FU.
 
 Plain PyTorch on CPU with sklearn digits (8x8) and the tiny diffusers UNet. The MSGM
 tests start from a class-conditional tiny UNet pre-trained for a few dozen steps on
@@ -14,18 +14,11 @@ from fedsim.data import load_dataset
 from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
 from fedsim.model import build_model
 from fedsim.train import ClassifierTask, DiffusionTask, per_sample_losses, train_local
-from fedsim.unlearning.objectives import (
-    UnlearnParams,
-    erasediff_train,
-    forget_gradient,
-    gradient_ascent_train,
-    msgm_train,
-    msgm_undesirable_loss,
-    reference_model,
-    saliency_mask,
-    salun_train,
-    score_cosine,
-)
+from fedsim.unlearning.common import UnlearnParams
+from fedsim.unlearning.erasediff import erasediff_train
+from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
+from fedsim.unlearning.msgm import msgm_train, msgm_undesirable_loss, score_cosine
+from fedsim.unlearning.salun import forget_gradient, saliency_mask, salun_train
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

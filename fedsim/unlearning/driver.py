@@ -33,7 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fedsim.config import ConfigError, RunConfig, load_config, parse_override, read_toml
+from fedsim.config import ConfigError, RunConfig, load_config, parse_ids, parse_override, read_toml
 
 METHODS = ("retrain", "federaser", "gradient-ascent", "erasediff", "salun", "msgm")
 GA_NORMAL_ROUNDS = 2  # normal rounds after gradient ascent (Halimi et al.: a few)
@@ -101,7 +101,7 @@ def _federaser(cfg: RunConfig, run_dir: Path, out: Path, user: dict[str, Any]) -
         ledger = load_ledger(run_dir)
     except FileNotFoundError as err:
         raise ConfigError(f"federaser: {err}") from None
-    forgotten = {int(t) for t in cfg.forget_clients.split()} if cfg.forget_clients.strip() else set()
+    forgotten = parse_ids(cfg.forget_clients, "forget-clients") or set()
     rounds = calibration_rounds(ledger, client_level=bool(forgotten))
     if not rounds:
         raise ConfigError(f"federaser needs client updates stored during training; {run_dir} was trained with "

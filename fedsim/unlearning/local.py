@@ -25,15 +25,11 @@ from flwr.app import ConfigRecord
 from fedsim.config import RunConfig, parse_ids
 from fedsim.model import build_model
 from fedsim.train import TrainStats, train_local
-from fedsim.unlearning.objectives import (
-    UnlearnParams,
-    erasediff_train,
-    forget_gradient,
-    gradient_ascent_train,
-    msgm_train,
-    reference_model,
-    salun_train,
-)
+from fedsim.unlearning.common import UnlearnParams
+from fedsim.unlearning.erasediff import erasediff_train
+from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
+from fedsim.unlearning.msgm import msgm_train
+from fedsim.unlearning.salun import forget_gradient, salun_train
 from fedsim.workspace import Workspace
 
 
