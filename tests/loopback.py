@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,12 @@ from pathlib import Path
 
 import yaml
 
+from fedsim.launch import free_port  # noqa: F401  (tests use loopback.free_port)
+
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 COMPOSE = DOCKER / "compose.yml"
 SUPERLINK_PORT = "9093"  # the port compose.yml publishes
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expand(text: str) -> str:
