@@ -10,7 +10,7 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench docs clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_simulation.py --out runs/bench
+
+# docs/configuration.md from RunConfig; result tables included from what experiment runners wrote
+docs: $(STAMP)
+	$(VENV)/bin/fedsim keys --markdown > docs/configuration.md
+	$(PY) experiments/docs_tables.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

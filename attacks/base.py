@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from attacks.threat_model import AttackInput
-from fedsim.train import ClassifierTask, DiffusionTask
+from fedsim.models.train import ClassifierTask, DiffusionTask
 
 
 class AttackError(ValueError):

@@ -26,8 +26,8 @@ from typing import Any
 import tomli_w
 
 from attacks.threat_model import ThreatModel
+from fedsim.compression.codecs import make_codec
 from fedsim.config import ConfigError, parse_override, read_toml
-from strategies.codecs import make_codec
 
 
 @dataclass(frozen=True)

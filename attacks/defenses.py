@@ -1,7 +1,7 @@
 """Defenses applied to what the server observes: Flower's local DP, and update compression.
 
 Compression ("topk", "stc", "dhq", "qsgd") runs the update through the codec a
-compressed fedsim run uses (strategies/codecs.py, as fedsim/compression_mod.py
+compressed fedsim run uses (fedsim/compression/codecs.py, as fedsim/app/compression_mod.py
 does on a client, first round: no residual yet); the server sees the decoded
 update and the bytes. It is not meant as a defense, but it is what the server
 records in a compressed federation, so attacks are measured against it.
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_clip_model_update
 
-from fedsim.observations import Observation
-from strategies.codecs import Codec, encode_update
+from fedsim.compression.codecs import Codec, encode_update
+from fedsim.records.observations import Observation
 
 
 def local_dp_sigma(sensitivity: float, epsilon: float, delta: float) -> float:

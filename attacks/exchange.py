@@ -4,7 +4,7 @@ The Python API's entry point (no simulation needed): give a model, your own imag
 labels, and how the client trains; get back the ``Observation`` the server sees and the
 ``Secrets`` (labels, noise, timesteps) that only metrics may compare against.
 
-Training follows fedsim's clients (fedsim/train.py) with two attack-relevant choices made
+Training follows fedsim's clients (fedsim/models/train.py) with two attack-relevant choices made
 explicit: plain SGD (the simulation attack and AGIC assume it), and a fixed batch
 assignment (step k of every epoch takes images [k b, (k+1) b)). Diffusion clients draw
 fresh (eps, t) for every step from ``generator``; ``t_mode = "shared"`` gives one t per
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from attacks.threat_model import Secrets
-from fedsim.observations import Observation
-from fedsim.train import DiffusionTask, Task
+from fedsim.models.train import DiffusionTask, Task
+from fedsim.records.observations import Observation
 
 
 def plan(num_images: int, local_steps: int) -> tuple[int, int, int]:

@@ -1,6 +1,6 @@
 """GIDM: Gradient Inversion of federated Diffusion Models (Huang, Hong, Chen, Roos, arXiv:2405.20380).
 
-The client's update is the gradient of the DDPM loss (fedsim/diffusion.py, eps-prediction)
+The client's update is the gradient of the DDPM loss (fedsim/models/diffusion.py, eps-prediction)
 
     L(theta; x0) = mean || eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) - eps ||^2,
 
@@ -30,8 +30,8 @@ from attacks.base import Attack, AttackConfig, AttackError, Clock, Reconstructio
 from attacks.objectives import Functional, l2_distance, observed_gradient, total_variation
 from attacks.optimize import adam
 from attacks.threat_model import AttackInput
-from fedsim.diffusion import NoiseSchedule, predict_eps
-from fedsim.model import load_pretrained
+from fedsim.models.diffusion import NoiseSchedule, predict_eps
+from fedsim.models.networks import load_pretrained
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from attacks.base import AttackError, Victim
 from attacks.threat_model import AttackInput
-from fedsim.train import DiffusionTask
+from fedsim.models.train import DiffusionTask
 
 Grads = list[torch.Tensor]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from fedsim.data import load_dataset
-from fedsim.evaluator import cache_dir
-from fedsim.model import build_model, save_model
-from fedsim.train import DiffusionTask, train_local
-from fedsim.diffusion import NoiseSchedule
+from fedsim.data.datasets import load_dataset
+from fedsim.evaluation.evaluator import cache_dir
+from fedsim.models.diffusion import NoiseSchedule
+from fedsim.models.networks import build_model, save_model
+from fedsim.models.train import DiffusionTask, train_local
 
 PRIOR_VERSION = 1
 

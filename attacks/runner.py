@@ -35,11 +35,12 @@ from attacks.prior import prior_path
 from attacks.threat_model import Secrets, expose
 from attacks.victims import build_victim
 from fedsim.config import ConfigError, resolve
-from fedsim.data import load_dataset
-from fedsim.observations import Observation, folder_of, load
+from fedsim.data.clients import client_partition, dataset
+from fedsim.data.datasets import load_dataset
+from fedsim.models.train import make_task
+from fedsim.models.workspace import fresh_model
+from fedsim.records.observations import Observation, folder_of, load
 from fedsim.rng import derive
-from fedsim.train import make_task
-from fedsim.workspace import client_partition, dataset, fresh_model
 
 COLUMNS = ["attack", "model", "dataset", "batch_size", "local_steps", "defense", "trial", "psnr", "psnr_sd",
            "ssim", "ssim_sd", "mse", "label_acc", "t_acc", "t_abs_err", "eps_cos", "lpips", "wall_s",

@@ -1,7 +1,7 @@
 """What an honest-but-curious server knows, as one typed object.
 
 The server sees the global weights it sent and one client's un-aggregated
-upload (fedsim/observations.py). Everything else -- labels, the number of
+upload (fedsim/records/observations.py). Everything else -- labels, the number of
 examples, local hyper-parameters, the diffusion noise and timesteps -- is
 knowledge the experimenter grants explicitly here. ``expose`` applies the
 grant: it builds the AttackInput an attack receives, taking granted secrets
@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from fedsim.observations import Observation
+from fedsim.records.observations import Observation
 
 
 @dataclass(frozen=True)

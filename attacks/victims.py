@@ -5,7 +5,7 @@
   uniform(-0.5, 0.5) weight init (``init="uniform"``); PyTorch's default init makes it fail.
 - ``ConvNet``: a small ReLU ConvNet (about 30 k parameters at 32x32 RGB), the size of
   breaching's CPU test network, for IG, the simulation attack and AGIC.
-Any other name is built by fedsim.model.build_model (cnn, ddpm-tiny, ddpm-small, ...).
+Any other name is built by fedsim.models.networks.build_model (cnn, ddpm-tiny, ddpm-small, ...).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.model import build_model
+from fedsim.models.networks import build_model
 
 
 class LeNet(nn.Module):

@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY fedsim ./fedsim
 COPY strategies ./strategies
 COPY attacks ./attacks
-RUN pip install --no-cache-dir . && python -c "import fedsim.server_app"
+RUN pip install --no-cache-dir . && python -c "import fedsim.app.server_app"
 ENV FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \

@@ -83,9 +83,10 @@ def plain_loop(n: int, rounds: int, out_json: Path) -> None:
     import torch
 
     from fedsim.config import resolve
+    from fedsim.data.clients import client_partition, dataset
+    from fedsim.models.train import make_task, train_local
+    from fedsim.models.workspace import fresh_model
     from fedsim.rng import torch_generator
-    from fedsim.train import make_task, train_local
-    from fedsim.workspace import client_partition, dataset, fresh_model
 
     cfg = resolve(None, bench_overrides(n, rounds))
     train = dataset(cfg, "train")

@@ -31,98 +31,184 @@ class RunConfig:
 
     # data
     dataset: str = "digits"
-    dataset_path: str = ""  # local directory for mnist / fashion-mnist / cifar10 / folder
-    image_size: int = 32  # only for dataset="folder"
+    """Bundled: digits (sklearn, 8x8), lfw (scikit-image LFW subset, faces vs non-faces, 24x24), photos (32x32 patches of 8 scikit-image photos); read from dataset-path: mnist, fashion-mnist (idx files), cifar10 (python batches), folder (DIR/<class>/*.png)."""
+    dataset_path: str = ""
+    """Local directory of mnist / fashion-mnist / cifar10 / folder; nothing is downloaded."""
+    image_size: int = 32
+    """Side length images are resized to; dataset = folder only (the others keep their size)."""
     num_clients: int = 100
+    """Clients the train split is partitioned over."""
     partition: str = "dirichlet"
+    """Partition scheme: iid, dirichlet, pathological, quantity, or a Maverick scheme (exclusive-1/2/3, shared-2/3, quantity-maverick, missing-1, maverick-only)."""
     partition_alpha: float = 0.5
-    partition_classes: int = 2  # classes per client, partition="pathological"
+    """Dirichlet concentration of partition = dirichlet; smaller means more label skew."""
+    partition_classes: int = 2
+    """Classes per client, partition = pathological."""
     maverick_class: int = 1
+    """The class a Maverick client holds alone (Maverick schemes)."""
     # model
     model: Literal["ddpm-tiny", "ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
-    conditional: bool = False  # class-conditional noise predictor
-    pretrained: str = ""  # local diffusers UNet2DModel directory to start from
+    """ddpm-tiny (0.16 M parameters, no attention; for attacks), ddpm-small (CPU-sized UNet2DModel), ddpm-large (DDPM-CIFAR-like, for GPUs), or cnn (a small classifier)."""
+    conditional: bool = False
+    """Class-conditional noise predictor (diffusion models)."""
+    pretrained: str = ""
+    """Local diffusers UNet2DModel directory (or a pipeline with unet/) to fine-tune from; "" a fresh, seeded model."""
     timesteps: int = 1000
+    """Diffusion steps T of the noise schedule."""
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    """Noise schedule of beta_t, as diffusers names it."""
     # federation
     strategy: str = "fedavg"
-    selector: Literal["random", "fedemd", "shapley"] = "random"  # who trains each round
-    fedemd_alpha: float = 0.41  # FedEMD: weight of the distance to the global label distribution
-    fedemd_beta: float = 0.41 / 110  # FedEMD: per-round weight of the distance to the trained-on one
+    """Aggregation strategy by name (strategies.STRATEGIES)."""
+    selector: Literal["random", "fedemd", "shapley"] = "random"
+    """Who trains each round: uniform draw, FedEMD (Mavericks), or Shapley-value sampling."""
+    fedemd_alpha: float = 0.41
+    """FedEMD: weight of the distance to the global label distribution."""
+    fedemd_beta: float = 0.41 / 110
+    """FedEMD: per-round weight of the distance to the label distribution trained on so far."""
     fedemd_distance: Literal["categorical-l1", "ordinal-w1", "scipy-values"] = "categorical-l1"
-    fedemd_cum_init: str = ""  # FedEMD: initial cumulative class counts, e.g. "1 50 1 1 1 1 1 1 1 1"; "" zeros
-    shapley_decay: float = 0.75  # Shapley selector: v <- decay * v + (1 - decay) * phi
-    shapley_temperature: float = 0.01  # Shapley selector: P = softmax(v / temperature)
-    weighting: Literal["samples", "uniform"] = "samples"  # FedAvg mean weighted by examples, or plain
+    """FedEMD: the earth mover's distance between label histograms."""
+    fedemd_cum_init: str = ""
+    """FedEMD: initial cumulative class counts, e.g. "1 50 1 1 1 1 1 1 1 1"; "" zeros."""
+    shapley_decay: float = 0.75
+    """Shapley selector: v <- decay * v + (1 - decay) * phi."""
+    shapley_temperature: float = 0.01
+    """Shapley selector: P = softmax(v / temperature)."""
+    weighting: Literal["samples", "uniform"] = "samples"
+    """FedAvg mean weighted by each reply's num-examples, or uniform (the FedEMD authors' code)."""
     mode: Literal["fedavg", "fedsgd"] = "fedavg"
+    """fedavg: clients train locally and send weights; fedsgd: clients send one gradient of one batch and the server steps by server-lr."""
     rounds: int = 10
+    """Server rounds."""
     clients_per_round: int = 10
-    server_lr: float = 1.0  # FedSGD: w <- w - server_lr * mean gradient
+    """Clients sampled each round (before a dynamic sampling schedule)."""
+    server_lr: float = 1.0
+    """FedSGD: w <- w - server_lr * mean gradient."""
     round_timeout: float = 3600.0
-    max_in_flight: int = 0  # messages in flight at once; 0: 16 in simulation, all at once deployed
-    client_failure_rate: float = 0.0  # chaos: probability a selected client raises
-    record_clients: str = ""  # observations for attacks: "" none, "all", or partition ids "0 7 12"
-    record_rounds: str = "all"  # rounds to record: "all" or "1 5"
-    forget_clients: str = ""  # unlearning: partition ids whose data are left out ("" none)
-    forget_class: int = -1  # unlearning: a class every client leaves out (-1 none)
-    replay: str = ""  # a run folder: train the rounds its ledger lists, with the same participants
-    ledger_every: int = 0  # store client updates in the ledger every N rounds (FedEraser); 0: participants only
-    ledger_max_mb: float = 512.0  # bound on the ledger's stored updates
+    """Seconds the server waits for a round's replies; later ones count as failed."""
+    max_in_flight: int = 0
+    """Messages in flight at once; 0: 16 in simulation, all at once deployed."""
+    client_failure_rate: float = 0.0
+    """Chaos: probability that a selected client raises instead of training."""
+    record_clients: str = ""
+    """Observations for attacks: "" none, "all", or partition ids "0 7 12"."""
+    record_rounds: str = "all"
+    """Rounds to record observations of: "all" or ids "1 5"."""
+    forget_clients: str = ""
+    """Unlearning request: partition ids whose data are left out ("" none); applied after partitioning, so every other sample stays where it was."""
+    forget_class: int = -1
+    """Unlearning request: a class every client leaves out (-1 none)."""
+    replay: str = ""
+    """A run folder: train the rounds its ledger lists, with the same participants; with nothing forgotten it reproduces that run exactly."""
+    ledger_every: int = 0
+    """Store client updates in the ledger every N rounds (FedEraser); 0: participants only."""
+    ledger_max_mb: float = 512.0
+    """Bound on the ledger's stored updates, in MB."""
     # unlearning runs (``fedsim unlearn`` sets these; see fedsim/unlearning/)
     unlearn_method: Literal["", "federaser", "gradient-ascent", "erasediff", "salun", "msgm"] = ""
-    unlearn_from: str = ""  # the original run folder (its ledger and model)
-    unlearn_rounds: int = 5  # rounds running the method's objective (salun: after its mask round); then normal rounds
-    unlearn_lr: float = 0.0  # learning rate of the method's rounds (0: lr); normal rounds use lr
-    federaser_ratio: float = 0.5  # FedEraser: calibration epochs = ratio x local-epochs
+    """The unlearning method of this run ("" an ordinary run); fedsim unlearn sets it."""
+    unlearn_from: str = ""
+    """The original run folder (its ledger and model)."""
+    unlearn_rounds: int = 5
+    """Rounds running the method's objective (salun: after its mask round); then normal rounds."""
+    unlearn_lr: float = 0.0
+    """Learning rate of the method's rounds (0: lr); normal rounds use lr."""
+    federaser_ratio: float = 0.5
+    """FedEraser: calibration epochs = ratio x local-epochs."""
     federaser_calibration: Literal["per-client", "per-layer-mean"] = "per-client"
-    ga_radius: float = 0.1  # gradient ascent: ball radius as a fraction of ||w_ref - w_random||
-    ga_reference_rounds: int = 1  # gradient ascent: local epochs the client trains to estimate its own model
+    """FedEraser: calibrate each client's update per layer, or the averaged update."""
+    ga_radius: float = 0.1
+    """Gradient ascent: ball radius as a fraction of ||w_ref - w_random||."""
+    ga_reference_rounds: int = 1
+    """Gradient ascent: local epochs the client trains to estimate its own model."""
     msgm_loss: Literal["orthogonal", "obtuse", "erase"] = "orthogonal"
-    msgm_weight: float = 0.01  # L = (1 - w) L_g + w L_u
-    msgm_every: int = 4  # L_u on every N-th step only (official code)
+    """MSGM: the undesirable-score loss L_u."""
+    msgm_weight: float = 0.01
+    """MSGM: w in L = (1 - w) L_g + w L_u."""
+    msgm_every: int = 4
+    """MSGM: L_u on every N-th step only (official code)."""
     msgm_orth_form: Literal["elementwise", "dot"] = "elementwise"
+    """MSGM orthogonal: squared elementwise products, or the squared dot product."""
     msgm_obtuse_form: Literal["definition", "official-code", "hinge"] = "definition"
+    """MSGM obtuse: <pred, eps> as defined, the official code's sign, or relu(cos + margin)."""
     msgm_margin: float = 0.0
+    """MSGM obtuse hinge: the margin in relu(cos + margin)."""
     erasediff_lambda: float = 0.1
+    """EraseDiff: weight lambda of the forget objective (rule = fixed)."""
     erasediff_rule: Literal["fixed", "cosine", "bome"] = "fixed"
+    """EraseDiff: lambda fixed, or adaptive (cosine: the official code's rule, bome: the original BOME rule)."""
     erasediff_eta: float = 0.1
-    erasediff_inner_passes: int = 2  # K passes over the forget data to estimate min f
+    """EraseDiff: eta of the bome rule."""
+    erasediff_inner_passes: int = 2
+    """EraseDiff: K passes over the forget data to estimate min f."""
     erasediff_target: Literal["uniform", "random-label"] = "uniform"
-    salun_mask_ratio: float = 0.5  # share of weights SalUn may change
-    salun_beta: float = 1e-3  # weight of the remaining data's loss
+    """EraseDiff: the forget target, uniform noise or a random label (class-conditional models)."""
+    salun_mask_ratio: float = 0.5
+    """SalUn: share of weights it may change (the saliency mask)."""
+    salun_beta: float = 1e-3
+    """SalUn: weight of the remaining data's loss."""
     salun_relabel: Literal["shift", "random"] = "shift"
-    unlearn_grad_clip: float = 1.0  # gradient-norm clip of every unlearning step (0: none)
-    sampling: Literal["constant", "exponential", "linear"] = "constant"  # clients per round over time
-    sampling_decay: float = 0.02  # exponential: K_t = max(min, ceil(K exp(-decay (t-1)))); linear: K (1 - decay (t-1))
-    sampling_min: int = 2  # floor of a decaying K_t (at most clients-per-round)
+    """SalUn: forget samples get class (c + 1) mod C, or a random other class."""
+    unlearn_grad_clip: float = 1.0
+    """Gradient-norm clip of every unlearning step (0: none)."""
+    sampling: Literal["constant", "exponential", "linear"] = "constant"
+    """Clients per round over time (dynamic sampling)."""
+    sampling_decay: float = 0.02
+    """Exponential: K_t = max(min, ceil(K exp(-decay (t-1)))); linear: K (1 - decay (t-1))."""
+    sampling_min: int = 2
+    """Floor of a decaying K_t (at most clients-per-round)."""
     # compression of updates (client encodes, server decodes; bytes in metrics.csv are measured)
     compression: Literal["none", "topk", "stc", "dhq", "qsgd"] = "none"
-    keep_ratio: float = 0.01  # top-k / STC / DHQ: fraction of each tensor's entries sent
-    dhq_levels: int = 4  # DHQ: quantization levels of the kept magnitudes (1 = STC)
-    dhq_split: Literal["quantile", "tree"] = "quantile"  # equal-count levels, or recursive split at the mean
-    qsgd_levels: int = 16  # QSGD: s
-    qsgd_bucket: int = 0  # QSGD: elements per norm bucket; 0: one bucket per tensor
-    error_feedback: Literal["auto", "on", "off"] = "auto"  # client residual; auto: on except QSGD
-    compress_downlink: bool = False  # also send the global model as compressed deltas
+    """Uplink codec of client updates."""
+    keep_ratio: float = 0.01
+    """Top-k / STC / DHQ: fraction of each tensor's entries sent."""
+    dhq_levels: int = 4
+    """DHQ: quantization levels of the kept magnitudes (1 = STC)."""
+    dhq_split: Literal["quantile", "tree"] = "quantile"
+    """DHQ: equal-count levels (quantile), or a recursive split at the mean (tree, L = 2^depth)."""
+    qsgd_levels: int = 16
+    """QSGD: s, the number of levels."""
+    qsgd_bucket: int = 0
+    """QSGD: elements per norm bucket; 0: one bucket per tensor."""
+    error_feedback: Literal["auto", "on", "off"] = "auto"
+    """Client residual of what the codec left out; auto: on except for QSGD."""
+    compress_downlink: bool = False
+    """Also send the global model as compressed deltas (two-way, as STC)."""
     # local training
     local_epochs: int = 5
+    """Epochs over its data a client trains per round."""
     batch_size: int = 16
+    """Local mini-batch size."""
     lr: float = 1e-3
+    """Local learning rate."""
     optimizer: Literal["adam", "sgd"] = "adam"
+    """Local optimizer, fresh each round."""
     momentum: float = 0.0
+    """SGD momentum (optimizer = sgd)."""
     # evaluation
-    eval_every: int = 5  # sample grid + Frechet distance every N rounds and at the last (0: never)
+    eval_every: int = 5
+    """Sample grid + Frechet distance every N rounds and at the last (0: never)."""
     num_samples: int = 256
+    """Samples generated at each quality round."""
     sampler: Literal["ddim", "ddpm"] = "ddim"
+    """Sampler of the quality rounds (DDIM with eta = 0 is deterministic)."""
     sample_steps: int = 50
-    inception_weights: str = ""  # local TorchScript inception-2015-12-05.pt: adds Inception-FID
+    """Denoising steps of the sampler."""
+    inception_weights: str = ""
+    """Local path to the TorchScript inception-2015-12-05.pt: adds an inception_fid column ("" none)."""
     # resources
     seed: int = 0
+    """Seed of every generator of the run: partition, model, selection, training, sampling."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    client_cpus: int = 1  # CPU cores per simulated client (Flower takes whole cores)
-    client_gpus: float = 0.0  # fraction of a GPU per client, e.g. 0.25: four clients share one
-    ray_address: str = ""  # existing Ray cluster, e.g. "127.0.0.1:6379"; "" starts a local one
+    """Where clients train and the server evaluates; auto: cuda if available."""
+    client_cpus: int = 1
+    """CPU cores per simulated client (Flower takes whole cores)."""
+    client_gpus: float = 0.0
+    """Fraction of a GPU per client, e.g. 0.25: four clients share one."""
+    ray_address: str = ""
+    """Existing Ray cluster, e.g. "127.0.0.1:6379"; "" starts a local one."""
     out_dir: str = ""
+    """Run folder; fedsim run sets it from --out."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -201,7 +287,7 @@ CODEC_KEYS = ("compression", "keep-ratio", "dhq-levels", "dhq-split", "qsgd-leve
 def codec_settings(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """The codec keys of a config, as the server sends them to clients with each
     TRAIN message; checks them by building the codec (ValueError if bad)."""
-    from strategies.codecs import from_settings  # here: strategies/__init__ imports this module
+    from fedsim.compression.codecs import from_settings  # here: strategies/__init__ imports this module
 
     settings = {k: mapping[k] for k in CODEC_KEYS}
     from_settings(settings)

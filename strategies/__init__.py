@@ -14,20 +14,20 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.config import ConfigError, RunConfig, codec_settings, parse_counts, parse_ids
-from fedsim.ledger import LedgerWriter, load_ledger
-from fedsim.partition import maverick_ids
-from fedsim.round_log import RoundLog
+from fedsim.data.partition import maverick_ids
+from fedsim.records.ledger import LedgerWriter, load_ledger
+from fedsim.records.round_log import RoundLog
 from strategies.client_registry import ClientInfo
-from strategies.compression import Compressed
+from strategies.compression.compressed import Compressed
+from strategies.compression.schedule import Schedule
 from strategies.fedavg import FedAvg
-from strategies.ledger import Ledgered
-from strategies.metered import Metered
-from strategies.recording import Recording
-from strategies.sampling import Schedule
-from strategies.federaser import Calibrated, calibration_rounds
-from strategies.selection import FedEMDSelector, RandomSelector, ReplaySelector, Selector
-from strategies.shapley import ShapleySelector
-from strategies.unlearning import HolderSelector, Unlearning, UnlearningPlan
+from strategies.selection.selectors import FedEMDSelector, RandomSelector, ReplaySelector, Selector
+from strategies.selection.shapley import ShapleySelector
+from strategies.unlearning.federaser import Calibrated, calibration_rounds
+from strategies.unlearning.ledger import Ledgered
+from strategies.unlearning.protocol import HolderSelector, Unlearning, UnlearningPlan
+from strategies.wrappers.metered import Metered
+from strategies.wrappers.recording import Recording
 
 FINE_TUNING = ("gradient-ascent", "erasediff", "salun", "msgm")  # unlearning by local objectives
 

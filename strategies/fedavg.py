@@ -2,7 +2,7 @@
 
 Extends Flower's ``FedAvg`` through its hooks only:
 - ``configure_train`` draws clients with ``select``, which asks the pluggable
-  selector (strategies/selection.py: random, FedEMD, Shapley) with a generator
+  selector (strategies/selection/selectors.py: random, FedEMD, Shapley) with a generator
   derived from (seed, "select", round), over stable partition ids, and logs who
   was chosen (and, for Maverick clients, their selection probability and count).
 - ``aggregate_train`` drops failed replies and rejects replies whose arrays do
@@ -29,12 +29,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from fedsim.records.round_log import RoundLog
+from fedsim.records.wire import array_view, numpy_array
 from fedsim.rng import derive
-from fedsim.round_log import RoundLog
-from fedsim.wire import array_view, numpy_array
 from strategies.client_registry import ClientInfo
-from strategies.selection import RandomSelector, Selector
-from strategies.shapley import RoundContributions
+from strategies.selection.selectors import RandomSelector, Selector
+from strategies.selection.shapley import RoundContributions
 
 
 def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
@@ -89,7 +89,7 @@ class FedAvg(FlowerFedAvg):
                  utility: Callable[[ArrayRecord], float] | None = None,
                  mavericks: Iterable[int] = (), schedule: Callable[[int], int] | None = None) -> None:
         """selector: who trains (default uniform); schedule: how many train in a round
-        (default clients_per_round, see strategies/sampling.py); weighting: "samples" (FedAvg) or "uniform";
+        (default clients_per_round, see strategies/compression/schedule.py); weighting: "samples" (FedAvg) or "uniform";
         utility: score of a global model (needed by valuing selectors); mavericks: partition
         ids whose selection probability and count go into metrics.csv."""
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)

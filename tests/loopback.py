@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from fedsim.launch import free_port  # noqa: F401  (tests use loopback.free_port)
+from fedsim.cli.launch import free_port  # noqa: F401  (tests use loopback.free_port)
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 COMPOSE = DOCKER / "compose.yml"

@@ -14,7 +14,7 @@ import torch
 
 from attacks import ATTACKS
 from attacks.config import load_attack_config, resolve_attack
-from fedsim import cli
+from fedsim.cli import main as cli
 from fedsim.config import ConfigError, read_toml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,8 +115,8 @@ def test_compression_defense_attacks_the_decoded_update(tmp_path):
     """The attacked observation is the DHQ-decoded update: sparse, a few magnitudes, bytes kept."""
     from attacks.defenses import compressed
     from attacks.runner import run_attack
-    from fedsim.observations import Observation
-    from strategies.codecs import make_codec
+    from fedsim.compression.codecs import make_codec
+    from fedsim.records.observations import Observation
 
     sent = {"w": torch.zeros(20, 10), "b": torch.zeros(10)}
     received = {"w": torch.randn(20, 10, generator=torch.Generator().manual_seed(0)), "b": torch.ones(10)}

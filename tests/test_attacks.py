@@ -34,9 +34,9 @@ from attacks.optimize import adam, lbfgs
 from attacks.simulation import Simulation
 from attacks.threat_model import AttackInput, LocalHparams, ThreatModel, expose
 from attacks.victims import build_victim
-from fedsim.data import load_dataset
-from fedsim.diffusion import NoiseSchedule
-from fedsim.train import ClassifierTask, DiffusionTask
+from fedsim.data.datasets import load_dataset
+from fedsim.models.diffusion import NoiseSchedule
+from fedsim.models.train import ClassifierTask, DiffusionTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

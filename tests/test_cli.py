@@ -1,4 +1,4 @@
-"""Tests for fedsim/cli.py: bad input gives exit code 2 and ONE line on stderr.
+"""Tests for fedsim/cli/main.py: bad input gives exit code 2 and ONE line on stderr.
 
 All cases fail in validation (config, pre-flight, run folder); a guard makes
 any attempt to start a federation fail the test instead.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim import cli
+from fedsim.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_out_dir_with_existing_run_is_refused(capsys, tmp_path):
 
 
 def test_out_is_a_file(capsys, monkeypatch, tmp_path):
-    from fedsim.run_folder import RunFolder
+    from fedsim.records.run_folder import RunFolder
 
     monkeypatch.setattr(cli, "RunFolder", RunFolder)  # the real one; LocalFederation stays guarded
     out = tmp_path / "a-file"
@@ -132,7 +132,7 @@ def test_app_writes_the_flower_app_and_refuses_to_overwrite(capsys, tmp_path):
     assert cli.main(["app", str(REPO / "experiments" / "deployment.toml"), "--set", "rounds=7", "--out", str(out)]) == 0
     capsys.readouterr()
     app = tomllib.loads((out / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "fedsim.server_app:app", "clientapp": "fedsim.client_app:app"}
+    assert app["components"] == {"serverapp": "fedsim.app.server_app:app", "clientapp": "fedsim.app.client_app:app"}
     assert app["config"]["rounds"] == 7 and app["config"]["dataset"] == "folder"
     assert cli.main(["app", "--out", str(out)]) == 2
     assert "--force" in one_line(capsys.readouterr().err)

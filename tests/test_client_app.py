@@ -1,4 +1,4 @@
-"""fedsim/client_app.py handlers called in-process (no Ray): the same Message in
+"""fedsim/app/client_app.py handlers called in-process (no Ray): the same Message in
 and reply out that a SuperNode would see."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedsim import client_app
+from fedsim.app import client_app
 from fedsim.config import RunConfig
+from fedsim.data.clients import dataset
+from fedsim.models.workspace import fresh_model, workspace
+from fedsim.records.wire import to_array_record, to_state_dict
 from fedsim.rng import derive
-from fedsim.wire import to_array_record, to_state_dict
-from fedsim.workspace import fresh_model, dataset, workspace
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 

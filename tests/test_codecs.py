@@ -1,4 +1,4 @@
-"""Tests for strategies/codecs.py and strategies/bitstream.py: hand-checkable
+"""Tests for fedsim/compression/codecs.py and fedsim/compression/bitstream.py: hand-checkable
 numbers and the invariants of shared/papers/compression.md (L = 1 is STC, MSE
 falls with L, error feedback loses nothing, bit formulas match the bytes)."""
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from strategies.bitstream import Reader, Writer
-from strategies.codecs import (DHQ, QSGD, STC, TopK, decode_update, encode_update, make_codec,
+from fedsim.compression.bitstream import Reader, Writer
+from fedsim.compression.codecs import (DHQ, QSGD, STC, TopK, decode_update, encode_update, make_codec,
                                top_k_indices)
 
 U = np.array([[0.5, -1.0, 0.05], [0.25, 0.0, -0.1]], dtype=np.float32)

@@ -1,5 +1,5 @@
-"""Update compression end to end in one process: strategies/compression.py (server
-wrapper), fedsim/compression_mod.py (client mod) and dynamic sampling.
+"""Update compression end to end in one process: strategies/compression/compressed.py (server
+wrapper), fedsim/app/compression_mod.py (client mod) and dynamic sampling.
 
 A fake ``train`` stands behind the real mod: it adds a known, client- and
 round-specific step to the weights it was sent, so every number the server sees
@@ -14,16 +14,16 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from fedsim.compression_mod import compression_mod
+from fedsim.app.compression_mod import compression_mod
+from fedsim.compression.codecs import decode_update, encode_update, make_codec
 from fedsim.config import ConfigError, RunConfig, codec_settings
-from fedsim.observations import list_observations, load
-from fedsim.round_log import RoundLog
-from fedsim.wire import to_numpy_dict
+from fedsim.records.observations import list_observations, load
+from fedsim.records.round_log import RoundLog
+from fedsim.records.wire import to_numpy_dict
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
-from strategies.codecs import decode_update, encode_update, make_codec
-from strategies.compression import COMPRESSED, Compressed
-from strategies.sampling import Schedule
+from strategies.compression.compressed import COMPRESSED, Compressed
+from strategies.compression.schedule import Schedule
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
@@ -247,9 +247,9 @@ def test_residual_survives_rounds_in_a_real_simulation(tmp_path):
 
     from flwr.app import MessageType
 
-    from fedsim import client_app
+    from fedsim.app import client_app
     from fedsim.config import resolve
-    from fedsim.wire import to_array_record
+    from fedsim.records.wire import to_array_record
 
     out = tmp_path / "run"
     settings = ["model='cnn'", "dataset='digits'", "num-clients=4", "clients-per-round=4", "rounds=2",

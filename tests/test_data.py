@@ -1,4 +1,4 @@
-"""Tests for fedsim/data.py and fedsim/datasets_local.py.
+"""Tests for fedsim/data/datasets.py and fedsim/data/local.py.
 
 Built-in datasets (digits, lfw) are checked for shapes, range and the fixed split; the
 on-disk formats are checked with tiny synthetic files written to tmp_path, with pixel
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedsim.data import DATASETS, DataError, ImageData, clear_cache, load_dataset
+from fedsim.data.datasets import DATASETS, DataError, ImageData, clear_cache, load_dataset
 
 
 # --- built-in datasets ---

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from fedsim.cli import main as fedsim_main
-from fedsim.launch import FLOWER_ENV
+from fedsim.cli.launch import FLOWER_ENV
+from fedsim.cli.main import main as fedsim_main
 import loopback  # tests/loopback.py (pytest puts tests/ on sys.path)
 
 ROOT_DIR = Path(__file__).resolve().parents[1]

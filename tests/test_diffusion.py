@@ -1,4 +1,4 @@
-"""Tests for fedsim/diffusion.py (schedule, loss, samplers) and the UNet's state_dict.
+"""Tests for fedsim/models/diffusion.py (schedule, loss, samplers) and the UNet's state_dict.
 
 The schedule is checked against diffusers and against a 2-step schedule small
 enough to compute by hand; the loss with a noise predictor that is exact by
@@ -13,8 +13,8 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps, sample
-from fedsim.model import build_model
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps, sample
+from fedsim.models.networks import build_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

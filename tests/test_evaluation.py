@@ -1,4 +1,4 @@
-"""Tests for fedsim/evaluator.py (Frechet distance) and fedsim/evaluation.py (sample grids,
+"""Tests for fedsim/evaluation/evaluator.py (Frechet distance) and fedsim/evaluation/server.py (sample grids,
 evaluation schedule).
 
 Frechet distance cases with closed forms: identical sets (0), a pure mean shift d
@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from fedsim.config import RunConfig
-from fedsim.evaluation import ServerEvaluator, save_grid
-from fedsim.evaluator import frechet_distance
+from fedsim.evaluation.evaluator import frechet_distance
+from fedsim.evaluation.server import ServerEvaluator, save_grid
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for strategies/fedavg.py, strategies/metered.py and strategies/client_registry.py.
+"""Tests for strategies/fedavg.py, strategies/wrappers/metered.py and strategies/client_registry.py.
 
 Synthetic Flower Messages stand in for client replies: an instruction message
 to node n, then ``Message(content, reply_to=instruction)``, which gives the
@@ -13,10 +13,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
-from fedsim.round_log import RoundLog
+from fedsim.records.round_log import RoundLog
 from strategies.client_registry import ClientInfo, discover_clients
 from strategies.fedavg import FedAvg, reply_problem
-from strategies.metered import Metered, wire_bytes
+from strategies.wrappers.metered import Metered, wire_bytes
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
@@ -304,7 +304,7 @@ def test_uniform_weighting_takes_the_plain_mean():
 
 
 def test_maverick_probability_and_selections_are_logged():
-    from strategies.selection import FedEMDSelector
+    from strategies.selection.selectors import FedEMDSelector
 
     clients = make_clients(4)
     hists = {0: [10, 10], 1: [10, 10], 2: [10, 10], 3: [0, 30]}  # partition 3 alone holds class 1 mostly
@@ -326,7 +326,7 @@ def test_maverick_probability_and_selections_are_logged():
 def test_shapley_selector_values_coalitions_of_this_rounds_replies():
     """Utility = the aggregated w[0, 0]; client 0 moves it to 4, client 1 to 0: the coalition
     values are U() = 0 (global), U(0) = 4, U(1) = 0, U(0, 1) = 2 (equal sizes)."""
-    from strategies.shapley import ShapleySelector
+    from strategies.selection.shapley import ShapleySelector
 
     log = RoundLog()
     sel = ShapleySelector(decay=0.0)
@@ -339,7 +339,7 @@ def test_shapley_selector_values_coalitions_of_this_rounds_replies():
 
 
 def test_valuing_selector_without_utility_is_refused():
-    from strategies.shapley import ShapleySelector
+    from strategies.selection.shapley import ShapleySelector
 
     with pytest.raises(ValueError, match="utility"):
         FedAvg(make_clients(2), 2, seed=0, selector=ShapleySelector())

@@ -1,4 +1,4 @@
-"""The training ledger (fedsim/ledger.py, strategies/ledger.py): rounds driven in one
+"""The training ledger (fedsim/records/ledger.py, strategies/unlearning/ledger.py): rounds driven in one
 process through the real strategy stack, with a fake client whose updates are known."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
-from fedsim.compression_mod import compression_mod
+from fedsim.app.compression_mod import compression_mod
+from fedsim.compression.codecs import encode_update, make_codec
 from fedsim.config import RunConfig
-from fedsim.ledger import load_ledger
-from fedsim.round_log import RoundLog
-from fedsim.wire import to_numpy_dict
+from fedsim.records.ledger import load_ledger
+from fedsim.records.round_log import RoundLog
+from fedsim.records.wire import to_numpy_dict
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
-from strategies.codecs import encode_update, make_codec
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
@@ -143,7 +143,7 @@ def test_replay_leaves_out_a_client_without_data(tmp_path):
 
 
 def test_forget_request_removes_only_the_forgotten_data():
-    from fedsim.workspace import client_partition, dataset
+    from fedsim.data.clients import client_partition, dataset
 
     cfg = RunConfig(num_clients=10, partition="dirichlet", model="cnn")
     labels = dataset(cfg, "train").labels
@@ -162,16 +162,16 @@ def test_forget_request_removes_only_the_forgotten_data():
     ({"replay": "/nonexistent"}, "has no ledger"),
 ])
 def test_bad_forget_or_replay_requests_are_one_line(overrides, message):
+    from fedsim.cli.preflight import check
     from fedsim.config import ConfigError
-    from fedsim.preflight import check
 
     with pytest.raises(ConfigError, match=message):
         check(RunConfig(num_clients=10, model="cnn", **overrides))
 
 
 def test_replay_needs_enough_rounds_in_the_ledger(tmp_path):
+    from fedsim.cli.preflight import check
     from fedsim.config import ConfigError
-    from fedsim.preflight import check
 
     run(tmp_path / "a", 2)
     with pytest.raises(ConfigError, match="lists 2 rounds"):

@@ -1,11 +1,11 @@
-"""fedsim/model.py: registry, sizes, diffusers-format save/load, pretrained start."""
+"""fedsim/models/networks.py: registry, sizes, diffusers-format save/load, pretrained start."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fedsim.model import ModelError, SmallCNN, build_model, save_model
+from fedsim.models.networks import ModelError, SmallCNN, build_model, save_model
 
 
 def test_small_unet_for_digits_and_cifar_shapes() -> None:

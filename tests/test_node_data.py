@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
-from fedsim import cli, client_app
+from fedsim.app import client_app
+from fedsim.app.node_data import NodeDataError, client_id, node_workspace
+from fedsim.cli import main as cli
 from fedsim.config import RunConfig
-from fedsim.data import DataError, load_dataset, load_local
-from fedsim.node_data import NodeDataError, client_id, node_workspace
-from fedsim.split_data import split_data, summary
-from fedsim.workspace import dataset, run_partition, workspace
+from fedsim.data.clients import dataset, run_partition
+from fedsim.data.datasets import DataError, load_dataset, load_local
+from fedsim.data.split import split_data, summary
+from fedsim.models.workspace import workspace
 from strategies import client_registry
 from strategies.client_registry import ClientInfo, check_classes, discover_clients
 

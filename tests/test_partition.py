@@ -1,4 +1,4 @@
-"""Tests for fedsim/partition.py: a contract every scheme meets, then one check per scheme.
+"""Tests for fedsim/data/partition.py: a contract every scheme meets, then one check per scheme.
 
 Labels are synthetic and hand-countable: 10 classes x 60 samples = 600, shuffled once.
 """
@@ -6,7 +6,7 @@ Labels are synthetic and hand-countable: 10 classes x 60 samples = 600, shuffled
 import numpy as np
 import pytest
 
-from fedsim.partition import SCHEMES, PartitionError, label_histograms, partition
+from fedsim.data.partition import SCHEMES, PartitionError, label_histograms, partition
 
 LABELS = np.random.default_rng(123).permutation(np.repeat(np.arange(10), 60))
 N_CLIENTS = 10

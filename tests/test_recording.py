@@ -1,4 +1,4 @@
-"""strategies/recording.py + fedsim/observations.py: the server records exactly what arrived."""
+"""strategies/wrappers/recording.py + fedsim/records/observations.py: the server records exactly what arrived."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim.config import ConfigError, RunConfig, parse_ids
-from fedsim.observations import list_observations, load
-from fedsim.round_log import RoundLog
+from fedsim.records.observations import list_observations, load
+from fedsim.records.round_log import RoundLog
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
 from strategies.fedavg import FedAvg
-from strategies.recording import Recording
+from strategies.wrappers.recording import Recording
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 

@@ -1,4 +1,4 @@
-"""Tests for strategies/emd.py, strategies/selection.py and strategies/shapley.py.
+"""Tests for strategies/selection/emd.py, strategies/selection/selectors.py and strategies/selection/shapley.py.
 
 Numbers are the worked check of shared/papers/fedemd.md (C = 10 classes, uniform
 global distribution) and small games whose Shapley values are known by hand.
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from fedsim.partition import label_histograms, maverick_ids, partition
+from fedsim.data.partition import label_histograms, maverick_ids, partition
 from fedsim.rng import derive
 from strategies.client_registry import ClientInfo
-from strategies.emd import categorical_l1, label_distance, ordinal_w1, scipy_values
-from strategies.selection import FedEMDSelector, RandomSelector
-from strategies.shapley import RoundContributions, ShapleySelector, exact_shapley, tmc_shapley
+from strategies.selection.emd import categorical_l1, label_distance, ordinal_w1, scipy_values
+from strategies.selection.selectors import FedEMDSelector, RandomSelector
+from strategies.selection.shapley import RoundContributions, ShapleySelector, exact_shapley, tmc_shapley
 
 UNIFORM = np.ones(10)
 MISSING_1 = np.array([100, 0, 100, 100, 100, 100, 100, 100, 100, 100])

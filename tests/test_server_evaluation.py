@@ -1,4 +1,4 @@
-"""fedsim/evaluation.py ServerEvaluator and fedsim/inception.py plumbing."""
+"""fedsim/evaluation/server.py ServerEvaluator and fedsim/evaluation/inception.py plumbing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fedsim.config import RunConfig
-from fedsim.evaluation import ServerEvaluator
-from fedsim.inception import InceptionError, inception_features, load_inception
+from fedsim.evaluation.inception import InceptionError, inception_features, load_inception
+from fedsim.evaluation.server import ServerEvaluator
 
 
 @pytest.fixture(autouse=True)

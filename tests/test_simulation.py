@@ -73,7 +73,7 @@ def test_injected_failures_counted_and_round_goes_on(first_run: Path) -> None:
 
 
 def test_observations_recorded_for_successful_clients(first_run: Path) -> None:
-    from fedsim.observations import list_observations, load
+    from fedsim.records.observations import list_observations, load
 
     row = pd.read_csv(first_run / "metrics.csv").iloc[0]
     chosen = [int(p) for p in str(row["selected"]).split()]
@@ -134,7 +134,7 @@ def test_selector_runs_log_the_maverick(tmp_path: Path, env: dict, selector: str
 
 def test_ledger_lists_the_aggregated_clients(first_run: Path) -> None:
     """Every run keeps a ledger: per round the partitions whose updates were aggregated."""
-    from fedsim.ledger import load_ledger
+    from fedsim.records.ledger import load_ledger
 
     ledger = load_ledger(first_run)
     assert ledger.seed == 3 and ledger.stored_rounds() == []  # ledger-every = 0: participants only

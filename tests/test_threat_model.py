@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from attacks.threat_model import LocalHparams, Secrets, ThreatModel, expose
-from fedsim.observations import Observation
+from fedsim.records.observations import Observation
 
 OBS = Observation(server_round=1, partition_id=3, sent={"w": torch.zeros(2)}, received={"w": torch.ones(2)},
                   payload="weights", num_examples=4, config={"lr": 0.1, "local-epochs": 2, "batch-size": 2})

@@ -1,4 +1,4 @@
-"""Tests for fedsim/train.py: local training, FedSGD gradients, per-sample losses.
+"""Tests for fedsim/models/train.py: local training, FedSGD gradients, per-sample losses.
 
 Plain PyTorch on CPU: 16 digits images and a tiny CNN, plus a zero-initialised
 linear classifier whose cross-entropy gradient can be worked out by hand.
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.data import load_dataset
-from fedsim.diffusion import NoiseSchedule
-from fedsim.model import build_model
-from fedsim.train import (
+from fedsim.data.datasets import load_dataset
+from fedsim.models.diffusion import NoiseSchedule
+from fedsim.models.networks import build_model
+from fedsim.models.train import (
     ClassifierTask,
     DiffusionTask,
     accuracy,

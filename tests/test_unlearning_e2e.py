@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedsim.cli import main
+from fedsim.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsim.data import load_dataset
-from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
-from fedsim.model import build_model
-from fedsim.train import ClassifierTask, DiffusionTask, per_sample_losses, train_local
+from fedsim.data.datasets import load_dataset
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps
+from fedsim.models.networks import build_model
+from fedsim.models.train import ClassifierTask, DiffusionTask, per_sample_losses, train_local
 from fedsim.unlearning.common import UnlearnParams
 from fedsim.unlearning.erasediff import erasediff_train
 from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model

@@ -1,4 +1,4 @@
-"""The server side of unlearning (strategies/unlearning.py, strategies/federaser.py) and
+"""The server side of unlearning (strategies/unlearning/protocol.py, strategies/unlearning/federaser.py) and
 the ``fedsim unlearn`` driver's configs: rounds driven in one process through the real
 strategy stack with fake clients whose updates are known."""
 
@@ -9,14 +9,15 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim.config import ConfigError, RunConfig
-from fedsim.ledger import LedgerWriter, load_ledger
-from fedsim.round_log import RoundLog
-from fedsim.wire import to_numpy_dict
+from fedsim.records.ledger import LedgerWriter, load_ledger
+from fedsim.records.round_log import RoundLog
+from fedsim.records.wire import to_numpy_dict
+from fedsim.unlearning.mask import pack_mask, top_share, unpack_mask
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
-from strategies.federaser import calibrate, calibration_rounds, start_model
-from strategies.selection import RandomSelector
-from strategies.unlearning import HolderSelector, UnlearningPlan, pack_mask, top_share, unpack_mask
+from strategies.selection.selectors import RandomSelector
+from strategies.unlearning.federaser import calibrate, calibration_rounds, start_model
+from strategies.unlearning.protocol import HolderSelector, UnlearningPlan
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
@@ -196,8 +197,9 @@ def test_federaser_replays_the_stored_rounds_with_calibrated_updates(tmp_path, c
 def finished_run(tmp_path):
     """A run folder as fedsim run leaves it (config, model, ledger), without training."""
     from fedsim.config import write_toml
-    from fedsim.model import save_model
-    from fedsim.workspace import dataset, fresh_model
+    from fedsim.data.clients import dataset
+    from fedsim.models.networks import save_model
+    from fedsim.models.workspace import fresh_model
 
     run = tmp_path / "run"
     cfg = RunConfig(model="ddpm-tiny", timesteps=20, sample_steps=10, num_clients=6, clients_per_round=3, rounds=8,
@@ -219,7 +221,7 @@ def finished_run(tmp_path):
 
 
 def test_driver_configures_each_method(finished_run, tmp_path):
-    from fedsim.unlearning.driver import original_config, request_keys, unlearn_config
+    from fedsim.cli.unlearn import original_config, request_keys, unlearn_config
 
     run, out = finished_run, tmp_path / "out"
     original = original_config(run)
@@ -244,7 +246,7 @@ def test_driver_configures_each_method(finished_run, tmp_path):
 
 
 def test_unlearn_cli_bad_input_is_one_line(finished_run, tmp_path, capsys):
-    from fedsim.cli import main
+    from fedsim.cli.main import main
 
     assert main(["unlearn", "--run", str(tmp_path / "nope"), "--class", "0", "--method", "salun",
                  "--out", str(tmp_path / "o")]) == 2

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from fedsim.config import RunConfig
-from fedsim.evaluation import save_grid
-from fedsim.train import make_task, train_local
+from fedsim.evaluation.server import save_grid
+from fedsim.models.train import make_task, train_local
 from fedsim.unlearning.report import (SCORE_KEYS, Request, cost, forget_set, score, target_class,
                                       write_report)
-from fedsim.workspace import dataset, fresh_model, split_request
+from fedsim.data.clients import dataset, split_request
+from fedsim.models.workspace import fresh_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

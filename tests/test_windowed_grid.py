@@ -1,10 +1,10 @@
-"""fedsim/windowed_grid.py against a fake grid that answers after a delay."""
+"""fedsim/app/windowed_grid.py against a fake grid that answers after a delay."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fedsim.windowed_grid import WindowedGrid
+from fedsim.app.windowed_grid import WindowedGrid
 
 
 class FakeGrid:

@@ -1,4 +1,4 @@
-"""fedsim/wire.py: exact sizes and faithful conversions, checked against Flower/protobuf."""
+"""fedsim/records/wire.py: exact sizes and faithful conversions, checked against Flower/protobuf."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from fedsim.model import build_model
-from fedsim.wire import array_view, payload_bytes, to_array_record, to_state_dict
+from fedsim.models.networks import build_model
+from fedsim.records.wire import array_view, payload_bytes, to_array_record, to_state_dict
 
 ARRAYS = {
     "w": np.arange(6, dtype=np.float32).reshape(2, 3),

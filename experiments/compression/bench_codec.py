@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from strategies.codecs import decode_update, encode_update, make_codec  # noqa: E402
+from fedsim.compression.codecs import decode_update, encode_update, make_codec  # noqa: E402
 
 CODECS = [("none (raw float32)", None), ("topk p=0.01", ("topk", {"keep_ratio": 0.01})),
           ("stc p=0.01", ("stc", {"keep_ratio": 0.01})),
@@ -42,7 +42,7 @@ CODECS = [("none (raw float32)", None), ("topk p=0.01", ("topk", {"keep_ratio": 
 
 
 def inputs(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    from fedsim.model import build_model
+    from fedsim.models.networks import build_model
 
     rng = np.random.default_rng(seed)
     shapes = {k: tuple(v.shape) for k, v in build_model("ddpm-small", (1, 16, 16), 10).state_dict().items()}

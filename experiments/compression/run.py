@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.sweep import fedsim_run, is_done
+from fedsim.cli.sweep import fedsim_run, is_done
 
 HERE = Path(__file__).resolve().parent
 BASES = {"classifier": HERE / "classifier.toml", "diffusion": HERE / "diffusion.toml"}

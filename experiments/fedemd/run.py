@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.sweep import fedsim_run, is_done
+from fedsim.cli.sweep import fedsim_run, is_done
 
 HERE = Path(__file__).resolve().parent
 
@@ -153,7 +153,7 @@ def plot_selection(out: Path, spec: dict) -> None:
 def diffusion_rows(out: Path, spec: dict, seeds: int) -> pd.DataFrame:
     """First quality round at which gen_class_<maverick class> >= that class's share of the train split."""
     from fedsim.config import load_config, read_toml
-    from fedsim.workspace import dataset
+    from fedsim.data.clients import dataset
 
     base = read_toml(HERE / "diffusion.toml")
     cfg = load_config(base)

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fedsim.sweep import fedsim_run, fedsim_unlearn  # noqa: E402
+from fedsim.cli.sweep import fedsim_run, fedsim_unlearn  # noqa: E402
 from fedsim.unlearning.report import markdown_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

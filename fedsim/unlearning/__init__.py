@@ -1,4 +1,5 @@
-"""Federated unlearning: the local objectives (msgm.py, erasediff.py, salun.py,
-gradient_ascent.py; shared parts in common.py) and their dispatch on a client (local.py),
-the unlearning report (report.py) and the ``fedsim unlearn`` driver (driver.py). The
-server side of the protocols lives in strategies/unlearning.py and strategies/federaser.py."""
+"""Federated unlearning, client half: the local objectives (msgm.py, erasediff.py,
+salun.py, gradient_ascent.py; shared parts in common.py; SalUn's mask in mask.py), their
+dispatch on a client (local.py), and the unlearning report (report.py). The server half
+lives in strategies/unlearning/ (protocol.py, federaser.py); the ``fedsim unlearn``
+driver in fedsim/cli/unlearn.py."""

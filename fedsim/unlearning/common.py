@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedsim.diffusion import NoiseSchedule
+from fedsim.models.diffusion import NoiseSchedule
 
 Data = tuple[torch.Tensor, torch.Tensor]  # (images (N, C, H, W), labels (N,))
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
-from fedsim.train import TrainStats
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps
+from fedsim.models.train import TrainStats
 from fedsim.unlearning.common import (Data, UnlearnParams, batch_of, batches, device_of, flat_grad,
                                      is_conditional, mse, noisy, relabel, set_grad, step)
+
 
 def _forget_loss(model: nn.Module, sched: NoiseSchedule, x: torch.Tensor, y: torch.Tensor,
                  params: UnlearnParams, num_classes: int, generator: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.train import Task, TrainStats
+from fedsim.models.train import Task, TrainStats
 from fedsim.unlearning.common import Data, batch_of, batches, device_of
+
 
 def gradient_ascent_train(model: nn.Module, task: Task, forget: Data, *, reference: dict[str, torch.Tensor],
                           radius: float, epochs: int, batch_size: int, lr: float,

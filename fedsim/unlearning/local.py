@@ -1,5 +1,5 @@
 """A client's part in an unlearning round: pick the local objective the server
-asked for (``objective`` in the TRAIN config, see strategies/unlearning.py) and
+asked for (``objective`` in the TRAIN config, see strategies/unlearning/protocol.py) and
 run it on the client's own data. The forget data never leave the client; only
 weights (or, in SalUn's saliency round, a gradient) travel.
 
@@ -23,14 +23,15 @@ import torch
 from flwr.app import ConfigRecord
 
 from fedsim.config import RunConfig, parse_ids
-from fedsim.model import build_model
-from fedsim.train import TrainStats, train_local
+from fedsim.models.networks import build_model
+from fedsim.models.train import TrainStats, train_local
+from fedsim.models.workspace import Workspace
 from fedsim.unlearning.common import UnlearnParams
 from fedsim.unlearning.erasediff import erasediff_train
 from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
+from fedsim.unlearning.mask import unpack_mask
 from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
-from fedsim.workspace import Workspace
 
 
 def unlearn_params(cfg: RunConfig) -> UnlearnParams:
@@ -44,8 +45,6 @@ def unlearn_params(cfg: RunConfig) -> UnlearnParams:
 
 
 def _mask_of(model: torch.nn.Module, data: bytes) -> dict[str, torch.Tensor]:
-    from strategies.unlearning import unpack_mask
-
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     return {k: torch.from_numpy(v.copy()) for k, v in unpack_mask(data, shapes).items()}
 

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
-from fedsim.train import TrainStats
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps
+from fedsim.models.train import TrainStats
 from fedsim.unlearning.common import Data, UnlearnParams, batch_of, batches, device_of, mse, noisy, step
+
 
 @torch.no_grad()
 def score_cosine(model: nn.Module, sched: NoiseSchedule, images: torch.Tensor,

@@ -4,7 +4,7 @@ The original model ("before"), the unlearned ones and FedRetrain are scored the
 same way, from fixed sampling noise and fixed loss probes derived from the run
 seed, so their rows compare in one table. The metrics follow the notes'
 Metrics section (/work/shared/papers/unlearning.md), scaled to fedsim: the
-evaluator classifier (fedsim/evaluator.py) replaces the ResNet-34 and its
+evaluator classifier (fedsim/evaluation/evaluator.py) replaces the ResNet-34 and its
 Frechet distance replaces FID; the membership inference is the loss-threshold
 attack on the per-sample denoising loss averaged over fixed (t, eps) probes.
 
@@ -26,12 +26,13 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor
 
 from fedsim.config import RunConfig, parse_ids
-from fedsim.diffusion import sample
-from fedsim.evaluation import save_grid
-from fedsim.evaluator import frechet_distance, get_evaluator
+from fedsim.data.clients import dataset, split_request
+from fedsim.evaluation.evaluator import frechet_distance, get_evaluator
+from fedsim.evaluation.server import save_grid
+from fedsim.models.diffusion import sample
+from fedsim.models.train import accuracy, make_task, per_sample_losses
+from fedsim.models.workspace import fresh_model, pick_device
 from fedsim.rng import torch_generator
-from fedsim.train import accuracy, make_task, per_sample_losses
-from fedsim.workspace import dataset, fresh_model, pick_device, split_request
 
 MIA_PROBES = 4  # fixed (t, eps) draws the membership losses are averaged over
 SAMPLE_BATCH = 256  # samples denoised at once

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.diffusion import NoiseSchedule, diffusion_loss, predict_eps
-from fedsim.train import DiffusionTask, Task, TrainStats
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps
+from fedsim.models.train import DiffusionTask, Task, TrainStats
 from fedsim.unlearning.common import (Data, UnlearnParams, batch_of, batches, device_of, is_conditional, mse,
                                      noisy, relabel, step)
+
 
 def forget_gradient(model: nn.Module, task: Task, forget: Data, *, generator: torch.Generator,
                     batch_size: int = 256) -> dict[str, torch.Tensor]:

@@ -1,0 +1,90 @@
+"""ClientApp: Flower Message -> local training -> reply. Translation only.
+
+- QUERY: declare client id, data size and label histogram (once per run).
+- TRAIN: load the global weights, train locally with the lr / local-epochs /
+  batch-size the server sent (or, in FedSGD mode, compute one gradient of one
+  batch; or, in an unlearning run, the ``objective`` the server names, see
+  fedsim/unlearning/local.py) and reply with weights (or gradients),
+  ``num-examples`` and ``train-loss``.
+- EVALUATE: mean loss of the global model on the client's own data.
+
+Which data and client id: fedsim/app/node_data.py (node config data-dir or partition-id).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.app.compression_mod import compression_mod
+from fedsim.app.node_data import node_workspace
+from fedsim.models.train import batch_gradient, per_sample_losses, train_local
+from fedsim.records.wire import to_array_record, to_state_dict
+from fedsim.rng import derive, torch_generator
+
+app = ClientApp(mods=[compression_mod])  # acts only when the server asks for compression
+
+
+class InjectedClientFailure(RuntimeError):
+    """Raised on purpose when ``client-failure-rate`` > 0 (fault-tolerance studies)."""
+
+
+def _setup(context: Context):
+    """(run config, workspace, client id); NodeDataError if the node config names no data."""
+    return node_workspace(context)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    info = ConfigRecord({"partition-id": pid, "num-examples": int(len(ws.parts[pid])),
+                         "label-hist": [int(c) for c in ws.label_hist(pid)],
+                         "num-forget": int(len(ws.forget[pid]))})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    sent = msg.content["config"]
+    rnd = int(sent["server-round"])
+    lr = float(sent.get("lr", cfg.lr))
+    epochs = int(sent.get("local-epochs", cfg.local_epochs))
+    batch_size = int(sent.get("batch-size", cfg.batch_size))
+    if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
+        raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
+    ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
+    images, labels = ws.client_data(pid)
+    gen = torch_generator(cfg.seed, "train", rnd, pid)
+    objective = str(sent.get("objective", "train"))
+    if objective != "train":  # an unlearning round (strategies/unlearning/protocol.py)
+        from fedsim.unlearning.local import run_objective
+
+        tensors, payload, stats = run_objective(objective, ws, pid, cfg, sent, epochs=epochs,
+                                                batch_size=batch_size, lr=lr, generator=gen)
+        arrays = to_array_record(tensors)
+    elif cfg.mode == "fedsgd":
+        grads, stats = batch_gradient(ws.model, ws.task, images, labels,
+                                      batch_size=batch_size, generator=gen)
+        arrays, payload = to_array_record(grads), "gradient"
+    else:
+        stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
+                            batch_size=batch_size, lr=lr, optimizer=cfg.optimizer,
+                            momentum=cfg.momentum, generator=gen)
+        arrays = to_array_record(ws.model.state_dict())
+        payload = "weights"
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss})
+    meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, ws, pid = _setup(context)
+    rnd = int(msg.content["config"]["server-round"])
+    ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
+    images, labels = ws.client_data(pid)
+    losses = per_sample_losses(ws.model, ws.task, images, labels,
+                               generator=torch_generator(cfg.seed, "client-eval", rnd, pid))
+    metrics = MetricRecord({"num-examples": len(losses), "eval-loss": float(losses.mean())})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,109 @@
+"""ServerApp: discover clients, build the strategy by name, run Flower's round
+loop, evaluate the global model each round, write the run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.app.windowed_grid import WindowedGrid, in_simulation
+from fedsim.config import load_config
+from fedsim.evaluation.server import ServerEvaluator
+from fedsim.models.networks import save_model
+from fedsim.records.round_log import RoundLog
+from fedsim.records.run_folder import RunFolder
+from fedsim.records.wire import to_array_record, to_state_dict
+from strategies import build_strategy
+from strategies.client_registry import check_classes, discover_clients
+
+app = ServerApp()
+SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
+
+
+def default_out_dir() -> str:
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def log_to_file(path: Path) -> None:
+    """Flower's server-side log (strategy, sampling, failures) into the run folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("flwr").addHandler(handler)
+
+
+def train_config(cfg) -> ConfigRecord:
+    """Local hyper-parameters travel with every TRAIN message (server-driven),
+    so a recorded observation holds what the client was told to do."""
+    return ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size})
+
+
+class RoundRecorder:
+    """``evaluate_fn`` for ``Strategy.start``: evaluates, then writes the round's row."""
+
+    def __init__(self, folder: RunFolder, evaluator: ServerEvaluator, log: RoundLog, rounds: int):
+        self.folder, self.evaluator, self.log, self.rounds = folder, evaluator, log, rounds
+        self.t_round = time.perf_counter()
+        self.initial: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+        t_eval = time.perf_counter()
+        scores = self.evaluator(rnd, to_state_dict(arrays))
+        scores["eval_s"] = time.perf_counter() - t_eval
+        if rnd == 0:
+            self.initial = scores
+        else:
+            row = {"round": rnd, **self.log.get(rnd), **scores,
+                   "wall_s": time.perf_counter() - self.t_round}
+            self.folder.append_row(row)
+            self.last = row
+            self.folder.status("running", round=rnd, rounds=self.rounds, last=row)
+        self.t_round = time.perf_counter()
+        return MetricRecord({k: v for k, v in scores.items() if isinstance(v, float)})
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(context.run_config)
+    folder = RunFolder(cfg.out_dir or default_out_dir())
+    cfg = cfg.replace(out_dir=str(folder.path))  # every layer writes into this run folder
+    log_to_file(folder.path / "logs" / "server.log")
+    folder.status("starting", rounds=cfg.rounds)
+    try:
+        run(grid, cfg, folder)
+    except BaseException as err:
+        folder.status("failed", error=f"{type(err).__name__}: {err}", trace=traceback.format_exc())
+        raise
+
+
+def run(grid: Grid, cfg, folder: RunFolder) -> None:
+    clients = discover_clients(grid)  # RuntimeError if none answers
+    log = RoundLog()
+    evaluator = ServerEvaluator(cfg, folder.path)
+    check_classes(clients, evaluator.test.num_classes)
+    strategy = build_strategy(cfg, clients, log,
+                              utility=lambda arrays: evaluator.utility(to_state_dict(arrays)))
+    folder.start_metrics(evaluator.quality_columns + list(getattr(strategy, "metric_columns", [])))
+    recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
+    window = cfg.max_in_flight or (SIMULATION_WINDOW if in_simulation(grid) else 0)
+    if window:
+        grid = WindowedGrid(grid, window)
+    initial = to_array_record(evaluator.model.state_dict())
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
+                            timeout=cfg.round_timeout, train_config=train_config(cfg),
+                            evaluate_fn=recorder)
+    if len(result.arrays):
+        evaluator.model.load_state_dict(to_state_dict(result.arrays))
+    save_model(evaluator.model.cpu(), folder.path / "model")
+    from fedsim.records.plots import plot_curves, plot_selection  # pandas + matplotlib: ~1.5 s, once, at the end
+
+    plot_curves(folder.metrics_path, folder.path / "curves.png")
+    plot_selection(folder.metrics_path, folder.path / "selection.png")
+    folder.status("done", round=cfg.rounds, rounds=cfg.rounds, clients=len(clients),
+                  initial=recorder.initial, last=recorder.last)

@@ -1,0 +1,52 @@
+"""Each client's data in a run: the config's dataset, its partition among the
+clients, and an unlearning request (forget-clients, forget-class) applied on top.
+
+Pure functions of (config, labels): every process (server, Ray actor, pre-flight
+child) computes the same index sets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsim.config import RunConfig, parse_ids
+from fedsim.data.datasets import ImageData, load_dataset
+from fedsim.data.partition import partition
+
+
+def dataset(cfg: RunConfig, split: str) -> ImageData:
+    return load_dataset(cfg.dataset, split, cfg.dataset_path or None, cfg.image_size)
+
+
+def client_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """Each client's training index set: its partition minus what an unlearning
+    request (``forget-clients``, ``forget-class``) removes."""
+    return split_request(cfg, labels)[0]
+
+
+def split_request(cfg: RunConfig, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(kept, forgotten) index sets per client. The request is applied after
+    partitioning, so every sample stays with the client that held it in the
+    original run: retraining replays the same clients without the data, and
+    fine-tuning methods find the forget data where they were."""
+    kept, forgotten = [], []
+    for i, p in enumerate(run_partition(cfg, labels)):
+        k, f = apply_request(cfg, labels, i, p)
+        kept.append(k)
+        forgotten.append(f)
+    return kept, forgotten
+
+
+def run_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """The run's partition of the train split, before any unlearning request."""
+    return partition(labels, cfg.num_clients, cfg.partition, seed=cfg.seed, alpha=cfg.partition_alpha,
+                     classes_per_client=cfg.partition_classes, maverick_class=cfg.maverick_class,
+                     source=f"the '{cfg.dataset}' train split")
+
+
+def apply_request(cfg: RunConfig, labels: np.ndarray, client: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, forgotten) parts of client ``client``'s index set ``idx`` under the run's
+    request: all of it if the client is in forget-clients, else the forget-class samples."""
+    gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
+    drop = np.full(len(idx), client in gone) | (labels[idx] == cfg.forget_class)
+    return idx[~drop], idx[drop]

@@ -1,0 +1,113 @@
+"""Server-side evaluation of the global model after every round.
+
+Every round: held-out loss on the test split with a fixed probe (the same
+(eps, t) per test image every round, so rounds are comparable), or test
+accuracy for classifiers. At evaluation rounds (every ``eval-every`` rounds
+and the last) for diffusion models: a PNG grid of samples, the Frechet
+distance in the evaluator classifier's feature space against the test split,
+the class histogram of generated samples as judged by that classifier, and
+Inception-FID when ``inception-weights`` names a local TorchScript Inception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fedsim.config import RunConfig
+from fedsim.data.clients import dataset
+from fedsim.evaluation.evaluator import Evaluator, frechet_distance, get_evaluator
+from fedsim.evaluation.inception import inception_features, load_inception
+from fedsim.models.diffusion import sample
+from fedsim.models.train import Task, accuracy, make_task, per_sample_losses
+from fedsim.models.workspace import fresh_model, pick_device
+from fedsim.rng import torch_generator
+
+
+def save_grid(images: torch.Tensor, path: Path, ncol: int = 16, scale: int = 4) -> None:
+    """(N, C, H, W) in [-1, 1] -> one PNG, nearest-neighbour upscaled."""
+    n, c, h, w = images.shape
+    ncol = min(ncol, n)
+    nrow = -(-n // ncol)
+    grid = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    for i, img in enumerate(images):
+        r, k = divmod(i, ncol)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = img
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    pil = Image.fromarray(arr[..., 0] if c == 1 else arr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(path)
+
+
+class ServerEvaluator:
+    def __init__(self, cfg: RunConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.test = dataset(cfg, "test")
+        self.device = pick_device(cfg.device)
+        self.model = fresh_model(cfg, self.test).to(self.device)
+        self.task: Task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+        self.labels = torch.tensor(self.test.labels)
+        self._evaluator: Evaluator | None = None
+        self._real_features: np.ndarray | None = None
+        self._real_inception: np.ndarray | None = None
+
+    @property
+    def quality_columns(self) -> list[str]:
+        if not self.cfg.is_diffusion:
+            return ["test_acc"]
+        extra = ["inception_fid"] if self.cfg.inception_weights else []
+        return ["fd", *extra, "evaluator_acc", *[f"gen_class_{c}" for c in range(self.test.num_classes)]]
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = get_evaluator(dataset(self.cfg, "train"), self.test)
+            self._real_features = self._evaluator.features(self.test.images)
+        return self._evaluator
+
+    def is_quality_round(self, rnd: int) -> bool:
+        every = self.cfg.eval_every
+        return every > 0 and (rnd == self.cfg.rounds or rnd % every == 0)
+
+    def __call__(self, rnd: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.load_state_dict(state_dict)
+        losses = per_sample_losses(self.model, self.task, self.test.images, self.labels,
+                                   generator=torch_generator(self.cfg.seed, "eval-probe"))
+        out = {"eval_loss": float(losses.mean())}
+        if not self.cfg.is_diffusion:
+            out["test_acc"] = accuracy(self.model, self.test.images, self.labels)
+        elif rnd > 0 and self.is_quality_round(rnd):
+            out.update(self.quality(rnd))
+        return out
+
+    def utility(self, state_dict: dict[str, torch.Tensor]) -> float:
+        """One score of a model, higher is better: test accuracy (classifiers) or minus the
+        held-out loss with the fixed probe (diffusion). Used to value client contributions."""
+        self.model.load_state_dict(state_dict)
+        if not self.cfg.is_diffusion:
+            return accuracy(self.model, self.test.images, self.labels)
+        losses = per_sample_losses(self.model, self.task, self.test.images, self.labels,
+                                   generator=torch_generator(self.cfg.seed, "eval-probe"))
+        return -float(losses.mean())
+
+    def quality(self, rnd: int) -> dict[str, float]:
+        cfg, k = self.cfg, self.test.num_classes
+        labels = torch.arange(cfg.num_samples) % k if cfg.conditional else None
+        images = sample(self.model, self.task.schedule, cfg.num_samples, self.test.shape,
+                        generator=torch_generator(cfg.seed, "sample", rnd), sampler=cfg.sampler,
+                        steps=cfg.sample_steps, labels=labels, device=self.device).cpu()
+        save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
+        ev = self.evaluator
+        hist = np.bincount(ev.predict(images), minlength=k) / len(images)
+        row = {"fd": frechet_distance(ev.features(images), self._real_features),
+               "evaluator_acc": ev.test_accuracy}
+        row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
+        if cfg.inception_weights:
+            detector = load_inception(cfg.inception_weights)
+            if self._real_inception is None:
+                self._real_inception = inception_features(detector, self.test.images)
+            row["inception_fid"] = frechet_distance(inception_features(detector, images), self._real_inception)
+        return row

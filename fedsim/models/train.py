@@ -1,0 +1,127 @@
+"""Local training, one-batch gradients (FedSGD) and per-sample losses.
+
+A *task* turns (model, x, y) into per-sample losses: the DDPM noise-prediction
+loss for diffusion models, cross-entropy for classifiers. Everything here is
+plain PyTorch: no Flower, no Ray, testable in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.models.diffusion import NoiseSchedule, diffusion_loss
+
+
+@dataclass(frozen=True)
+class DiffusionTask:
+    schedule: NoiseSchedule
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             generator: torch.Generator | None, eps: torch.Tensor | None = None,
+             t: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) per-sample DDPM losses."""
+        return diffusion_loss(model, self.schedule, x, y, generator=generator, eps=eps, t=t,
+                              reduction="none")
+
+
+@dataclass(frozen=True)
+class ClassifierTask:
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+        """(B,) per-sample cross-entropy."""
+        return F.cross_entropy(model(x), y, reduction="none")
+
+
+Task = DiffusionTask | ClassifierTask
+
+
+def make_task(model_name: str, timesteps: int = 1000, beta_schedule: str = "linear") -> Task:
+    if model_name.startswith("ddpm"):
+        return DiffusionTask(NoiseSchedule(timesteps, beta_schedule))
+    return ClassifierTask()
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over all steps
+    steps: int
+    num_examples: int
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0):
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
+                epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
+                momentum: float = 0.0, generator: torch.Generator) -> TrainStats:
+    """``epochs`` passes over (images (N, C, H, W), labels (N,)), shuffled by
+    ``generator``; a fresh optimizer each call (clients keep no optimizer state)."""
+    model.train()
+    opt = make_optimizer(model, optimizer, lr, momentum)
+    device = next(model.parameters()).device
+    n = images.shape[0]
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            x, y = images[idx].to(device), labels[idx].to(device)
+            loss = task.loss(model, x, y, generator=generator).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+    return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n)
+
+
+def batch_gradient(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
+                   batch_size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], TrainStats]:
+    """FedSGD: the gradient of the mean loss on one random batch, per parameter."""
+    model.train()
+    device = next(model.parameters()).device
+    idx = torch.randperm(images.shape[0], generator=generator)[:batch_size]
+    model.zero_grad(set_to_none=True)
+    loss = task.loss(model, images[idx].to(device), labels[idx].to(device), generator=generator).mean()
+    loss.backward()
+    grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+             for name, p in model.named_parameters()}
+    return grads, TrainStats(loss=float(loss.detach()), steps=1, num_examples=len(idx))
+
+
+@torch.no_grad()
+def per_sample_losses(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
+                      generator: torch.Generator, batch_size: int = 256) -> torch.Tensor:
+    """(N,) losses. For diffusion, (eps, t) per sample are drawn once from
+    ``generator`` so the same generator seed gives a fixed, comparable probe."""
+    model.eval()
+    device = next(model.parameters()).device
+    n = images.shape[0]
+    extra = {}
+    if isinstance(task, DiffusionTask):
+        extra["t"] = torch.randint(0, task.schedule.timesteps, (n,), generator=generator)
+        extra["eps"] = torch.randn(images.shape, generator=generator)
+    out = []
+    for s in range(0, n, batch_size):
+        kw = {k: v[s:s + batch_size].to(device) for k, v in extra.items()}
+        out.append(task.loss(model, images[s:s + batch_size].to(device),
+                             labels[s:s + batch_size].to(device), generator=None, **kw).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for s in range(0, images.shape[0], batch_size):
+        pred = model(images[s:s + batch_size].to(device)).argmax(1).cpu()
+        correct += int((pred == labels[s:s + batch_size]).sum())
+    return correct / max(images.shape[0], 1)
