@@ -45,9 +45,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_simulation.py --out runs/bench
 
-# docs/configuration.md from RunConfig; result tables included from what experiment runners wrote
+# docs/configuration.md and pyproject's app config from RunConfig; result tables included from what experiment runners wrote
 docs: $(STAMP)
 	$(VENV)/bin/fedsim keys --markdown > docs/configuration.md
+	$(VENV)/bin/fedsim keys --pyproject
 	$(PY) experiments/docs_tables.py
 
 clean:

@@ -407,21 +407,3 @@ def to_toml(cfg: RunConfig) -> str:
 
 def write_toml(cfg: RunConfig, path: Path) -> None:
     path.write_text(to_toml(cfg))
-
-
-APP_CONFIG_HEADER = "\n[tool.flwr.app.config]\n"
-
-
-def pyproject_with_defaults(text: str) -> str:
-    """pyproject.toml text whose final ``[tool.flwr.app.config]`` table is
-    rewritten from RunConfig's defaults (the table is derived, never edited)."""
-    if APP_CONFIG_HEADER not in text:
-        raise ConfigError("pyproject.toml has no [tool.flwr.app.config] table")
-    head = text[:text.rindex(APP_CONFIG_HEADER)]
-    return head + "\n" + tomli_w.dumps({"tool": {"flwr": {"app": {"config": RunConfig().to_flwr()}}}})
-
-
-if __name__ == "__main__":  # python -m fedsim.config: refresh pyproject.toml after changing RunConfig
-    target = Path("pyproject.toml")
-    target.write_text(pyproject_with_defaults(target.read_text()))
-    print(f"updated [tool.flwr.app.config] in {target.resolve()}")

@@ -242,10 +242,10 @@ def test_pyproject_flwr_app_config_equals_defaults():
 
 
 def test_pyproject_table_is_what_the_generator_writes():
-    """`python -m fedsim.config` rewrites the table; running it now must change nothing."""
+    """`fedsim keys --pyproject` rewrites the table; running it now must change nothing."""
     from pathlib import Path
 
-    from fedsim.config import pyproject_with_defaults
+    from fedsim.cli.keys import pyproject_with_defaults
 
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert pyproject_with_defaults(text) == text

@@ -64,3 +64,21 @@ def test_run_help_points_to_the_reference(capsys):
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "docs/configuration.md" in out and "fedsim keys" in out
+
+
+def test_keys_pyproject_outside_the_repository_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", "--pyproject"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pyproject.toml" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_pyproject_rewrites_a_stale_table(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "pyproject.toml").read_text()
+    stale = text.replace('\nrounds = 10\n', '\nrounds = 99\n')
+    assert stale != text
+    (tmp_path / "pyproject.toml").write_text(stale)
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", "--pyproject"]) == 0
+    assert (tmp_path / "pyproject.toml").read_text() == text

@@ -1,5 +1,6 @@
 """The configuration reference, read from RunConfig itself: ``fedsim keys [PATTERN]``
-prints the matching keys, ``fedsim keys --markdown`` writes docs/configuration.md.
+prints the matching keys, ``fedsim keys --markdown`` writes docs/configuration.md, and
+``fedsim keys --pyproject`` rewrites pyproject.toml's ``[tool.flwr.app.config]`` defaults.
 
 Each key's meaning is the attribute docstring under its field in fedsim/config.py and
 its section is the comment line above a group of fields. Python keeps neither at run
@@ -17,10 +18,13 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from fedsim import config
-from fedsim.config import RunConfig
+from fedsim.config import ConfigError, RunConfig
 
 PAGE = Path("docs") / "configuration.md"
+APP_CONFIG_HEADER = "\n[tool.flwr.app.config]\n"
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,8 @@ def markdown() -> str:
            "suggested), a wrong type or a value outside a key's choices gives one line and exit code 2. "
            "`fedsim keys PATTERN` prints the keys whose name contains PATTERN (or matches it as a glob, "
            "`fedsim keys 'msgm-*'`).", "",
-           "After changing `RunConfig`, run `make docs` (this page) and `python -m fedsim.config` "
-           "(the `[tool.flwr.app.config]` table in `pyproject.toml`); tests fail until both are current.", ""]
+           "After changing `RunConfig`, run `make docs`: it rewrites this page and the "
+           "`[tool.flwr.app.config]` table in `pyproject.toml`; tests fail until both are current.", ""]
     section = None
     for k in keys():
         if k.section != section:
@@ -107,3 +111,12 @@ def markdown() -> str:
         kind = " \\| ".join(f"`{c}`" if c else '`""`' for c in k.choices) if k.choices else k.type
         out.append(f"| `{k.name}` | {kind} | `{toml_value(k.default)}` | {k.meaning.replace('|', chr(92) + '|')} |")
     return "\n".join(out) + "\n"
+
+
+def pyproject_with_defaults(text: str) -> str:
+    """pyproject.toml text whose final ``[tool.flwr.app.config]`` table is
+    rewritten from RunConfig's defaults (the table is derived, never edited)."""
+    if APP_CONFIG_HEADER not in text:
+        raise ConfigError("pyproject.toml has no [tool.flwr.app.config] table")
+    head = text[:text.rindex(APP_CONFIG_HEADER)]
+    return head + "\n" + tomli_w.dumps({"tool": {"flwr": {"app": {"config": RunConfig().to_flwr()}}}})

@@ -247,6 +247,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(keys.markdown())
         return 0
+    if args.pyproject:
+        target = Path("pyproject.toml")
+        if not target.is_file():
+            raise ConfigError("--pyproject rewrites ./pyproject.toml: run it in the repository root")
+        target.write_text(keys.pyproject_with_defaults(target.read_text()))
+        print(f"updated [tool.flwr.app.config] in {target.resolve()}")
+        return 0
     found = keys.matching(args.pattern or "")
     if not found:
         raise ConfigError(f"no config key matches {args.pattern!r}; `fedsim keys` lists them all")
@@ -305,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("pattern", nargs="?", help="part of a key's name, or a glob such as 'msgm-*'")
     keys.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown "
                       "(docs/configuration.md)")
+    keys.add_argument("--pyproject", action="store_true", help="rewrite the [tool.flwr.app.config] defaults "
+                      "in ./pyproject.toml from RunConfig")
     keys.set_defaults(func=cmd_keys)
     return parser
 
