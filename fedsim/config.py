@@ -264,6 +264,8 @@ class RunConfig:
             parse_ids(getattr(self, key), key.replace("_", "-"))
         parse_counts(self.fedemd_cum_init, "fedemd-cum-init")
         try:
+            from fedsim.compression.codecs import codec_settings  # the codecs own their keys
+
             codec_settings(self.to_flwr())
         except ValueError as err:
             raise ConfigError(str(err)) from None
@@ -278,20 +280,6 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
-
-
-CODEC_KEYS = ("compression", "keep-ratio", "dhq-levels", "dhq-split", "qsgd-levels", "qsgd-bucket",
-              "error-feedback")
-
-
-def codec_settings(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """The codec keys of a config, as the server sends them to clients with each
-    TRAIN message; checks them by building the codec (ValueError if bad)."""
-    from fedsim.compression.codecs import from_settings  # here: strategies/__init__ imports this module
-
-    settings = {k: mapping[k] for k in CODEC_KEYS}
-    from_settings(settings)
-    return settings
 
 
 def parse_ids(text: str, key: str = "ids") -> set[int] | None:

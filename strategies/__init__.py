@@ -13,7 +13,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.config import ConfigError, RunConfig, codec_settings, parse_counts, parse_ids
+from fedsim.compression.codecs import codec_settings
+from fedsim.config import ConfigError, RunConfig, parse_counts, parse_ids
 from fedsim.data.partition import maverick_ids
 from fedsim.records.ledger import LedgerWriter, load_ledger
 from fedsim.records.round_log import RoundLog

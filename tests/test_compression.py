@@ -16,7 +16,8 @@ from flwr.common.serde import recorddict_to_proto
 
 from fedsim.app.compression_mod import compression_mod
 from fedsim.compression.codecs import decode_update, encode_update, make_codec
-from fedsim.config import ConfigError, RunConfig, codec_settings
+from fedsim.compression.codecs import codec_settings
+from fedsim.config import ConfigError, RunConfig
 from fedsim.records.observations import list_observations, load
 from fedsim.records.round_log import RoundLog
 from fedsim.records.wire import to_numpy_dict

@@ -300,9 +300,21 @@ def make_codec(name: str, *, keep_ratio: float = 0.01, levels: int = 4, split: s
     raise ValueError(f"unknown codec {name!r}; known: {', '.join(CODECS)}")
 
 
+CODEC_KEYS = ("compression", "keep-ratio", "dhq-levels", "dhq-split", "qsgd-levels", "qsgd-bucket",
+              "error-feedback")
+
+
+def codec_settings(mapping: Mapping[str, object]) -> dict[str, object]:
+    """The codec keys of a run config (kebab-case), as the server sends them to clients
+    with each TRAIN message; checks them by building the codec (ValueError if bad)."""
+    settings = {k: mapping[k] for k in CODEC_KEYS}
+    from_settings(settings)
+    return settings
+
+
 def from_settings(settings: Mapping[str, object]) -> tuple[Codec | None, bool]:
     """(codec, error feedback on?) from the kebab-case keys a TRAIN message carries
-    (fedsim.config.CODEC_KEYS)."""
+    (CODEC_KEYS)."""
     codec = make_codec(str(settings["compression"]), keep_ratio=float(settings["keep-ratio"]),
                        levels=int(settings["dhq-levels"]), split=str(settings["dhq-split"]),
                        qsgd_levels=int(settings["qsgd-levels"]), qsgd_bucket=int(settings["qsgd-bucket"]))

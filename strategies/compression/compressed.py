@@ -78,7 +78,7 @@ def decode_reply(codec: Codec, content: RecordDict, layout, reference: dict[str,
 class Compressed(StrategyWrapper):
     def __init__(self, inner: Strategy, settings: dict, *, seed: int, log_book: RoundLog,
                  downlink: bool = False) -> None:
-        """settings: the codec keys of the run config (fedsim.config.codec_settings)."""
+        """settings: the codec keys of the run config (fedsim.compression.codecs.codec_settings)."""
         super().__init__(inner)
         self.codec, self.error_feedback = from_settings(settings)
         if self.codec is None:

@@ -30,7 +30,7 @@ class Recording(StrategyWrapper):
                  partitions: set[int] | None = None, rounds: set[int] | None = None,
                  codec_settings: dict | None = None) -> None:
         """partitions / rounds: which to record (None: all); codec_settings: the run's
-        compression keys, to decode compressed replies (fedsim.config.codec_settings)."""
+        compression keys, to decode compressed replies (fedsim.compression.codecs.codec_settings)."""
         super().__init__(inner)
         self.codec = from_settings(codec_settings)[0] if codec_settings else None
         self.root, self.registry = Path(root), clients
