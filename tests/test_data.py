@@ -198,7 +198,7 @@ def test_folder_empty_class_dir(tmp_path):
 def test_unknown_name_lists_known():
     with pytest.raises(DataError, match=r"unknown dataset 'mnsit'; known: cifar10, digits, fashion-mnist"):
         load_dataset("mnsit")
-    assert set(DATASETS) == {"digits", "lfw", "photos", "mnist", "fashion-mnist", "cifar10", "folder"}
+    assert set(DATASETS) == {"mnist5k", "digits", "lfw", "photos", "mnist", "fashion-mnist", "cifar10", "folder"}
 
 
 def test_unknown_split():
@@ -216,3 +216,28 @@ def test_path_required(name, path):
 def test_path_missing(tmp_path):
     with pytest.raises(DataError, match=r"path .*nowhere does not exist"):
         load_dataset("mnist", path=str(tmp_path / "nowhere"))
+
+
+def test_mnist5k_is_real_mnist_with_a_fixed_stratified_split():
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    assert train.images.shape == (4000, 1, 16, 16) and test.images.shape == (1000, 1, 16, 16)
+    assert (np.bincount(train.labels, minlength=10) == 400).all()
+    assert (np.bincount(test.labels, minlength=10) == 100).all()
+    assert train.images.min() >= -1.0 and train.images.max() <= 1.0
+    # MNIST digits: a dark background (most pixels near -1) with bright strokes
+    assert float((train.images < -0.9).float().mean()) > 0.5 and float(train.images.max()) > 0.9
+    native = load_dataset("mnist5k", "train", image_size=28)
+    padded = load_dataset("mnist5k", "train", image_size=32)
+    assert native.images.shape == (4000, 1, 28, 28) and padded.images.shape == (4000, 1, 32, 32)
+    torch.testing.assert_close(padded.images[:, :, 2:30, 2:30], native.images)
+    assert (padded.images[:, :, :2] == -1).all() and np.array_equal(padded.labels, native.labels)
+    # the 16x16 images are the 28x28 ones shrunk: their class means stay far apart
+    means = torch.stack([train.images[train.labels == c].mean(0) for c in range(10)]).flatten(1)
+    assert torch.cdist(means, means)[~torch.eye(10, dtype=bool)].min() > 1.0
+    assert load_dataset("mnist5k", "train", image_size=0) is train
+
+
+@pytest.mark.parametrize("size", [-1, 2, 3, True])
+def test_mnist5k_rejects_bad_image_sizes(size):
+    with pytest.raises(DataError, match="image_size"):
+        load_dataset("mnist5k", "train", image_size=size)
