@@ -73,7 +73,9 @@ class RunConfig:
     shapley_decay: float = 0.75
     """Shapley selector: v <- decay * v + (1 - decay) * phi."""
     shapley_temperature: float = 0.01
-    """Shapley selector: P = softmax(v / temperature)."""
+    """Shapley selector: P = (1 - explore) softmax(v / temperature) + explore / n."""
+    shapley_explore: float = 0.1
+    """Shapley selector: floor probability mass spread over all clients, so a client valued low once can be drawn again."""
     weighting: Literal["samples", "uniform"] = "samples"
     """FedAvg mean weighted by each reply's num-examples, or uniform (the FedEMD authors' code)."""
     mode: Literal["fedavg", "fedsgd"] = "fedavg"
@@ -186,8 +188,10 @@ class RunConfig:
     momentum: float = 0.0
     """SGD momentum (optimizer = sgd)."""
     # evaluation
+    ema_decay: float = 0.0
+    """Server-side EMA of the global model, evaluated and saved as model-ema/: decay per round, warmed up as (1 + r) / (10 + r); 0 off."""
     eval_every: int = 5
-    """Sample grid + Frechet distance every N rounds and at the last (0: never)."""
+    """Sample grid, recognised share, FD/KID/precision/recall every N rounds and at the last (0: never)."""
     num_samples: int = 256
     """Samples generated at each quality round."""
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -226,6 +230,7 @@ class RunConfig:
             (self.timesteps >= 2, "timesteps must be >= 2"),
             (1 <= self.sample_steps <= self.timesteps, "sample-steps must be in [1, timesteps]"),
             (self.eval_every >= 0, "eval-every must be >= 0"),
+            (0.0 <= self.ema_decay < 1.0, "ema-decay must be in [0, 1)"),
             (self.num_samples >= 2, "num-samples must be >= 2"),
             (self.client_cpus >= 1, "client-cpus must be >= 1"),
             (self.client_gpus >= 0, "client-gpus must be >= 0"),
@@ -233,6 +238,7 @@ class RunConfig:
             (self.fedemd_alpha >= 0 and self.fedemd_beta >= 0, "fedemd-alpha and fedemd-beta must be >= 0"),
             (0 <= self.shapley_decay < 1, "shapley-decay must be in [0, 1)"),
             (self.shapley_temperature > 0, "shapley-temperature must be > 0"),
+            (0 <= self.shapley_explore <= 1, "shapley-explore must be in [0, 1]"),
             (self.sampling_decay >= 0, "sampling-decay must be >= 0"),
             (self.sampling_min >= 1, "sampling-min must be >= 1"),
             (self.ledger_every >= 0, "ledger-every must be >= 0"),

@@ -73,7 +73,8 @@ def _named_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if cfg.selector == "shapley":
-        return ShapleySelector(decay=cfg.shapley_decay, temperature=cfg.shapley_temperature, seed=cfg.seed)
+        return ShapleySelector(decay=cfg.shapley_decay, temperature=cfg.shapley_temperature,
+                               explore=cfg.shapley_explore, seed=cfg.seed)
     return RandomSelector()
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fedsim.config import RunConfig
-from fedsim.evaluation.evaluator import frechet_distance
+from fedsim.evaluation.metrics import frechet_distance
 from fedsim.evaluation.server import ServerEvaluator, save_grid
 
 

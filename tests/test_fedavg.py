@@ -343,3 +343,21 @@ def test_valuing_selector_without_utility_is_refused():
 
     with pytest.raises(ValueError, match="utility"):
         FedAvg(make_clients(2), 2, seed=0, selector=ShapleySelector())
+
+
+def test_fedemd_counts_a_drawn_client_in_p_cur_even_when_its_reply_fails():
+    """p_cur holds what the server *asked* to be trained on (fedemd.md, issue 16): a client
+    that is drawn and then fails still counts, at draw time, before any reply arrives."""
+    from strategies.selection.selectors import FedEMDSelector
+
+    clients = {node_of(p): ClientInfo(node_of(p), p, 10, np.eye(2, dtype=np.int64)[p % 2] * 10) for p in range(6)}
+    selector = FedEMDSelector(list(clients.values()))
+    strategy = FedAvg(clients, 3, seed=0, log_book=RoundLog(), selector=selector)
+    messages = list(strategy.configure_train(ROUND, arrays(w=[0.0]), ConfigRecord({}), FakeGrid(clients)))
+    drawn = [clients[m.metadata.dst_node_id] for m in messages]
+    expected = sum(np.asarray(c.label_hist, dtype=float) for c in drawn)
+    np.testing.assert_array_equal(selector.cum, expected)  # counted at draw time
+    failed = [error_reply(c.partition_id) for c in drawn[:2]]
+    ok = [reply(drawn[2].partition_id, 10, w=[1.0])]
+    strategy.aggregate_train(ROUND, failed + ok)
+    np.testing.assert_array_equal(selector.cum, expected)  # the failures are not taken back

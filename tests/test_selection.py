@@ -179,9 +179,25 @@ def test_tmc_shapley_approaches_the_exact_values_and_is_efficient():
 
 def test_shapley_selector_favours_clients_that_helped():
     clients = clients_from([np.full(10, 30)] * 6)
-    sel = ShapleySelector(decay=0.5, temperature=0.01)
+    sel = ShapleySelector(decay=0.5, temperature=0.01, explore=0.0)
     helpful = {0: 0.05, 1: 0.0, 2: -0.02}  # additive utility: phi = these
     sel.observe(1, RoundContributions(clients[:3], lambda s: sum(helpful[i] for i in s)))
     assert sel.values == pytest.approx({0: 0.025, 1: 0.0, 2: -0.01})
     p = sel.probabilities(2, clients)
     assert p[0] > p[3] > p[2] and p[3] == pytest.approx(p[1])
+
+
+def test_shapley_floor_keeps_a_client_valued_low_once_in_play():
+    clients = clients_from([np.full(10, 30)] * 10)
+    bad = {i: (-0.2 if i == 0 else 0.01) for i in range(10)}
+    draws = {}
+    for explore in (0.0, 0.1):
+        sel = ShapleySelector(decay=0.5, temperature=0.01, explore=explore)
+        sel.observe(1, RoundContributions(clients, lambda s: sum(bad[i] for i in s)))
+        rng = np.random.default_rng(0)
+        draws[explore] = sum(0 in [c.partition_id for c in sel.select(r, clients, 3, rng)] for r in range(2, 402))
+        p = sel.probabilities(2, clients)
+        assert p.sum() == pytest.approx(1.0) and p.min() >= explore / 10 - 1e-12
+    # without the floor client 0 has P ~ e^-10.5 / 9 per pick and is starved for good; with it
+    # P >= 0.01 per pick, ~3 % per round of 3 picks: about 12 of 400 rounds
+    assert draws[0.0] == 0 and draws[0.1] >= 5

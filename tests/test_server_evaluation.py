@@ -46,7 +46,13 @@ def test_quality_round_with_inception(tmp_path) -> None:
     row = ev(1, ev.model.state_dict())
     assert set(ev.quality_columns) <= set(row) | {"eval_loss"}
     assert np.isfinite(row["fd"]) and np.isfinite(row["inception_fid"])
-    assert abs(sum(row[f"gen_class_{c}"] for c in range(10)) - 1) < 1e-9
+    # unrecognised samples count for no class; an untrained model draws noise, none recognised
+    assert abs(sum(row[f"gen_class_{c}"] for c in range(10)) - row["recognised"]) < 1e-9
+    assert row["recognised"] == 0.0
+    for key in ("fd", "kid", "precision", "recall"):  # noise against real digits, and the real floor
+        assert np.isfinite(row[key]) and np.isfinite(row[f"{key}_floor"])
+    assert row["fd"] > 10 * row["fd_floor"] and row["kid"] > 10 * max(row["kid_floor"], 1e-3)
+    assert row["precision"] < 0.1 < 0.5 < row["precision_floor"]
     assert (tmp_path / "samples" / "round_001.png").is_file()
 
 

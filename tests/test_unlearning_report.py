@@ -157,7 +157,7 @@ def test_write_report_with_retrain_ratios_and_grids(tmp_path) -> None:
         save_grid(torch.zeros(16, 1, 8, 8), tmp_path / f"grid_{name}.png", ncol=8)
     write_report(tmp_path, rows, MAVERICK)
     df = pd.read_csv(tmp_path / "report.csv")
-    assert list(df.columns[:15]) == ["model", "request", "forget_rate", "forget_rate_cond", "fd_remaining",
+    assert list(df.columns[:16]) == ["model", "request", "forget_rate", "forget_rate_cond", "unrecognised", "fd_remaining",
                                      "eval_loss_remaining", "forget_loss", "mia_auc", "mia_tpr_1fpr", "wall_s",
                                      "rounds", "bytes", "wall_vs_retrain", "bytes_vs_retrain", "fd_vs_retrain"]
     assert df["wall_vs_retrain"].tolist() == [2.0, 1.0, 0.1]

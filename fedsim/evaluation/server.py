@@ -3,9 +3,11 @@
 Every round: held-out loss on the test split with a fixed probe (the same
 (eps, t) per test image every round, so rounds are comparable), or test
 accuracy for classifiers. At evaluation rounds (every ``eval-every`` rounds
-and the last) for diffusion models: a PNG grid of samples, the Frechet
-distance in the evaluator classifier's feature space against the test split,
-the class histogram of generated samples as judged by that classifier, and
+and the last) for diffusion models: a PNG grid of samples; the share of samples the
+evaluator recognises (``recognised``) and, per class, the share recognised as that
+class (``gen_class_c``: unrecognised samples count for no class); FD, KID and
+precision/recall in the evaluator's feature space against one half of the test split,
+each beside its floor (the other half against the same reference, at the same N);
 Inception-FID when ``inception-weights`` names a local TorchScript Inception.
 """
 
@@ -19,12 +21,16 @@ from PIL import Image
 
 from fedsim.config import RunConfig
 from fedsim.data.clients import dataset
-from fedsim.evaluation.evaluator import Evaluator, frechet_distance, get_evaluator
+from fedsim.evaluation.evaluator import Evaluator, get_evaluator
 from fedsim.evaluation.inception import inception_features, load_inception
+from fedsim.evaluation.metrics import frechet_distance, real_halves, scores
 from fedsim.models.diffusion import sample
 from fedsim.models.train import Task, accuracy, make_task, per_sample_losses
 from fedsim.models.workspace import fresh_model, pick_device
 from fedsim.rng import torch_generator
+
+QUALITY_METRICS = ("fd", "fd_floor", "kid", "kid_std", "kid_floor", "precision", "precision_floor",
+                   "recall", "recall_floor")
 
 
 def save_grid(images: torch.Tensor, path: Path, ncol: int = 16, scale: int = 4) -> None:
@@ -51,21 +57,29 @@ class ServerEvaluator:
         self.task: Task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
         self.labels = torch.tensor(self.test.labels)
         self._evaluator: Evaluator | None = None
-        self._real_features: np.ndarray | None = None
+        self._real_features: tuple[np.ndarray, np.ndarray] | None = None  # (floor half, reference half)
         self._real_inception: np.ndarray | None = None
+        self.ema = None
+        if cfg.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.model.parameters(), decay=cfg.ema_decay)
 
     @property
     def quality_columns(self) -> list[str]:
         if not self.cfg.is_diffusion:
             return ["test_acc"]
         extra = ["inception_fid"] if self.cfg.inception_weights else []
-        return ["fd", *extra, "evaluator_acc", *[f"gen_class_{c}" for c in range(self.test.num_classes)]]
+        return ["recognised", *QUALITY_METRICS, *extra, "evaluator_acc",
+                *[f"gen_class_{c}" for c in range(self.test.num_classes)]]
 
     @property
     def evaluator(self) -> Evaluator:
         if self._evaluator is None:
             self._evaluator = get_evaluator(dataset(self.cfg, "train"), self.test)
-            self._real_features = self._evaluator.features(self.test.images)
+            feats = self._evaluator.features(self.test.images)
+            floor, reference = real_halves(self.test.labels)
+            self._real_features = feats[floor], feats[reference]
         return self._evaluator
 
     def is_quality_round(self, rnd: int) -> bool:
@@ -73,7 +87,12 @@ class ServerEvaluator:
         return every > 0 and (rnd == self.cfg.rounds or rnd % every == 0)
 
     def __call__(self, rnd: int, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Scores of the global model after round `rnd` (0: the initial model); with ema-decay,
+        of the EMA of the global models so far, which this call first updates."""
         self.model.load_state_dict(state_dict)
+        if self.ema is not None and rnd > 0:
+            self.ema.step(self.model.parameters())
+            self.ema.copy_to(self.model.parameters())
         losses = per_sample_losses(self.model, self.task, self.test.images, self.labels,
                                    generator=torch_generator(self.cfg.seed, "eval-probe"))
         out = {"eval_loss": float(losses.mean())}
@@ -101,13 +120,15 @@ class ServerEvaluator:
                         steps=cfg.sample_steps, labels=labels, device=self.device).cpu()
         save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
         ev = self.evaluator
-        hist = np.bincount(ev.predict(images), minlength=k) / len(images)
-        row = {"fd": frechet_distance(ev.features(images), self._real_features),
-               "evaluator_acc": ev.test_accuracy}
+        pred = ev.predict(images)
+        hist = np.bincount(pred[pred >= 0], minlength=k) / len(images)
+        floor, reference = self._real_features
+        row = {"recognised": float((pred >= 0).mean()), "evaluator_acc": ev.test_accuracy,
+               **scores(ev.features(images), floor, reference, seed=cfg.seed)}
         row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
         if cfg.inception_weights:
             detector = load_inception(cfg.inception_weights)
             if self._real_inception is None:
                 self._real_inception = inception_features(detector, self.test.images)
             row["inception_fid"] = frechet_distance(inception_features(detector, images), self._real_inception)
-        return row
+        return {key: row[key] for key in self.quality_columns}

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from fedsim.config import RunConfig, parse_ids
 from fedsim.data.clients import dataset, split_request
-from fedsim.evaluation.evaluator import frechet_distance, get_evaluator
+from fedsim.evaluation.evaluator import get_evaluator
+from fedsim.evaluation.metrics import frechet_distance
 from fedsim.evaluation.server import save_grid
 from fedsim.models.diffusion import sample
 from fedsim.models.train import accuracy, make_task, per_sample_losses
@@ -39,7 +40,7 @@ SAMPLE_BATCH = 256  # samples denoised at once
 GRID_PER_CLASS = 8  # conditional grids: one row of this many samples per class
 NAN = float("nan")
 
-SCORE_KEYS = ["forget_rate", "forget_rate_cond", "fd_remaining", "eval_loss_remaining", "forget_loss",
+SCORE_KEYS = ["forget_rate", "forget_rate_cond", "unrecognised", "fd_remaining", "eval_loss_remaining", "forget_loss",
               "mia_auc", "mia_tpr_1fpr", "test_acc_evaluator"]
 COST_KEYS = ["wall_s", "rounds", "bytes"]
 RATIOS = {"wall_vs_retrain": "wall_s", "bytes_vs_retrain": "bytes", "fd_vs_retrain": "fd_remaining"}
@@ -136,9 +137,12 @@ def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: in
           grid_path: Path | None = None) -> dict[str, float]:
     """Score a model of the run ``cfg`` (the original partition, no forget keys) against ``request``.
 
-    forget_rate: share of generated samples the evaluator classifier assigns to the target class
-        (notes: classifier forget rate; conditional models cycle labels, so "before" is about 1/K).
-    forget_rate_cond: share of the samples conditioned on the target class assigned to it (1 - UA).
+    forget_rate: share of generated samples the evaluator recognises as the target class
+        (notes: classifier forget rate; conditional models cycle labels, so "before" is about 1/K);
+        unrecognised samples count for no class.
+    forget_rate_cond: share of the samples conditioned on the target class recognised as it (1 - UA).
+    unrecognised: share of generated samples the evaluator does not recognise as any class (a
+        model that turns the forgotten class into mush has a low forget_rate and a high unrecognised).
     fd_remaining: evaluator-feature Frechet distance to the remaining classes' test images (FID on D_r).
     eval_loss_remaining: mean denoising loss on the remaining classes' test images (fixed "eval-probe").
     forget_loss: mean loss on the forget set over MIA_PROBES fixed probes (NLL proxy on D_u).
@@ -168,18 +172,19 @@ def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: in
                model, task, test.images[remaining], test_y[remaining],
                generator=torch_generator(cfg.seed, "eval-probe")).mean())}
     if not cfg.is_diffusion:
-        out.update(forget_rate=accuracy(model, fx, fy) if len(fx) else NAN, forget_rate_cond=NAN,
+        out.update(forget_rate=accuracy(model, fx, fy) if len(fx) else NAN, forget_rate_cond=NAN, unrecognised=NAN,
                    fd_remaining=NAN, test_acc_evaluator=NAN)
         return {key: out[key] for key in SCORE_KEYS}
 
     images, labels = _generate(model, cfg, num_samples, test.shape, k, device)
     ev = get_evaluator(dataset(cfg, "train"), test)
-    pred = torch.from_numpy(ev.predict(images))
+    pred = torch.from_numpy(ev.predict(images))  # -1: not recognised, counts for no class
     kept = labels != target if labels is not None else torch.ones(len(images), dtype=torch.bool)
     on_target = labels == target if labels is not None else torch.zeros(len(images), dtype=torch.bool)
     out.update(
         forget_rate=float((pred == target).float().mean()) if target >= 0 else NAN,
         forget_rate_cond=float((pred[on_target] == target).float().mean()) if on_target.any() else NAN,
+        unrecognised=float((pred < 0).float().mean()),
         fd_remaining=frechet_distance(ev.features(images[kept]), ev.features(test.images[remaining])),
         test_acc_evaluator=ev.test_accuracy)
     if grid_path is not None:

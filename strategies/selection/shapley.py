@@ -13,8 +13,12 @@ With n <= ``exact_up_to`` participants all 2^n coalitions are evaluated
 permutation sampling (TMC-Shapley, Ghorbani & Zou 2019) estimates it. Selection
 then follows the running values in the manner of S-FedAvg (Nagalapatti &
 Narayanam, AAAI 2021): v_i <- decay * v_i + (1 - decay) * phi_i for clients that
-took part, P = softmax(v / temperature), k distinct clients drawn with P.
-Clients never selected keep v = 0. The utility is the server's evaluation score
+took part, P = (1 - explore) * softmax(v / temperature) + explore / n, k distinct
+clients drawn with P. Clients never selected keep v = 0. Without the floor
+``explore`` a client valued once below the others would almost never be drawn
+again (values change only for selected clients), so one unlucky round could
+starve it for the rest of the run; the floor keeps every client's chance at
+least explore / n per draw, so values can recover. The utility is the server's evaluation score
 (test accuracy for classifiers, minus the held-out loss for diffusion models),
 so phi and ``temperature`` are in those units.
 
@@ -97,20 +101,22 @@ class ShapleySelector(Selector):
     name = "shapley"
     needs_contributions = True
 
-    def __init__(self, *, decay: float = 0.75, temperature: float = 0.01, seed: int = 0,
+    def __init__(self, *, decay: float = 0.75, temperature: float = 0.01, explore: float = 0.1, seed: int = 0,
                  exact_up_to: int = 8, permutations: int = 50) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"shapley decay must be in [0, 1), got {decay}")
         if temperature <= 0:
             raise ValueError(f"shapley temperature must be > 0, got {temperature}")
-        self.decay, self.temperature, self.seed = decay, temperature, seed
+        if not 0 <= explore <= 1:
+            raise ValueError(f"shapley explore must be in [0, 1], got {explore}")
+        self.decay, self.temperature, self.explore, self.seed = decay, temperature, explore, seed
         self.exact_up_to, self.permutations = exact_up_to, permutations
         self.values: dict[int, float] = {}
         self.last_phi: dict[int, float] = {}
 
     def probabilities(self, server_round: int, candidates: Sequence[ClientInfo]) -> np.ndarray:
         v = np.array([self.values.get(c.partition_id, 0.0) for c in candidates])
-        return softmax(v / self.temperature)
+        return (1 - self.explore) * softmax(v / self.temperature) + self.explore / len(candidates)
 
     def observe(self, server_round: int, contributions: RoundContributions) -> None:
         n = len(contributions.clients)

@@ -1,0 +1,43 @@
+"""Tests for fedsim/records/stats.py against values computed by hand / known tables."""
+
+import math
+
+import pytest
+
+from fedsim.records.stats import paired_difference, t_interval, verdict, wilson
+
+
+def test_t_interval_matches_the_t_table():
+    # mean 2, sd 1, n = 4: half-width = t_{0.975, 3} * 1 / 2 = 3.1824 / 2
+    iv = t_interval([1.0, 2.0, 3.0, 2.0 + 0.0])
+    sd = math.sqrt(((1 - 2) ** 2 + 0 + 1 + 0) / 3)
+    assert iv.mean == 2.0 and iv.n == 4
+    assert iv.half_width == pytest.approx(3.182446 * sd / 2, rel=1e-5)
+    assert iv.fmt() == f"2 ± {iv.half_width:.3g} (n = 4)"
+
+
+def test_single_and_empty_samples_have_no_interval():
+    assert t_interval([5.0]).fmt() == "5 (n = 1)" and math.isnan(t_interval([5.0]).low)
+    assert t_interval([]).fmt() == "–" and t_interval([float("nan")]).n == 0
+
+
+def test_paired_difference_uses_only_common_seeds_and_removes_seed_effects():
+    base = {0: 100.0, 1: 50.0, 2: 10.0, 3: 70.0}
+    better = {0: 90.0, 1: 41.0, 2: 1.0}  # ~9-10 fewer on every seed: big seed effects, tiny spread
+    diff = paired_difference(better, base)
+    assert diff.n == 3 and diff.mean == pytest.approx(-28 / 3)
+    assert diff.significant and verdict(diff, lower_is_better=True) == "better"
+    # unpaired, the same numbers would not separate
+    assert t_interval(list(better.values())).high > t_interval(list(base.values())[:3]).low
+
+
+def test_a_difference_whose_interval_contains_zero_is_not_significant():
+    # the FedEMD gains 37, 56, -2 of issue 16: paired t = 1.78, df = 2 -> not significant
+    diff = paired_difference({0: 37.0, 1: 56.0, 2: -2.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert diff.low < 0 < diff.high and verdict(diff) == "not significant"
+
+
+def test_wilson_interval_of_known_proportions():
+    iv = wilson(5, 500)  # the unlearning contrast of issue 16: 1.0 %
+    assert iv.mean == 0.01 and iv.low == pytest.approx(0.00427, abs=1e-4) and iv.high == pytest.approx(0.0232, abs=2e-4)
+    assert wilson(0, 10).low == 0.0 and wilson(10, 10).high == 1.0
