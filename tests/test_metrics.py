@@ -46,6 +46,9 @@ def test_real_halves_are_disjoint_and_class_balanced():
     a, b = real_halves(labels)
     assert len(set(a) & set(b)) == 0 and len(a) + len(b) == 1000
     assert (np.bincount(labels[a]) == 50).all() and (np.bincount(labels[b]) == 50).all()
+    # any prefix is balanced too: the floor at N = 200 sees every class, not the first two
+    assert (np.bincount(labels[a[:200]], minlength=10) == 20).all()
+    assert (np.bincount(labels[b[:30]], minlength=10) == 3).all()
 
 
 def test_scores_compare_at_equal_n_against_the_floor():

@@ -77,7 +77,9 @@ def monitor(fed: LocalFederation, run_id: str, folder: RunFolder, cfg: RunConfig
                 info = (f"clients {row.get('clients_sampled', '-')} (failed {row.get('clients_failed', 0)}) "
                         f"train {_fmt(row, 'train_loss')} eval {_fmt(row, 'eval_loss')} "
                         f"up {row.get('bytes_up_total', 0) / 1e6:.2f} MB"
-                        + (f" ({row['compression_ratio']:.0f}x)" if row.get("compression_ratio") else ""))
+                        + (f" ({row['compression_ratio']:.0f}x)" if row.get("compression_ratio") else "")
+                        + (f" | recognised {_fmt(row, 'recognised', '.0%')}" if row.get("recognised") not in (None, "")
+                           else ""))
                 eta = time.strftime("%M:%S", time.gmtime(per_round * (cfg.rounds - rnd)))
                 bar.update(task, completed=rnd, info=info, eta=eta)
                 if not console.is_terminal and rnd != shown:
@@ -135,7 +137,9 @@ def execute(cfg: RunConfig, console: Console) -> dict:
         _wait_finished(fed, run_id)
     last = status.get("last", {})
     console.print(f"done: eval_loss {_fmt(last, 'eval_loss')}"
-                  + (f", fd {_fmt(last, 'fd', '.3g')}" if last.get("fd") not in (None, "") else "")
+                  + (f", recognised {_fmt(last, 'recognised', '.1%')}" if last.get("recognised") not in (None, "") else "")
+                  + (f", fd {_fmt(last, 'fd', '.3g')} (real vs real {_fmt(last, 'fd_floor', '.3g')})"
+                     if last.get("fd") not in (None, "") else "")
                   + (f", test_acc {_fmt(last, 'test_acc')}" if last.get("test_acc") not in (None, "") else "")
                   + f" | metrics.csv, curves.png, samples/, model/ in {out}")
     return status

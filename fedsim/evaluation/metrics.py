@@ -77,13 +77,21 @@ def precision_recall(gen: np.ndarray, real: np.ndarray, *, k: int = PR_K) -> tup
 
 def real_halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint, class-balanced halves of a real split (every other image of each class):
-    indices (A, B). B is the reference of every metric; A against B is the floor."""
-    a, b = [], []
+    indices (A, B). B is the reference of every metric; A against B is the floor. Each half is
+    ordered round-robin over the classes, so any prefix A[:n] is class-balanced too (datasets
+    stored class by class would otherwise give a floor of two or three classes)."""
+    halves: list[list[np.ndarray]] = [[], []]
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        a.append(idx[0::2])
-        b.append(idx[1::2])
-    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
+        halves[0].append(idx[0::2])
+        halves[1].append(idx[1::2])
+    return tuple(_round_robin(h) for h in halves)
+
+
+def _round_robin(groups: list[np.ndarray]) -> np.ndarray:
+    """[a0, b0, c0, a1, b1, c1, ...] over groups of unequal length."""
+    order = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+    return np.asarray(order, dtype=np.int64)
 
 
 def scores(gen: np.ndarray, floor_set: np.ndarray, reference: np.ndarray, *, seed: int = 0) -> dict[str, float]:
