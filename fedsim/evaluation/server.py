@@ -5,7 +5,8 @@ Every round: held-out loss on the test split with a fixed probe (the same
 accuracy for classifiers. At evaluation rounds (every ``eval-every`` rounds
 and the last) for diffusion models: a PNG grid of samples; the share of samples the
 evaluator recognises (``recognised``) and, per class, the share recognised as that
-class (``gen_class_c``: unrecognised samples count for no class); FD, KID and
+class (``gen_class_c``: unrecognised samples count for no class); for class-conditional
+models, the share recognised as the class they were conditioned on (``label_match``); FD, KID and
 precision/recall in the evaluator's feature space against one half of the test split,
 each beside its floor (the other half against the same reference, at the same N);
 Inception-FID when ``inception-weights`` names a local TorchScript Inception.
@@ -70,7 +71,8 @@ class ServerEvaluator:
         if not self.cfg.is_diffusion:
             return ["test_acc"]
         extra = ["inception_fid"] if self.cfg.inception_weights else []
-        return ["recognised", *QUALITY_METRICS, *extra, "evaluator_acc",
+        match = ["label_match"] if self.cfg.conditional else []
+        return ["recognised", *match, *QUALITY_METRICS, *extra, "evaluator_acc",
                 *[f"gen_class_{c}" for c in range(self.test.num_classes)]]
 
     @property
@@ -124,6 +126,7 @@ class ServerEvaluator:
         hist = np.bincount(pred[pred >= 0], minlength=k) / len(images)
         floor, reference = self._real_features
         row = {"recognised": float((pred >= 0).mean()), "evaluator_acc": ev.test_accuracy,
+               "label_match": float((pred == labels.numpy()).mean()) if labels is not None else float("nan"),
                **scores(ev.features(images), floor, reference, seed=cfg.seed)}
         row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
         if cfg.inception_weights:
