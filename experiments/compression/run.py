@@ -1,25 +1,21 @@
-"""Compression experiment: uncompressed FedAvg against top-k, STC, QSGD and DHQ(-DS).
+"""Compression experiment: uncompressed FedAvg against top-k, STC, QSGD, DHQ and DHQ-DS, over seeds.
 
-For each model (the digits CNN classifier, the ddpm-tiny diffusion model), each
-partition (IID, Dirichlet 0.5) and each method of experiment.toml, one real
-``fedsim run`` (Flower simulation, 100 clients) whose metrics.csv holds the
-measured bytes of every message, up and down. Then, per run:
+For each model (default: the CNN classifier on MNIST-5k; ``--models diffusion`` adds
+ddpm-tiny), each partition (IID, Dirichlet 0.5), each method of experiment.toml and each
+report seed 0..N-1, one real ``fedsim run`` (Flower simulation, 100 clients) whose
+metrics.csv holds the measured bytes of every message. The table's methods run by
+default; ``--sweep`` adds the keep-ratio / level sweeps, ``--extra`` the supplementary
+methods, ``--methods`` picks any by name. Settings were tuned on ``tuning-seed`` (100),
+never on a report seed. summary.py computes the numbers, report.py the table and plot.
 
-- final_quality: test accuracy (classifier) or the server's eval loss (diffusion),
-  mean over the last ``final_window`` rounds;
-- uplink_bytes / downlink_bytes: cumulative serialized bytes over the run;
-- target: 99 % of FedAvg's final accuracy (or 101 % of its final eval loss), on
-  the same model and partition; rounds_to_target / bytes_to_target: the first
-  round at which the 3-round moving average of the quality meets it, and the
-  cumulative uplink bytes by then (empty if never).
+Writes to DIR: results.csv (one row per run), summary.csv (per model, partition and
+method: means and 95 % t-intervals over seeds), results.md (the table for docs/),
+quality_vs_bytes.png. Finished runs under DIR/runs are reused, so a table can be built
+over several sittings (``--partitions``, ``--methods`` limit what runs, not what the
+report covers); ``--report`` only rebuilds the outputs from the finished runs.
 
-Writes to DIR: results.csv (codec, model, partition, keep_ratio, levels,
-final_quality, uplink_bytes, downlink_bytes, bytes_to_target, and more),
-results.md (the README table), quality_vs_bytes.png. Runs already finished in
-DIR/runs are reused, so an interrupted experiment resumes.
-
-    python experiments/compression/run.py --out DIR [--rounds R] [--models classifier]
-        [--partitions iid] [--methods fedavg,dhq-ds] [--no-sweep] [--extra] [--report]
+    python experiments/compression/run.py --out DIR [--seeds N] [--rounds R] [--models classifier,diffusion]
+        [--partitions iid] [--methods "fedavg,dhq-ds p0.01"] [--sweep] [--extra] [--report]
 """
 
 from __future__ import annotations
@@ -30,190 +26,109 @@ import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from fedsim.cli.sweep import fedsim_run, is_done
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # summary.py and report.py sit beside this script
+    sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+import summary  # noqa: E402
+from summary import Run, folder_of  # noqa: E402
+
 BASES = {"classifier": HERE / "classifier.toml", "diffusion": HERE / "diffusion.toml"}
-COLUMNS = ["method", "codec", "model", "partition", "keep_ratio", "levels", "sampling", "k_start", "k_min",
-           "quality_metric",
-           "final_quality", "uplink_bytes", "downlink_bytes", "uplink_reduction", "uploads", "target",
-           "rounds_to_target", "bytes_to_target", "encode_s", "rounds", "note"]
 
 
-def plan(spec: dict, args) -> list[tuple[str, str, str, dict]]:
-    """(model, partition, method, overrides) of every run to do."""
+def seeds_of(spec: dict, n: int) -> list[int]:
+    """Report seeds 0..n-1; the tuning seed must not be one of them."""
+    seeds = list(range(n))
+    if n < 1:
+        raise SystemExit("error: --seeds must be at least 1")
+    if spec["tuning-seed"] in seeds:
+        raise SystemExit(f"error: report seeds 0..{n - 1} include the tuning seed {spec['tuning-seed']}")
+    return seeds
+
+
+def plan(spec: dict, args) -> list[Run]:
+    """Every run to do: model x partition x method x seed, with its config overrides.
+
+    Without --methods: the table's methods, plus sweeps (--sweep) and extras (--extra);
+    a method named in --methods runs whatever its flags."""
     methods = spec["methods"]
-    chosen = args.methods.split(",") if args.methods else list(methods)
+    chosen = args.methods.split(",") if args.methods else [
+        n for n, m in methods.items()
+        if (not m.get("sweep") or args.sweep) and (not m.get("extra") or args.extra)]
     unknown = [m for m in chosen if m not in methods]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; known: {', '.join(methods)}")
+    seeds = seeds_of(spec, args.seeds)
     runs = []
     for model in args.models.split(",") if args.models else spec["models"]:
         if model not in BASES:
             raise SystemExit(f"error: unknown model {model!r}; known: {', '.join(BASES)}")
         for partition in args.partitions.split(",") if args.partitions else spec["partitions"]:
+            if partition not in spec["partitions"]:
+                raise SystemExit(f"error: unknown partition {partition!r}; known: {', '.join(spec['partitions'])}")
             for name in chosen:
                 method = dict(methods[name])
                 sweep, dynamic = method.pop("sweep", False), method.pop("dynamic", False)
-                extra = method.pop("extra", False)
-                models = method.pop("models", ["classifier"] if sweep else list(BASES))
-                if (sweep and args.no_sweep) or model not in models or (extra and not args.extra):
-                    continue  # sweeps: classifier only (cheaper); extra: only with --extra
+                method.pop("extra", None)
+                if model not in method.pop("models", ["classifier"] if sweep else list(BASES)):
+                    continue  # sweeps: the classifier only
                 # dynamic = true: the [dynamic] schedule; a table: that schedule with these changes
                 schedule = {**spec["dynamic"], **dynamic} if isinstance(dynamic, dict) else \
                     (spec["dynamic"] if dynamic else {})
                 overrides = {**method, "partition": partition, **schedule}
                 if args.rounds:
                     overrides["rounds"] = args.rounds
-                runs.append((model, partition, name, overrides))
+                runs += [Run(model, partition, name, seed, {**overrides, "seed": seed}) for seed in seeds]
     return runs
 
 
-def folder_of(out: Path, model: str, partition: str, method: str) -> Path:
-    return out / "runs" / model / partition / method.replace(" ", "_")
+def reported(spec: dict, args, runs: list[Run]) -> list[Run]:
+    """The runs the report covers: all partitions and methods that run without --methods
+    (so a table built over several sittings shows every finished run, and what is missing),
+    then any other run of this call."""
+    full = plan(spec, argparse.Namespace(**{**vars(args), "methods": "", "partitions": ""}))
+    keys = {r[:4] for r in full}
+    return full + [r for r in runs if r[:4] not in keys]
 
 
-def quality(df: pd.DataFrame, model: str) -> tuple[str, pd.Series, bool]:
-    """(column, per-round values, higher is better)."""
-    if model == "classifier":
-        return "test_acc", df["test_acc"], True
-    return "eval_loss", df["eval_loss"], False
-
-
-def _base_value(model: str, key: str):
-    return tomllib.loads(BASES[model].read_text())[key]
-
-
-def summarise(out: Path, spec: dict, runs: list) -> pd.DataFrame:
-    window = int(spec.get("final_window", 5))
-    rows, frames = [], {}
-    for model, partition, name, overrides in runs:
-        folder = folder_of(out, model, partition, name)
-        if is_done(folder):
-            frames[model, partition, name] = pd.read_csv(folder / "metrics.csv")
-    for model, partition, name, overrides in runs:
-        base = {"method": name, "codec": overrides.get("compression", "none"), "model": model,
-                "partition": partition,
-                "keep_ratio": overrides.get("keep-ratio") if overrides.get("compression") in ("topk", "stc", "dhq")
-                else None,
-                "levels": (overrides.get("dhq-levels", 4) if overrides.get("compression") == "dhq" else
-                           1 if overrides.get("compression") == "stc" else
-                           overrides.get("qsgd-levels", 16) if overrides.get("compression") == "qsgd" else None),
-                "sampling": overrides.get("sampling", "constant"),
-                "k_start": overrides.get("clients-per-round", _base_value(model, "clients-per-round")),
-                "k_min": overrides.get("sampling-min") if overrides.get("sampling", "constant") != "constant"
-                else None}
-        df = frames.get((model, partition, name))
-        if df is None:
-            err = folder_of(out, model, partition, name) / "error.txt"
-            rows.append({**base, "note": err.read_text().strip() if err.exists() else "not run"})
-            continue
-        metric, q, higher = quality(df, model)
-        final = float(q.tail(window).mean())
-        ref = frames.get((model, partition, "fedavg"))
-        row = {**base, "quality_metric": metric, "final_quality": final,
-               "uplink_bytes": int(df["bytes_up_total"].iloc[-1]),
-               "downlink_bytes": int(df["bytes_down_total"].iloc[-1]),
-               "uploads": int(df["clients_sampled"].sum()), "rounds": len(df),
-               "encode_s": float(df["encode_s"].mean()) if "encode_s" in df else 0.0, "note": ""}
-        if ref is not None:
-            ref_final = float(quality(ref, model)[1].tail(window).mean())
-            target = 0.99 * ref_final if higher else 1.01 * ref_final
-            smooth = q.rolling(3, min_periods=1).mean().to_numpy()
-            hit = np.flatnonzero(smooth >= target if higher else smooth <= target)
-            row.update(target=target, uplink_reduction=int(ref["bytes_up_total"].iloc[-1]) / row["uplink_bytes"])
-            if hit.size:
-                row.update(rounds_to_target=int(df["round"].iloc[hit[0]]),
-                           bytes_to_target=int(df["bytes_up_total"].iloc[hit[0]]))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def mb(x) -> str:
-    return "" if pd.isna(x) else f"{x / 1e6:.2f}"
-
-
-def table(df: pd.DataFrame) -> str:
-    lines = ["| model | partition | method | codec | p | L / s | K_t | uploads | final quality | vs FedAvg | "
-             "uplink MB | uplink reduction | rounds to target | uplink MB to target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (model, partition), g in df.groupby(["model", "partition"], sort=False):
-        ref = g[g.method == "fedavg"]
-        ref_q = float(ref.final_quality.iloc[0]) if len(ref) and not pd.isna(ref.final_quality.iloc[0]) else None
-        for r in g.itertuples():
-            if r.note:
-                lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | | | | | {r.note} | | | | | |")
-                continue
-            metric = "acc" if r.quality_metric == "test_acc" else "loss"
-            if ref_q is None or r.method == "fedavg":
-                delta = ""
-            elif metric == "acc":
-                delta = f"{100 * (r.final_quality - ref_q):+.1f} pt"
-            else:
-                delta = f"{100 * (r.final_quality / ref_q - 1):+.1f} %"
-            p = "" if pd.isna(r.keep_ratio) else f"{r.keep_ratio:g}"
-            lv = "" if pd.isna(r.levels) else f"{int(r.levels)}"
-            red = "" if pd.isna(r.uplink_reduction) else f"{r.uplink_reduction:.1f}x"
-            rt = "never" if pd.isna(r.rounds_to_target) else str(int(r.rounds_to_target))
-            kt = f"{int(r.k_start)}" if r.sampling == "constant" else f"{int(r.k_start)}→{int(r.k_min)}"
-            lines.append(f"| {model} | {partition} | {r.method} | {r.codec} | {p} | {lv} | {kt} | {int(r.uploads)} | "
-                         f"{metric} {r.final_quality:.4f} | {delta} | {mb(r.uplink_bytes)} | {red} | {rt} | "
-                         f"{mb(r.bytes_to_target)} |")
-    return "\n".join(lines)
-
-
-def plot(out: Path, df: pd.DataFrame, runs: list) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = list(dict.fromkeys((m, p) for m, p, _, _ in runs))
-    cols = min(2, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.4 * rows), squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_visible(False)
-    for ax, (model, partition) in zip(axes.ravel(), panels):
-        for m, p, name, _ in runs:
-            folder = folder_of(out, m, p, name)
-            if (m, p) != (model, partition) or not is_done(folder):
-                continue
-            d = pd.read_csv(folder / "metrics.csv")
-            metric, q, _ = quality(d, model)
-            style = "-" if name in ("fedavg", "dhq-ds") else "--" if " " not in name else ":"
-            ax.plot(d["bytes_up_total"] / 1e6, q.rolling(3, min_periods=1).mean(), style, label=name,
-                    lw=2 if name in ("fedavg", "dhq-ds") else 1)
-        target = df[(df.model == model) & (df.partition == partition)].target.dropna()
-        if len(target):
-            ax.axhline(float(target.iloc[0]), color="grey", lw=0.8, ls=":", label="target")
-        ax.set_xscale("log")
-        ax.set(title=f"{model}, {partition}, 100 clients", xlabel="cumulative uplink MB (measured, log)",
-               ylabel=("test accuracy" if model == "classifier" else "eval loss") + " (3-round mean)")
-        if model != "classifier":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "quality_vs_bytes.png", dpi=120)
-    plt.close(fig)
+def execute(out: Path, runs: list[Run]) -> None:
+    """Each run not yet finished, one ``fedsim run`` at a time; its wall time (start-up
+    included) goes to elapsed_s.txt beside metrics.csv, its error to error.txt."""
+    t0 = time.perf_counter()
+    todo = [r for r in runs if not is_done(folder_of(out, r))]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished", flush=True)
+    for i, run in enumerate(todo, 1):
+        folder = folder_of(out, run)
+        start = time.perf_counter()
+        err = fedsim_run(BASES[run.model], run.overrides, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if err:
+            (folder / "error.txt").write_text(err + "\n")
+        else:
+            (folder / "elapsed_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+        done = time.perf_counter() - t0
+        print(f"[{i}/{len(todo)}] {run.model} {run.partition} {run.method} seed {run.seed}: "
+              f"{'failed: ' + err if err else 'done'} ({time.perf_counter() - start:.0f} s; elapsed "
+              f"{done / 60:.1f} min, ETA {done / i * (len(todo) - i) / 60:.1f} min)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (created; finished runs in it are reused)")
     ap.add_argument("--config", default=str(HERE / "experiment.toml"), help="methods and settings")
+    ap.add_argument("--seeds", type=int, default=None, help="report seeds 0..N-1 (default: experiment.toml, 3)")
     ap.add_argument("--rounds", type=int, default=0, help="override the rounds of every run (smoke tests)")
-    ap.add_argument("--models", default="", help="comma-separated subset of: classifier,diffusion")
+    ap.add_argument("--models", default="", help="comma-separated subset of: classifier,diffusion "
+                                                 "(default: experiment.toml, the classifier)")
     ap.add_argument("--partitions", default="", help="comma-separated subset of the partitions")
-    ap.add_argument("--methods", default="", help="comma-separated subset of the methods")
-    ap.add_argument("--no-sweep", action="store_true", help="skip the keep-ratio / level sweeps")
-    ap.add_argument("--extra", action="store_true",
-                    help="also the supplementary methods (extra = true; about 10 more minutes)")
-    ap.add_argument("--report", action="store_true", help="only summarise the runs already in --out")
+    ap.add_argument("--methods", default="", help="comma-separated methods of experiment.toml, run whatever "
+                                                  "their flags (default: the table's methods)")
+    ap.add_argument("--sweep", action="store_true", help="also the keep-ratio / level / STC-DS sweeps")
+    ap.add_argument("--extra", action="store_true", help="also the supplementary methods (extra = true)")
+    ap.add_argument("--report", action="store_true", help="only summarise the runs already finished in --out")
     args = ap.parse_args(argv)
     config = Path(args.config)
     if not config.is_file():
@@ -224,26 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     except tomllib.TOMLDecodeError as err:
         print(f"error: {config} is not valid TOML: {err}", file=sys.stderr)
         return 2
+    args.seeds = spec["seeds"] if args.seeds is None else args.seeds
+    runs = plan(spec, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(spec, args)
-    t0 = time.time()
     if not args.report:
-        for i, (model, partition, name, overrides) in enumerate(runs, 1):
-            folder = folder_of(out, model, partition, name)
-            done = is_done(folder)
-            print(f"[{i}/{len(runs)}] {model} {partition} {name}" + (" (done)" if done else " ..."), flush=True)
-            err = fedsim_run(BASES[model], overrides, folder)
-            if err:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "error.txt").write_text(err + "\n")
-                print(f"    failed: {err}", flush=True)
-    df = summarise(out, spec, runs)
-    df.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(table(df) + "\n")
-    plot(out, df, runs)
-    print(table(df))
-    print(f"\nwrote {out / 'results.csv'}, results.md, quality_vs_bytes.png ({(time.time() - t0) / 60:.1f} min)")
+        execute(out, runs)
+    window = int(spec["final-window"])
+    k_default = {m: tomllib.loads(p.read_text())["clients-per-round"] for m, p in BASES.items()}
+    rows = summary.per_run(out, reported(spec, args, runs), window, k_default)
+    agg = summary.aggregate(rows)
+    rows.to_csv(out / "results.csv", index=False)
+    summary.flat(agg).to_csv(out / "summary.csv", index=False)
+    md = report.markdown(rows, agg, seeds_of(spec, args.seeds), spec["tuning-seed"], window)
+    (out / "results.md").write_text(md)
+    report.plot(out / "quality_vs_bytes.png", rows, agg)
+    print(md)
+    print(f"wrote results.csv, summary.csv, results.md, quality_vs_bytes.png to {out}")
     return 0
 
 
