@@ -69,3 +69,18 @@ def test_inception_bad_path(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not torchscript")
     with pytest.raises(InceptionError, match="TorchScript"):
         load_inception(str(tmp_path / "junk.pt"))
+
+
+def test_ema_of_the_global_models_is_what_gets_evaluated(tmp_path) -> None:
+    """ema-decay: round 1 takes the global model as it is; round 2 mixes with the warm-up decay
+    (1 + 1) / (10 + 1) = 2/11 (diffusers' EMAModel), capped by ema-decay."""
+    cfg = RunConfig(ema_decay=0.9, eval_every=0)
+    ev = ServerEvaluator(cfg, tmp_path)
+    w1 = {k: v.clone() for k, v in ev.model.state_dict().items()}
+    w2 = {k: v + 1.0 if v.is_floating_point() else v for k, v in w1.items()}
+    plain = ServerEvaluator(cfg.replace(ema_decay=0.0), tmp_path)
+    assert ev(1, w1)["eval_loss"] == plain(1, w1)["eval_loss"]
+    ev(2, w2)
+    name, p = next((n, p) for n, p in ev.model.named_parameters() if p.numel() > 1)
+    torch.testing.assert_close(p.detach(), 2 / 11 * w1[name] + 9 / 11 * w2[name], rtol=0, atol=1e-5)
+    assert plain(2, w2)["eval_loss"] != ev(2, w2)["eval_loss"]

@@ -120,7 +120,10 @@ class ServerEvaluator:
         images = sample(self.model, self.task.schedule, cfg.num_samples, self.test.shape,
                         generator=torch_generator(cfg.seed, "sample", rnd), sampler=cfg.sampler,
                         steps=cfg.sample_steps, labels=labels, device=self.device).cpu()
-        save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
+        if labels is not None:  # class-conditional: one column per class, up to 10 rows
+            save_grid(images[:k * max(1, min(10, cfg.num_samples // k))], self.out / "samples" / f"round_{rnd:03d}.png", ncol=k)
+        else:
+            save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
         ev = self.evaluator
         pred = ev.predict(images)
         hist = np.bincount(pred[pred >= 0], minlength=k) / len(images)
