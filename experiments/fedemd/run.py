@@ -1,225 +1,241 @@
-"""FedEMD experiment: rounds to 99 % of random selection's best accuracy (R@99), offline.
+"""FedEMD experiment: rounds to 99 % of random selection's best accuracy (R@99), with intervals.
 
-Reproduces the setting of Huang et al., "Maverick Matters" (PAKDD 2023), on the
-bundled digits (see base.toml): small CNN, 50 clients, 5 per round, one exclusive
-Maverick (exclusive-1) and two (exclusive-2), FedAvg, for every selector of
-experiment.toml and every seed. Each run is a real ``fedsim run`` (Flower
-simulation), its folder kept under DIR/runs/. Then the same selectors on a
-diffusion run (diffusion.toml): the first round at which the Maverick's class
-appears in the generated samples at its share of the training data.
+The protocol of Huang et al., "Maverick Matters" (PAKDD 2023), scaled to mnist5k
+(base.toml): small CNN, 50 clients, 5 per round, one exclusive Maverick
+(exclusive-1) or two (exclusive-2), FedAvg, SGD with momentum 0.9, batch 4, one
+local epoch. Every selector of experiment.toml runs on the report seeds 0..N-1
+(the seed also draws the partition and the initial weights). Each run is a real
+``fedsim run`` kept in DIR/runs/<mavericks>/<selector>/seed<k>; finished runs are
+reused, so the table can be built over several sittings. A finished run whose
+config.toml no longer matches what the matrix asks for is reported as stale and
+left alone (remove its folder to redo it). report.py turns the folders into the
+table: R@99 per seed, censored at the budget, means with 95 % t-intervals, the
+paired difference to random and a verdict.
+
+--tune runs the [tune] grid of one selector (the Shapley selector's temperature x
+decay) on the tuning seed(s), disjoint from the report seeds, on one Maverick
+setting, with random on the same seed(s) as the reference; the pick is the
+smallest R@99 (ties: the best final accuracy). Report runs then use the pick in
+DIR/tune.csv, else experiment.toml's values; r99.md says which.
 
 Writes to DIR:
-  r99.csv        selector, mavericks, seed, r99, reached, final_acc, best_acc, maverick_selections, note
-  r99.md         the table for the README (mean R@99 over seeds, improvement over random)
-  accuracy.png   test accuracy per round, mean over seeds, one panel per Maverick setting
-  selection.png  the Maverick's selection probability per round for each selector (seed 0)
-  diffusion.csv  selector, seed, share, rounds_to_share, final_share
-Runs already finished in DIR/runs are reused, so an interrupted experiment resumes.
+  r99.csv        one row per report run: mavericks, selector, seed, folder, r99, reached, target,
+                 final_acc, best_acc, wall_s (sum of the rounds' wall_s), maverick_selections, note
+  r99.md         the table (docs/fedemd/r99.md is a copy)
+  accuracy.png   test accuracy per round: each seed thin, the mean over seeds thick
+  selection.png  the Maverick's selection probability per round (first setting, seed 0)
+  tune.csv, tune.md   (--tune) one row per setting and random, and the pick
+  diffusion.csv  (--diffusion) rounds until the Maverick's class is generated at its share
 
-    python experiments/fedemd/run.py --out DIR [--seeds N] [--rounds R] [--skip-diffusion]
+    python experiments/fedemd/run.py --out DIR [--seeds N] [--rounds R] [--extra] [--diffusion] [--report]
+    python experiments/fedemd/run.py --out DIR --tune [--report]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import sys
 import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fedsim.cli.sweep import fedsim_run, is_done
 
 HERE = Path(__file__).resolve().parent
+RUNNER_KEYS = {"only-mavericks"}  # in a [selectors.*] table, read by this script, not passed to fedsim run
+
+
+def _sibling(name: str):
+    """report.py beside this file (experiments/ is not a package)."""
+    key = f"fedemd_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+report = _sibling("report")
+Run, REFERENCE = report.Run, report.REFERENCE
 
 
 def run_folder(out: Path, *parts: str) -> Path:
     return out.joinpath("runs", *parts)
 
 
-def r99(acc: np.ndarray, target: float) -> int | None:
-    """First round (1-based) with accuracy >= target, None if never."""
-    hit = np.flatnonzero(acc >= target)
-    return int(hit[0]) + 1 if hit.size else None
+def folder_name(label: str, over: dict, keys: list[str]) -> str:
+    """A tuned selector's folder carries its setting ("shapley-temperature0.01-decay0.75"),
+    so runs of different settings never share a folder."""
+    return label + "".join(f"-{k.rsplit('-', 1)[-1]}{over[k]:g}" for k in keys)
 
 
-def summarise(out: Path, spec: dict, seeds: int, rounds: int) -> pd.DataFrame:
-    rows = []
-    for mav in spec["mavericks"]:
-        for seed in range(seeds):
-            curves = {}
-            for name in spec["selectors"]:
-                folder = run_folder(out, mav, name, f"seed{seed}")
-                if is_done(folder):
-                    curves[name] = pd.read_csv(folder / "metrics.csv")
-            if "random" not in curves:
-                continue
-            target = 0.99 * curves["random"]["test_acc"].max()
-            for name in spec["selectors"]:
-                folder = run_folder(out, mav, name, f"seed{seed}")
-                if name not in curves:
-                    note = (folder / "error.txt").read_text().strip() if (folder / "error.txt").exists() else "not run"
-                    rows.append(dict(selector=name, mavericks=mav, seed=seed, note=note))
-                    continue
-                df = curves[name]
-                r = r99(df["test_acc"].to_numpy(), target)
-                sel = [c for c in df if c.endswith("_selections")]
-                rows.append(dict(selector=name, mavericks=mav, seed=seed,
-                                 r99=r if r is not None else rounds + 1, reached=r is not None,
-                                 final_acc=float(df["test_acc"].iloc[-1]), best_acc=float(df["test_acc"].max()),
-                                 maverick_selections=" ".join(str(int(df[c].iloc[-1])) for c in sel), note=""))
-    return pd.DataFrame(rows)
+def overrides(table: dict) -> dict:
+    """A selector's run-config overrides: its experiment.toml table without the runner's keys."""
+    return {k: v for k, v in table.items() if k not in RUNNER_KEYS}
 
 
-def table(df: pd.DataFrame, spec: dict, rounds: int) -> str:
-    lines = ["| Mavericks | selector | R@99 per seed | mean R@99 | fewer rounds than random | final acc | "
-             "Maverick selected (per seed) |", "|---|---|---|---|---|---|---|"]
-    for mav, g in df.groupby("mavericks", sort=False):
-        ok = g[g.note == ""]
-        base = ok[ok.selector == "random"].r99.mean()
-        for name in spec["selectors"]:
-            s = g[g.selector == name]
-            if s.empty:
-                continue
-            if (s.note != "").all():
-                lines.append(f"| {mav} | {name} | not defined: {s.note.iloc[0]} | | | | |")
-                continue
-            s = s[s.note == ""]
-            per_seed = ", ".join(str(int(r)) if ok_ else f">{rounds}" for r, ok_ in zip(s.r99, s.reached))
-            mean = s.r99.mean()
-            bound = "≥ " if not s.reached.all() else ""
-            gain = "" if name == "random" else f"{100 * (base - mean) / base:+.1f} %"
-            lines.append(f"| {mav} | {name} | {per_seed} | {bound}{mean:.1f} | {gain} | {s.final_acc.mean():.3f} | "
-                         f"{'; '.join(s.maverick_selections)} |")
-    return "\n".join(lines)
+def matrix(out: Path, selectors: dict[str, dict], seeds: list[int], rounds: int, mavericks: list[str],
+           tuned: dict[str, list[str]]) -> list[Run]:
+    """Classifier runs; ``tuned``: label -> the keys its folder name carries. A selector with
+    ``only-mavericks`` runs in those Maverick settings only."""
+    return [Run(mav, label, seed, run_folder(out, mav, folder_name(label, over, tuned.get(label, [])), f"seed{seed}"),
+                {**overrides(over), "partition": mav, "seed": seed, "rounds": rounds})
+            for mav in mavericks for seed in seeds for label, over in selectors.items()
+            if mav in over.get("only-mavericks", mavericks)]
 
 
-def save(fig, axes, path: Path, legend_size: int = 8) -> None:
-    import matplotlib.pyplot as plt
-
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=legend_size)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_accuracy(out: Path, spec: dict, seeds: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mavs = spec["mavericks"]
-    fig, axes = plt.subplots(1, len(mavs), figsize=(5 * len(mavs), 3.6), squeeze=False)
-    for ax, mav in zip(axes[0], mavs):
-        for name in spec["selectors"]:
-            runs = [pd.read_csv(run_folder(out, mav, name, f"seed{s}") / "metrics.csv")
-                    for s in range(seeds) if is_done(run_folder(out, mav, name, f"seed{s}"))]
-            if not runs:
-                continue
-            acc = np.mean([r["test_acc"].to_numpy() for r in runs], axis=0)
-            ax.plot(np.arange(1, len(acc) + 1), acc, label=f"{name} ({len(runs)} seeds)")
-        ax.set(title=f"digits, 50 clients, {mav}", xlabel="round", ylabel="test accuracy (mean over seeds)")
-    save(fig, axes[0], out / "accuracy.png")
+def read_pick(out: Path, spec: dict) -> tuple[dict, str]:
+    """The tuned selector's setting and where it comes from: DIR/tune.csv's pick, else experiment.toml."""
+    tune = spec["tune"]
+    path = out / "tune.csv"
+    if path.is_file():
+        df = pd.read_csv(path)
+        hit = df[df["picked"].astype(bool)]
+        if len(hit) == 1:
+            row = hit.iloc[0]
+            return ({k: float(row[k]) for k in tune["grid"]}, f"picked by --tune on {row['mavericks']}, "
+                    f"seed(s) {row['seeds']}, {int(row['rounds'])} rounds ({path.name})")
+    return ({k: spec["selectors"][tune["selector"]][k] for k in tune["grid"]},
+            "experiment.toml's values (not tuned: no tune.csv with a pick in the output folder)")
 
 
-def plot_selection(out: Path, spec: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mav = spec["mavericks"][0]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name in spec["selectors"]:
-        folder = run_folder(out, mav, name, "seed0")
-        if not is_done(folder):
-            continue
-        df = pd.read_csv(folder / "metrics.csv")
-        col = next((c for c in df if c.startswith("maverick_") and c.endswith("_prob")), None)
-        if col is None:
-            continue
-        line, = ax.plot(df["round"], df[col], label=f"{name}: Maverick")
-        ax.plot(df["round"], df["typical_prob"], ls="--", color=line.get_color(), alpha=0.6,
-                label=f"{name}: typical client (median)")
-    ax.set(title=f"selection probability per draw, {mav}, seed 0", xlabel="round", ylabel="$P_t$")
-    save(fig, [ax], out / "selection.png", legend_size=7)
+def report_selectors(out: Path, spec: dict, extra: bool) -> tuple[dict[str, dict], str]:
+    """label -> run-config overrides of the report runs (the tuned selector with its setting),
+    and a sentence saying where that setting comes from."""
+    chosen = {**spec["selectors"], **(spec.get("extra", {}) if extra else {})}
+    if "tune" not in spec:
+        return chosen, ""
+    label = spec["tune"]["selector"]
+    setting, source = read_pick(out, spec)
+    chosen[label] = {**chosen[label], **setting}
+    return chosen, f"{label}: " + ", ".join(f"{k} = {v:g}" for k, v in setting.items()) + f"; {source}."
 
 
-def diffusion_rows(out: Path, spec: dict, seeds: int) -> pd.DataFrame:
-    """First quality round at which gen_class_<maverick class> >= that class's share of the train split."""
-    from fedsim.config import load_config, read_toml
-    from fedsim.data.clients import dataset
+def tune_runs(out: Path, spec: dict, rounds: int) -> tuple[list[Run], dict[str, dict]]:
+    """Random and every setting of the grid on the tuning seed(s); settings: label -> values."""
+    tune = spec["tune"]
+    label, keys = tune["selector"], list(tune["grid"])
+    settings = {folder_name(label, s, keys): s
+                for s in (dict(zip(keys, v)) for v in itertools.product(*tune["grid"].values()))}
+    selectors = {REFERENCE: overrides(spec["selectors"][REFERENCE])} | {
+        name: {**overrides(spec["selectors"][label]), **s} for name, s in settings.items()}
+    return matrix(out, selectors, tune["seeds"], rounds, [tune["mavericks"]], {}), settings
 
-    base = read_toml(HERE / "diffusion.toml")
-    cfg = load_config(base)
-    labels = dataset(cfg, "train").labels
-    share = float(np.mean(labels == cfg.maverick_class))
-    col = f"gen_class_{cfg.maverick_class}"
-    rows = []
-    for name in spec["selectors"]:
-        for seed in range(seeds):
-            folder = run_folder(out, "diffusion", name, f"seed{seed}")
-            if not is_done(folder):
-                continue
-            df = pd.read_csv(folder / "metrics.csv").dropna(subset=[col])
-            hit = df[df[col] >= share]
-            rows.append(dict(selector=name, seed=seed, share=round(share, 4),
-                             rounds_to_share=int(hit["round"].iloc[0]) if len(hit) else None,
-                             final_share=float(df[col].iloc[-1]), fd=float(df["fd"].iloc[-1])))
-    return pd.DataFrame(rows)
+
+def diffusion_runs(out: Path, spec: dict) -> list[Run]:
+    """diffusion.toml per selector, experiment.toml's values (the tuning was on classifier accuracy)."""
+    return [Run("diffusion", label, seed, run_folder(out, "diffusion", label, f"seed{seed}"),
+                {**overrides(over), "seed": seed}, HERE / "diffusion.toml")
+            for seed in range(spec["diffusion-seeds"]) for label, over in spec["selectors"].items()]
+
+
+def execute(runs: list[Run], out: Path) -> None:
+    todo = [r for r in runs if not is_done(r.folder)]
+    for r in runs:
+        if is_done(r.folder) and (why := report.stale(r)):
+            print(f"kept as is, not counted: {r.folder.relative_to(out)}: {why}", flush=True)
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished, {len(todo)} to run", flush=True)
+    t0 = time.perf_counter()
+    for i, r in enumerate(todo, 1):
+        error = fedsim_run(r.config, r.overrides, r.folder)
+        if error:
+            r.folder.mkdir(parents=True, exist_ok=True)
+            (r.folder / "error.txt").write_text(error + "\n")
+        done = time.perf_counter() - t0
+        print(f"[{i}/{len(todo)}] {r.folder.relative_to(out / 'runs')}: {'failed: ' + error if error else 'done'} "
+              f"(elapsed {done / 60:.1f} min, ETA {done / i * (len(todo) - i) / 60:.1f} min)", flush=True)
+
+
+def write_report(out: Path, runs: list[Run], selectors: list[str], spec: dict, seeds: list[int], rounds: int,
+                 source: str) -> str:
+    df = report.summarise(runs, rounds)
+    df.to_csv(out / "r99.csv", index=False)
+    ok = report.finished(df)
+    header = [
+        f"- mnist5k, 50 clients, 5 per round, FedAvg; budget {rounds} rounds; report seeds "
+        f"{seeds[0]}–{seeds[-1]} (n below: the seeds finished).",
+        f"- R@99: first round at 99 % of random selection's best test accuracy on the same seed; \"> {rounds}\": "
+        f"not reached (censored, counted as {rounds + 1}: the mean is then a lower bound ≥, rounds saved an "
+        "upper bound ≤).",
+        "- Mean ± half-width of the 95 % t-interval over seeds; rounds saved = R@99(random) − R@99(selector), "
+        "paired by seed; \"not significant\" when its interval contains 0. Final accuracy: the last round's.",
+        *([f"- {source}"] if source else []),
+        f"- Wall time: {ok.wall_s.astype(float).sum() / 60:.1f} min in {len(ok)} of {len(runs)} runs (sum of the "
+        "rounds' wall_s; the Flower/Ray start-up of each run not included).",
+    ]
+    md = "\n".join(header) + "\n\n" + report.r99_table(df, selectors, spec["mavericks"], seeds, rounds)
+    (out / "r99.md").write_text(md + "\n")
+    if len(ok):
+        report.save(report.plot_accuracy(runs, spec["mavericks"]), out / "accuracy.png")
+        report.save(report.plot_selection([r for r in runs if r.mavericks == spec["mavericks"][0]
+                                           and r.seed == seeds[0]]), out / "selection.png")
+    return md
+
+
+def write_tune(out: Path, runs: list[Run], settings: dict[str, dict], spec: dict, rounds: int) -> str:
+    tune = spec["tune"]
+    where = dict(mavericks=tune["mavericks"], seeds=" ".join(map(str, tune["seeds"])), rounds=rounds)
+    summary = report.tune_summary(report.summarise(runs, rounds), settings, where)
+    summary.to_csv(out / "tune.csv", index=False)
+    md = (f"Tuning {tune['selector']} on {tune['mavericks']}, seed(s) {where['seeds']} (not report seeds), "
+          f"{rounds} rounds; R@99 against random on the same seed(s); pick: the smallest R@99, ties: the best "
+          "final accuracy.\n\n" + report.tune_table(summary, list(tune["grid"])))
+    (out / "tune.md").write_text(md + "\n")
+    return md
+
+
+def check(spec: dict, seeds: list[int], tune: bool) -> str:
+    if REFERENCE not in spec["selectors"]:
+        return f"the experiment needs a '{REFERENCE}' selector (the R@99 reference)"
+    if tune and "tune" not in spec:
+        return "--tune needs a [tune] table in the experiment file"
+    if "tune" in spec and set(spec["tune"]["seeds"]) & set(seeds):
+        return f"tuning seeds {spec['tune']['seeds']} overlap the report seeds 0..{seeds[-1]}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (runs/ inside it is reused on resume)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: experiment.toml)")
+    ap.add_argument("--seeds", type=int, default=None, help="report seeds 0..N-1 (default: experiment.toml, 5)")
     ap.add_argument("--rounds", type=int, default=None, help="round budget (default: experiment.toml)")
     ap.add_argument("--config", default=str(HERE / "experiment.toml"))
-    ap.add_argument("--skip-diffusion", action="store_true")
-    ap.add_argument("--report", action="store_true", help="only rebuild tables and plots from finished runs")
+    ap.add_argument("--extra", action="store_true", help="also the [extra] selectors (the authors' FedEMD)")
+    ap.add_argument("--tune", action="store_true", help="run the [tune] grid on the tuning seeds, not the report")
+    ap.add_argument("--diffusion", action="store_true", help="also the diffusion runs (diffusion.toml)")
+    ap.add_argument("--report", action="store_true", help="start no run: rebuild tables and plots from finished runs")
     args = ap.parse_args(argv)
     spec = tomllib.loads(Path(args.config).read_text())
-    seeds = args.seeds or spec["seeds"]
+    seeds = list(range(args.seeds or spec["seeds"]))
     rounds = args.rounds or spec["rounds"]
-    if "random" not in spec["selectors"]:
-        print("fedemd: error: experiment.toml needs a 'random' selector (the R@99 reference)", file=sys.stderr)
+    if problem := check(spec, seeds, args.tune):
+        print(f"fedemd: error: {problem}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(HERE / "base.toml", {**over, "partition": mav, "seed": seed, "rounds": rounds},
-             run_folder(out, mav, name, f"seed{seed}"))
-            for mav in spec["mavericks"] for seed in range(seeds) for name, over in spec["selectors"].items()]
-    if not args.skip_diffusion:
-        jobs += [(HERE / "diffusion.toml", {**over, "seed": seed}, run_folder(out, "diffusion", name, f"seed{seed}"))
-                 for seed in range(spec["diffusion-seeds"]) for name, over in spec["selectors"].items()
-                 if over.get("fedemd-distance") != "scipy-values"]
+    if args.tune:
+        runs, settings = tune_runs(out, spec, rounds)
+    else:
+        selectors, source = report_selectors(out, spec, args.extra)
+        tuned = {spec["tune"]["selector"]: list(spec["tune"]["grid"])} if "tune" in spec else {}
+        runs = matrix(out, selectors, seeds, rounds, spec["mavericks"], tuned)
+    extra = diffusion_runs(out, spec) if args.diffusion else []
     t0 = time.perf_counter()
-    for i, (config, over, folder) in enumerate([] if args.report else jobs, 1):
-        error = fedsim_run(config, over, folder)
-        if error:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "error.txt").write_text(error + "\n")
-        done = time.perf_counter() - t0
-        print(f"[{i}/{len(jobs)}] {folder.relative_to(out / 'runs')}: {'failed: ' + error if error else 'done'} "
-              f"(elapsed {done / 60:.1f} min, ETA {done / i * (len(jobs) - i) / 60:.1f} min)", flush=True)
-    df = summarise(out, spec, seeds, rounds)
-    df.to_csv(out / "r99.csv", index=False)
-    md = table(df, spec, rounds) if not df.empty else "(no finished runs)"
-    (out / "r99.md").write_text(md + "\n")
-    plot_accuracy(out, spec, seeds)
-    plot_selection(out, spec)
-    print(md)
-    if not args.skip_diffusion:
-        diff = diffusion_rows(out, spec, spec["diffusion-seeds"])
+    if not args.report:
+        execute(runs + extra, out)
+    if args.tune:
+        print(write_tune(out, runs, settings, spec, rounds))
+    else:
+        print(write_report(out, runs, list(selectors), spec, seeds, rounds, source))
+    if args.diffusion:
+        diff = report.diffusion_rows(extra)
         diff.to_csv(out / "diffusion.csv", index=False)
         print(diff.to_string(index=False) if not diff.empty else "(no finished diffusion runs)")
-    print(f"wrote r99.csv, r99.md, accuracy.png, selection.png to {out} "
-          f"({(time.perf_counter() - t0) / 60:.1f} min)")
+    print(f"wrote to {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 
 
