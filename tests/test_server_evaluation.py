@@ -12,8 +12,8 @@ from fedsim.evaluation.server import ServerEvaluator
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+def _cache(fedsim_cache, monkeypatch):
+    monkeypatch.setenv("FEDSIM_CACHE", str(fedsim_cache))
 
 
 class FakeDetector(torch.nn.Module):

@@ -36,8 +36,8 @@ def fedsim_run(out: Path, *extra: str, env: dict | None = None) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    return {**os.environ, "FEDSIM_CACHE": str(tmp_path_factory.mktemp("cache"))}
+def env(fedsim_cache) -> dict:
+    return {**os.environ, "FEDSIM_CACHE": str(fedsim_cache)}
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,10 @@ MIXED = Request(frozenset({3}), -1)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """One evaluator classifier for the whole module, trained into a temporary cache."""
+def _cache(fedsim_cache):
+    """The session's evaluator cache (conftest.py), never ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEDSIM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("FEDSIM_CACHE", str(fedsim_cache))
         yield
 
 
