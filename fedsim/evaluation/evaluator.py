@@ -87,7 +87,15 @@ class Evaluator:
 
     def judge(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(argmax over the K classes (N,), recognised (N,) bool)."""
+        return self._judge(*self._forward(images))
+
+    def predict_with_features(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``predict`` and ``features`` from one pass over the images."""
         feats, logits = self._forward(images)
+        pred, ok = self._judge(feats, logits)
+        return np.where(ok, pred, -1), feats.double().numpy()
+
+    def _judge(self, feats: torch.Tensor, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         prob = logits.softmax(1)  # K classes + the reject class
         conf, pred = prob[:, :-1].max(1)
         ok = (self.distance(feats) <= self.max_distance) & (conf >= self.min_confidence) & (prob.argmax(1) < prob.shape[1] - 1)

@@ -125,12 +125,12 @@ class ServerEvaluator:
         else:
             save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
         ev = self.evaluator
-        pred = ev.predict(images)
+        pred, feats = ev.predict_with_features(images)
         hist = np.bincount(pred[pred >= 0], minlength=k) / len(images)
         floor, reference = self._real_features
         row = {"recognised": float((pred >= 0).mean()), "evaluator_acc": ev.test_accuracy,
                "label_match": float((pred == labels.numpy()).mean()) if labels is not None else float("nan"),
-               **scores(ev.features(images), floor, reference, seed=cfg.seed)}
+               **scores(feats, floor, reference, seed=cfg.seed)}
         row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
         if cfg.inception_weights:
             detector = load_inception(cfg.inception_weights)
