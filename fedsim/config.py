@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -20,9 +19,10 @@ from typing import Any, Literal
 
 import tomli_w
 
+from fedsim.config_values import ConfigError, parse_counts, parse_ids, parse_override, read_toml
 
-class ConfigError(ValueError):
-    """A bad configuration; the message is one line meant for the user."""
+__all__ = ["ConfigError", "RunConfig", "load_config", "parse_counts", "parse_ids", "parse_override",
+           "read_toml", "resolve", "to_toml", "write_toml"]
 
 
 @dataclass(frozen=True)
@@ -284,30 +284,6 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def parse_ids(text: str, key: str = "ids") -> set[int] | None:
-    """"all" -> None (everything); "" -> empty set; "0 7 12" or "0,7" -> {0, 7, 12}."""
-    text = text.strip()
-    if text == "all":
-        return None
-    try:
-        return {int(tok) for tok in text.replace(",", " ").split()}
-    except ValueError:
-        raise ConfigError(f"{key} must be 'all' or whole numbers separated by spaces; got {text!r}") from None
-
-
-def parse_counts(text: str, key: str = "counts") -> list[float] | None:
-    """"" -> None; "1 50 1" or "1,50,1" -> [1.0, 50.0, 1.0] (non-negative numbers)."""
-    if not text.strip():
-        return None
-    try:
-        values = [float(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise ConfigError(f"{key} must be numbers separated by spaces; got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise ConfigError(f"{key} must be non-negative; got {text!r}")
-    return values
-
-
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
@@ -350,36 +326,6 @@ def load_config(mapping: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"unknown config key '{key}'{hint}")
         values[_FIELDS[key].name] = _coerce(key, value)
     return RunConfig(**values)
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``key=value`` with a TOML value; bare words are taken as strings."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key, value
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """A fedsim TOML file: flat keys, or a pyproject with [tool.flwr.app.config]."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}") from None
-    if "tool" not in data:
-        return data
-    try:
-        return dict(data["tool"]["flwr"]["app"]["config"])
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path} has a [tool] table but no [tool.flwr.app.config]") from None
 
 
 def resolve(path: str | Path | None, overrides: list[str]) -> RunConfig:

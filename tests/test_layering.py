@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED: dict[str, set[str]] = {
     "fedsim.compression": set(),
     "fedsim.rng": set(),
-    "fedsim.config": {"fedsim.compression"},
+    "fedsim.config_values": set(),
+    "fedsim.config": {"fedsim.compression", "fedsim.config_values"},
     "fedsim.records": {"fedsim.config", "fedsim.rng", "fedsim.compression"},
     "fedsim.data": {"fedsim.config", "fedsim.rng"},
     "fedsim.models": {"fedsim.config", "fedsim.rng", "fedsim.data"},
