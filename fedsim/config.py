@@ -187,6 +187,8 @@ class RunConfig:
     """Local optimizer, fresh each round."""
     momentum: float = 0.0
     """SGD momentum (optimizer = sgd)."""
+    grad_clip: float = 0.0
+    """Gradient-norm clip of every local training step (0: none)."""
     # evaluation
     ema_decay: float = 0.0
     """Server-side EMA of the global model, evaluated and saved as model-ema/: decay per round, warmed up as (1 + r) / (10 + r); 0 off."""
@@ -249,7 +251,7 @@ class RunConfig:
             (self.erasediff_lambda >= 0 and self.erasediff_eta >= 0, "erasediff-lambda and -eta must be >= 0"),
             (self.erasediff_inner_passes >= 1, "erasediff-inner-passes must be >= 1"),
             (0 < self.salun_mask_ratio <= 1 and self.salun_beta >= 0, "salun-mask-ratio must be in (0, 1], salun-beta >= 0"),
-            (self.unlearn_grad_clip >= 0, "unlearn-grad-clip must be >= 0"),
+            (self.unlearn_grad_clip >= 0 and self.grad_clip >= 0, "grad-clip and unlearn-grad-clip must be >= 0"),
             (not self.unlearn_method or bool(self.forget_clients.strip()) or self.forget_class >= 0,
              f"unlearn-method {self.unlearn_method} needs a request: forget-clients or forget-class"),
             (self.unlearn_method not in ("erasediff", "salun", "msgm") or self.is_diffusion,

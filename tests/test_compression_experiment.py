@@ -172,6 +172,27 @@ def test_the_table_shows_intervals_verdicts_and_bounds(exp, faked):
     assert f"{rows.wall_s.sum() / 3600:.2f} h in rounds" in head and "for the 1 runs timed" in head
 
 
+def test_blown_up_runs_are_flagged_and_counted(exp, faked):
+    rows, s = faked
+    assert not rows[rows.note == ""].diverged.any() and s.loc["dhq p0.05", "diverged"] == 0
+    d = exp.summary.diverged
+    curve = lambda loss: pd.DataFrame({"eval_loss": loss})  # noqa: E731
+    assert not d(curve([2.3, 1.0, 0.4, 0.9]))  # noisy but sane
+    assert d(curve([2.3, 0.4, 5.9e11, 5.9e11])) and d(curve([2.3, 0.4, float("nan")]))
+    assert d(curve([2.3, 231.0])) and not d(curve([2.3, 229.0]))  # the 100x line
+    line = next(x for x in exp.report.table(s.reset_index(), "classifier").splitlines() if "| dhq p0.05 |" in x)
+    assert line.endswith("| 0 of 3 |")
+
+
+def test_set_adds_a_key_to_every_run_and_the_report_says_so(exp):
+    runs = exp.plan(SPEC, args(common={"grad-clip": 1.0, "lr": 0.5}))
+    assert all(r.overrides["grad-clip"] == 1.0 for r in runs)
+    assert all(r.overrides.get("compression") != "none" or r.overrides["lr"] == 0.5 for r in runs)
+    head = exp.report.header(pd.DataFrame(columns=exp.summary.COLUMNS), [0], 100, 2, {"grad-clip": 1.0})
+    assert "Settings added to every run (run.py --set): grad-clip = 1.0." in head
+    assert exp.main(["--out", "/nonexistent-never", "--set", "lr"]) == 2  # not key=value: one line
+
+
 def test_report_only_rebuilds_from_finished_runs_of_every_sitting(exp, tmp_path, monkeypatch):
     plan = {r[:4]: r for r in exp.plan(SPEC, args(seeds=2))}
     for key in [("classifier", "iid", "fedavg", 0), ("classifier", "iid", "fedavg", 1),

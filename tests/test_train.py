@@ -67,6 +67,25 @@ def test_train_local_same_seed_same_weights(digits16):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed does shuffle the batches
 
 
+def test_train_local_grad_clip_bounds_every_step(digits16):
+    """Plain SGD at lr 1: each step moves the weights by exactly the clipped gradient, so
+    with clip c the whole move over S steps is at most S * c (unclipped it is far larger)."""
+    x, y = digits16
+
+    def move(clip: float) -> tuple[float, int]:
+        model = build_model("cnn", (1, 8, 8), 10, seed=0)
+        w0 = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        stats = train_local(model, ClassifierTask(), x, y, epochs=2, batch_size=8, lr=1.0, optimizer="sgd",
+                            grad_clip=clip, generator=torch.Generator().manual_seed(0))
+        w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return float((w1 - w0).norm()), stats.steps
+
+    clipped, steps = move(1e-3)
+    free, _ = move(0.0)
+    assert steps == 4 and 0 < clipped <= steps * 1e-3 * 1.001
+    assert free > 100 * clipped
+
+
 def test_train_local_diffusion_same_seed_same_weights(digits16):
     x, y = digits16[0][:4], digits16[1][:4]
     task = make_task("ddpm-small", 100)

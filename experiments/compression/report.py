@@ -19,7 +19,7 @@ def _iv(x, digits: int = 3, signed: bool = False) -> str:
     return x.fmt(digits, signed=signed) if isinstance(x, Interval) else "–"
 
 
-def header(rows: pd.DataFrame, seeds: list[int], tuning_seed: int, window: int) -> str:
+def header(rows: pd.DataFrame, seeds: list[int], tuning_seed: int, window: int, extra: dict | None = None) -> str:
     """Who the numbers are about: seeds, intervals, target, censoring, wall time, missing runs."""
     done = rows[rows.note == ""]
     elapsed = done.elapsed_s.dropna()
@@ -34,12 +34,18 @@ def header(rows: pd.DataFrame, seeds: list[int], tuning_seed: int, window: int) 
         "Target: 99 % of FedAvg's final accuracy on the same seed (101 % of its eval loss), met by the 3-round "
         "moving average. \"> R\": not met within the R-round budget (censored); a mean over censored runs is a "
         "lower bound (≥), counting them as R + 1 rounds and their total uplink.",
+        "Diverged: runs whose eval loss became non-finite or rose above 100x its round-1 value (training blew "
+        "up and the model fell to chance); a cell with diverged runs, or whose FedAvg diverged, compares "
+        "blow-ups, not codecs.",
         f"Wall time: {len(done)} finished runs, {done.wall_s.sum() / 3600:.2f} h in rounds (sum of metrics.csv "
         "wall_s)" + (f"; {elapsed.sum() / 3600:.2f} h with start-up for the {len(elapsed)} runs timed by run.py"
                      if len(elapsed) else "") + f". Missing: {missing} of {len(rows)} planned runs"
         + (f" ({len(failed)} failed: " + "; ".join(f"{r.method} {r.partition} seed {r.seed}: {r.note}"
                                                    for r in failed.itertuples()) + ")" if len(failed) else "") + ".",
     ]
+    if extra:
+        lines.append("Settings added to every run (run.py --set): "
+                     + ", ".join(f"{k} = {v}" for k, v in extra.items()) + ".")
     return "\n\n".join(lines)
 
 
@@ -48,13 +54,13 @@ def table(summary: pd.DataFrame, model: str) -> str:
     acc = model == "classifier"
     q, d = ("final accuracy, %", "vs FedAvg, pt (paired)") if acc else ("final eval loss", "vs FedAvg (paired)")
     lines = [f"| partition | method | p | L / s | K_t | {q} | {d} | uplink MB | uplink reduction, x | "
-             "rounds to target, per seed | mean rounds to target | uplink MB to target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "rounds to target, per seed | mean rounds to target | uplink MB to target | diverged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary[summary.model == model].itertuples():
         kt = f"{int(r.k_start)}" if r.sampling == "constant" else f"{int(r.k_start)}→{int(r.k_min)}"
         if r.n == 0:
             lines.append(f"| {r.partition} | {r.method} | {_num(r.keep_ratio)} | {_num(r.levels, '.0f')} | {kt} | "
-                         f"{'failed: ' + r.failed if r.failed else 'not run'} | | | | | | |")
+                         f"{'failed: ' + r.failed if r.failed else 'not run'} | | | | | | | |")
             continue
         vs = "reference" if r.method == "fedavg" else "no FedAvg on these seeds" if r.vs_fedavg.n == 0 else \
             f"{_iv(r.vs_fedavg, 2, signed=True)}, {r.verdict}"
@@ -67,12 +73,14 @@ def table(summary: pd.DataFrame, model: str) -> str:
             mb = _iv(r.mb_to_target) if isinstance(r.mb_to_target, Interval) else \
                 f"≥ {r.mb_mean:.3g} ({r.censored} of {r.n} > budget)"
         lines.append(f"| {r.partition} | {r.method} | {_num(r.keep_ratio)} | {_num(r.levels, '.0f')} | {kt} | "
-                     f"{_iv(r.final)} | {vs} | {_iv(r.uplink_mb)} | {_iv(r.reduction)} | {rounds} | {mean} | {mb} |")
+                     f"{_iv(r.final)} | {vs} | {_iv(r.uplink_mb)} | {_iv(r.reduction)} | {rounds} | {mean} | {mb} | "
+                     f"{r.diverged} of {r.n} |")
     return "\n".join(lines)
 
 
-def markdown(rows: pd.DataFrame, summary: pd.DataFrame, seeds: list[int], tuning_seed: int, window: int) -> str:
-    parts = [header(rows, seeds, tuning_seed, window)]
+def markdown(rows: pd.DataFrame, summary: pd.DataFrame, seeds: list[int], tuning_seed: int, window: int,
+             extra: dict | None = None) -> str:
+    parts = [header(rows, seeds, tuning_seed, window, extra)]
     for model in dict.fromkeys(summary.model):
         parts.append(f"**{model}**\n\n{table(summary, model)}")
     return "\n\n".join(parts) + "\n"

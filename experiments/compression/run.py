@@ -16,6 +16,10 @@ report covers); ``--report`` only rebuilds the outputs from the finished runs.
 
     python experiments/compression/run.py --out DIR [--seeds N] [--rounds R] [--models classifier,diffusion]
         [--partitions iid] [--methods "fedavg,dhq-ds p0.01"] [--sweep] [--extra] [--report]
+        [--set KEY=VALUE ...]
+
+``--set`` adds a config key to every run (e.g. ``--set grad-clip=1.0``); use a fresh --out
+for it, since finished runs are reused by folder name.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tomllib
 from pathlib import Path
 
 from fedsim.cli.sweep import fedsim_run, is_done
+from fedsim.config_values import ConfigError, parse_override
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # summary.py and report.py sit beside this script
@@ -78,7 +83,7 @@ def plan(spec: dict, args) -> list[Run]:
                 # dynamic = true: the [dynamic] schedule; a table: that schedule with these changes
                 schedule = {**spec["dynamic"], **dynamic} if isinstance(dynamic, dict) else \
                     (spec["dynamic"] if dynamic else {})
-                overrides = {**method, "partition": partition, **schedule}
+                overrides = {**getattr(args, "common", {}), **method, "partition": partition, **schedule}
                 if args.rounds:
                     overrides["rounds"] = args.rounds
                 runs += [Run(model, partition, name, seed, {**overrides, "seed": seed}) for seed in seeds]
@@ -129,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also the keep-ratio / level / STC-DS sweeps")
     ap.add_argument("--extra", action="store_true", help="also the supplementary methods (extra = true)")
     ap.add_argument("--report", action="store_true", help="only summarise the runs already finished in --out")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config key for every run (repeatable)")
     args = ap.parse_args(argv)
+    try:
+        args.common = dict(parse_override(item) for item in args.set)
+    except ConfigError as err:
+        print(f"error: --set: {err}", file=sys.stderr)
+        return 2
     config = Path(args.config)
     if not config.is_file():
         print(f"error: config not found: {config}", file=sys.stderr)
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     agg = summary.aggregate(rows)
     rows.to_csv(out / "results.csv", index=False)
     summary.flat(agg).to_csv(out / "summary.csv", index=False)
-    md = report.markdown(rows, agg, seeds_of(spec, args.seeds), spec["tuning-seed"], window)
+    md = report.markdown(rows, agg, seeds_of(spec, args.seeds), spec["tuning-seed"], window, args.common)
     (out / "results.md").write_text(md)
     report.plot(out / "quality_vs_bytes.png", rows, agg)
     print(md)

@@ -8,6 +8,9 @@ Per run (results.csv; one row per model, partition, method and seed):
   partition and seed; rounds_to_target: the first round whose 3-round moving average
   meets it, bytes_to_target: the cumulative uplink bytes by then. A run that never meets
   it is censored (reached = False; both empty): its true value lies beyond the budget;
+- diverged: the eval loss became non-finite or rose above 100x its round-1 value in some
+  round (training blew up; the model is then at chance and the run's numbers say nothing
+  about its codec);
 - wall_s: sum of metrics.csv's wall_s (the rounds); elapsed_s: the whole ``fedsim run``
   with its start-up, as run.py timed it (empty for runs it did not time).
 
@@ -74,6 +77,12 @@ def first_hit(q: pd.Series, target: float, higher: bool) -> int | None:
     return int(hit[0]) if hit.size else None
 
 
+def diverged(df: pd.DataFrame) -> bool:
+    """Eval loss non-finite, or above 100x its round-1 value, in some round."""
+    loss = df["eval_loss"].to_numpy(dtype=float)
+    return bool(len(loss)) and bool((~np.isfinite(loss)).any() or (loss > 100 * abs(loss[0])).any())
+
+
 def _read(folder: Path) -> pd.DataFrame | None:
     return pd.read_csv(folder / "metrics.csv") if is_done(folder) else None
 
@@ -101,7 +110,7 @@ def per_run(out: Path, runs: list[Run], window: int, k_default: dict[str, int]) 
                    uplink_bytes=int(df["bytes_up_total"].iloc[-1]), downlink_bytes=int(df["bytes_down_total"].iloc[-1]),
                    uploads=int(df["clients_sampled"].sum()), rounds=len(df),
                    encode_s=float(df["encode_s"].mean()) if "encode_s" in df else 0.0,
-                   wall_s=float(df["wall_s"].sum()), elapsed_s=_elapsed(folder), note="")
+                   wall_s=float(df["wall_s"].sum()), elapsed_s=_elapsed(folder), diverged=diverged(df), note="")
         ref = df if run.method == "fedavg" else _read(folder_of(out, run, "fedavg"))  # same seed
         if ref is not None:
             ref_final = float(quality(ref, run.model)[1].tail(window).mean())
@@ -119,7 +128,7 @@ def per_run(out: Path, runs: list[Run], window: int, k_default: dict[str, int]) 
 COLUMNS = ["method", "codec", "model", "partition", "seed", "keep_ratio", "levels", "sampling", "k_start", "k_min",
            "quality_metric", "final_quality", "uplink_bytes", "downlink_bytes", "uplink_reduction", "uploads",
            "rounds", "target", "reached", "rounds_to_target", "bytes_to_target", "encode_s", "wall_s", "elapsed_s",
-           "note"]
+           "diverged", "note"]
 
 
 def scale(model: str) -> float:
@@ -162,6 +171,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
         agg["mb_mean"], agg["mb_bound"] = censored_mean(reached, t.bytes_to_target / 1e6, t.uplink_bytes / 1e6)
         agg["mb_to_target"] = t_interval(list(t.bytes_to_target / 1e6)) if reached.all() else None
         agg["censored"] = int((~reached).sum())
+        agg["diverged"] = int(d.diverged.astype(bool).sum())
         agg["wall_s"] = float(d.wall_s.sum())
         out.append(agg)
     return pd.DataFrame(out)

@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
                             batch_size=batch_size, lr=lr, optimizer=cfg.optimizer,
-                            momentum=cfg.momentum, generator=gen)
+                            momentum=cfg.momentum, grad_clip=cfg.grad_clip, generator=gen)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss})

@@ -60,9 +60,10 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
 
 def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
-                momentum: float = 0.0, generator: torch.Generator) -> TrainStats:
+                momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator) -> TrainStats:
     """``epochs`` passes over (images (N, C, H, W), labels (N,)), shuffled by
-    ``generator``; a fresh optimizer each call (clients keep no optimizer state)."""
+    ``generator``; a fresh optimizer each call (clients keep no optimizer state);
+    ``grad_clip`` > 0 clips each step's gradient norm."""
     model.train()
     opt = make_optimizer(model, optimizer, lr, momentum)
     device = next(model.parameters()).device
@@ -76,6 +77,8 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
             loss = task.loss(model, x, y, generator=generator).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             total += float(loss.detach())
             steps += 1
