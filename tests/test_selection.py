@@ -1,14 +1,16 @@
 """Tests for strategies/selection/emd.py, strategies/selection/selectors.py and strategies/selection/shapley.py.
 
 Numbers are the worked check of shared/papers/fedemd.md (C = 10 classes, uniform
-global distribution) and small games whose Shapley values are known by hand.
+global distribution) and small games whose Shapley values are known by hand; each
+selector's seeded draws pass a chi-square test against the law its P_t implies.
 """
 
+import itertools
 import math
 
 import numpy as np
 import pytest
-from scipy.stats import wasserstein_distance
+from scipy.stats import chisquare, wasserstein_distance
 
 from fedsim.data.partition import label_histograms, maverick_ids, partition
 from fedsim.rng import derive
@@ -201,3 +203,66 @@ def test_shapley_floor_keeps_a_client_valued_low_once_in_play():
     # without the floor client 0 has P ~ e^-10.5 / 9 per pick and is starved for good; with it
     # P >= 0.01 per pick, ~3 % per round of 3 picks: about 12 of 400 rounds
     assert draws[0.0] == 0 and draws[0.1] >= 5
+
+
+# --- draws follow P_t ---------------------------------------------------------------------
+
+
+def subset_law(p: np.ndarray, k: int) -> dict[tuple[int, ...], float]:
+    """Probability of each k-subset under successive sampling without replacement (draw
+    i with p_i, remove it, renormalise, repeat: the law of numpy's choice(replace=False, p)
+    and of the spec's weighted sampling), by enumerating the ordered draws."""
+    law: dict[tuple[int, ...], float] = {}
+    for order in itertools.permutations(range(len(p)), k):
+        prob, left = 1.0, 1.0
+        for i in order:
+            prob, left = prob * p[i] / left, left - p[i]
+        key = tuple(sorted(order))
+        law[key] = law.get(key, 0.0) + prob
+    return law
+
+
+def _fedemd_after_three_rounds():
+    """FedEMD at round 4: P_4 far from uniform and from P_3 (large alpha, beta), EMD_c term active."""
+    clients = clients_from([ONLY_1 / 5, MISSING_1, np.full(10, 30), EXCLUSIVE_1 / 10, np.eye(10)[3] * 90])
+    sel = FedEMDSelector(clients, alpha=1.0, beta=0.4)
+    for t in (1, 2, 3):
+        sel.select(t, clients, 2, derive(1, "select", t))
+    return sel, clients, 4
+
+
+def _shapley_after_one_round():
+    clients = clients_from([np.full(10, 30)] * 5)
+    sel = ShapleySelector(decay=0.5, temperature=0.02, explore=0.1)
+    worth = [0.04, 0.0, -0.02, 0.02, 0.01]
+    sel.observe(1, RoundContributions(clients, lambda s: sum(worth[i] for i in s)))
+    return sel, clients, 2
+
+
+def _random():
+    return RandomSelector(), clients_from([np.full(10, 30)] * 5), 1
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("make", [_random, _fedemd_after_three_rounds, _shapley_after_one_round])
+def test_draws_follow_the_logged_probabilities(make, k):
+    """3000 seeded draws of k clients at a fixed round (bookkeeping after a draw switched off,
+    so P_t stays put), against the law P_t implies (per client for k = 1, per k-subset for k = 2):
+    Pearson chi-square p-value above 1e-3. A select that ignores P_t (uniform, top-k) on
+    these P_t would score chi-square >= 200 (p < 1e-40)."""
+    sel, clients, rnd = make()
+    p = sel.probabilities(rnd, clients)
+    law = subset_law(p, k)
+    sel.selected = lambda *args: None  # FedEMD's p_cur would move after each draw
+    rng = np.random.default_rng(11)
+    counts = dict.fromkeys(law, 0)
+    for _ in range(3000):
+        chosen = sel.select(rnd, clients, k, rng)
+        counts[tuple(c.partition_id for c in chosen)] += 1
+    expected = np.array([law[s] for s in counts]) * 3000
+    assert expected.min() >= 5  # chi-square approximation holds
+    test = chisquare(list(counts.values()), expected)
+    assert test.pvalue > 1e-3, (counts, expected)
+    if make is not _random:  # power: uniform subsets would be far off this law
+        uniform = np.full(len(law), 3000 / len(law))
+        assert np.sum((uniform - expected) ** 2 / expected) > 200
