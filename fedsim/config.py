@@ -126,23 +126,23 @@ class RunConfig:
     msgm_loss: Literal["orthogonal", "obtuse", "erase"] = "orthogonal"
     """MSGM: the undesirable-score loss L_u."""
     msgm_weight: float = 0.01
-    """MSGM: w in L = (1 - w) L_g + w L_u."""
+    """MSGM: w in L = (1 - w) L_g + w L_u; 0.01 with msgm-every = 4 is the paper's schedule."""
     msgm_every: int = 4
-    """MSGM: L_u on every N-th step only (official code)."""
+    """MSGM: L_u on every N-th step only (official code: 4; 1: every step)."""
     msgm_orth_form: Literal["elementwise", "dot"] = "elementwise"
     """MSGM orthogonal: squared elementwise products, or the squared dot product."""
     msgm_obtuse_form: Literal["definition", "official-code", "hinge"] = "definition"
     """MSGM obtuse: <pred, eps> as defined, the official code's sign, or relu(cos + margin)."""
-    msgm_margin: float = 0.0
-    """MSGM obtuse hinge: the margin in relu(cos + margin)."""
+    msgm_margin: float = 0.2
+    """MSGM obtuse hinge: relu(cos + margin) is zero once cos <= -margin, so > 0 makes it obtuse (0 stops at orthogonal)."""
     erasediff_lambda: float = 0.1
     """EraseDiff: weight lambda of the forget objective (rule = fixed)."""
     erasediff_rule: Literal["fixed", "cosine", "bome"] = "fixed"
     """EraseDiff: lambda fixed, or adaptive (cosine: the official code's rule, bome: the original BOME rule)."""
     erasediff_eta: float = 0.1
-    """EraseDiff: eta of the bome rule."""
+    """EraseDiff: eta of the cosine and bome rules."""
     erasediff_inner_passes: int = 2
-    """EraseDiff: K passes over the forget data to estimate min f."""
+    """EraseDiff: K passes of Adam on the forget objective before each epoch; theta is restored, Adam's state kept (official code); 0: none."""
     erasediff_target: Literal["uniform", "random-label"] = "uniform"
     """EraseDiff: the forget target, uniform noise or a random label (class-conditional models)."""
     salun_mask_ratio: float = 0.5
@@ -247,9 +247,10 @@ class RunConfig:
             (0 < self.federaser_ratio <= 1, "federaser-ratio must be in (0, 1]"),
             (self.ga_radius > 0, "ga-radius must be > 0"),
             (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),
-            (0 <= self.msgm_weight <= 1 and self.msgm_every >= 1, "msgm-weight must be in [0, 1] and msgm-every >= 1"),
+            (0 <= self.msgm_weight <= 1 and self.msgm_every >= 1 and self.msgm_margin >= 0,
+             "msgm-weight must be in [0, 1], msgm-every >= 1, msgm-margin >= 0"),
             (self.erasediff_lambda >= 0 and self.erasediff_eta >= 0, "erasediff-lambda and -eta must be >= 0"),
-            (self.erasediff_inner_passes >= 1, "erasediff-inner-passes must be >= 1"),
+            (self.erasediff_inner_passes >= 0, "erasediff-inner-passes must be >= 0"),
             (0 < self.salun_mask_ratio <= 1 and self.salun_beta >= 0, "salun-mask-ratio must be in (0, 1], salun-beta >= 0"),
             (self.unlearn_grad_clip >= 0 and self.grad_clip >= 0, "grad-clip and unlearn-grad-clip must be >= 0"),
             (not self.unlearn_method or bool(self.forget_clients.strip()) or self.forget_class >= 0,

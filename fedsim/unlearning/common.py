@@ -39,11 +39,11 @@ class UnlearnParams:
     msgm_every: int = 4  # L_u only on every N-th optimiser step (official code); 1: every step
     msgm_orth_form: str = "elementwise"  # elementwise (official code) | dot
     msgm_obtuse_form: str = "definition"  # definition | official-code | hinge
-    msgm_margin: float = 0.0  # hinge: relu(cos + margin)
+    msgm_margin: float = 0.2  # hinge: relu(cos + margin), zero once cos <= -margin (0 stops at orthogonal)
     erasediff_lambda: float = 0.1
     erasediff_rule: str = "fixed"  # fixed | cosine | bome
     erasediff_eta: float = 0.1
-    erasediff_inner_passes: int = 2  # K full passes of Adam on f over D_f to estimate f*
+    erasediff_inner_passes: int = 2  # K passes of the shared Adam on f over D_f (f*, Adam state); 0: none
     erasediff_target: str = "uniform"  # uniform | random-label (conditional models only)
     salun_mask_ratio: float = 0.5  # share of weights kept trainable
     salun_beta: float = 1e-3  # weight of the retain MSE
@@ -56,12 +56,12 @@ class UnlearnParams:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not 0.0 <= self.msgm_weight <= 1.0:
             raise ValueError(f"msgm_weight must be in [0, 1], got {self.msgm_weight}")
-        if self.msgm_every < 1 or self.erasediff_inner_passes < 1:
-            raise ValueError("msgm_every and erasediff_inner_passes must be >= 1")
+        if self.msgm_every < 1 or self.erasediff_inner_passes < 0:
+            raise ValueError("msgm_every must be >= 1 and erasediff_inner_passes >= 0")
         if not 0.0 < self.salun_mask_ratio <= 1.0:
             raise ValueError(f"salun_mask_ratio must be in (0, 1], got {self.salun_mask_ratio}")
-        if self.salun_beta < 0 or self.grad_clip < 0:
-            raise ValueError("salun_beta and grad_clip must be >= 0")
+        if self.salun_beta < 0 or self.grad_clip < 0 or self.msgm_margin < 0:
+            raise ValueError("salun_beta, grad_clip and msgm_margin must be >= 0")
 
 
 # --- helpers ---

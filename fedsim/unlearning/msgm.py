@@ -4,6 +4,11 @@ make it orthogonal or obtuse to the true score on undesirable data (or erase it)
 DDPM/score dictionary: s_theta(x_t) = -eps_theta(x_t) / sigma_t and the true
 conditional score is -z / sigma_t with z = eps, so sigma_t s = -pred and
 cos(s_theta, -z / sigma_t) = cos(pred, eps).
+
+Schedule: the defaults (w = 0.01 on every 4th step) are the paper's; the unlearning
+experiment also runs a tuned one (w = 0.3 on every step) under its own label. The
+obtuse hinge's margin defaults to 0.2: relu(cos) (margin 0) has no pull once the cosine
+reaches 0, i.e. it asks for orthogonality, not for the obtuse angle it is named after.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ def msgm_undesirable_loss(pred: torch.Tensor, eps: torch.Tensor, params: Unlearn
       obtuse/definition: + <pred, eps> / D, i.e. -<s, z>: drives cos(s, -z / sigma) below 0;
       obtuse/official-code: - <pred, eps> / D = <s, sigma z> / D, the sign of the authors' code, which pulls s
         toward the TRUE score (sign caveat: minimising +<s, z> makes s ~ -z); an option only;
-      obtuse/hinge: relu(cos(pred, eps) + margin), bounded;
+      obtuse/hinge: relu(cos(pred, eps) + margin), bounded, zero once cos <= -margin
+        (margin > 0 makes it obtuse; margin 0 stops at orthogonal);
       erase: ||sigma s + u||^2 / D = ||u - pred||^2 / D with u ~ U(0, 1) from ``generator``.
     Returns the mean over the batch."""
     if params.msgm_loss == "erase":
