@@ -252,7 +252,7 @@ def test_msgm_empty_sets_and_every(digits01):
     kw = dict(batch_size=8, lr=1e-3, params=UnlearnParams(msgm_loss="erase"))
     only_f = msgm_train(_model(), SCHED, empty, f, epochs=2, generator=_gen(0), **kw)
     only_r = msgm_train(_model(), SCHED, r, empty, epochs=1, generator=_gen(0), **kw)
-    assert (only_f.steps, only_f.num_examples) == (6, 20)  # 2 passes over D_f in batches of 8
+    assert (only_f.steps, only_f.num_examples) == (6, 0)  # 2 passes over D_f in batches of 8; weight: kept data
     assert (only_r.steps, only_r.num_examples) == (3, 20)
     # 3 steps: msgm_every = 4 never applies L_u (same weights as msgm_every = 100), 3 does on step 3
     def run(every):
@@ -289,7 +289,7 @@ def test_erasediff_uniform_target_forgets_and_keeps_utility(digits01, pretrained
     # lambda = 1 (default 0.1) so that 2 epochs of 4 outer steps show the effect
     stats = erasediff_train(model, SCHED, r, f, epochs=2, batch_size=16, lr=2e-3, num_classes=10,
                             params=UnlearnParams(erasediff_lambda=1.0), generator=_gen(2))
-    assert stats.steps == 8 and stats.num_examples == 128
+    assert stats.steps == 8 and stats.num_examples == 64  # the kept data
     f1, r1 = _uniform_forget_loss(model, f), _retain_loss(model, r)
     assert f1 < 0.8 * f0
     assert r1 < 1.5 * r0
