@@ -160,3 +160,23 @@ def test_a_client_that_keeps_nothing_sends_a_forget_only_update_of_one_equal_sha
     for k in mask:
         want = sum(kept[p] / sum(kept.values()) * deltas[p][k] for p in kept) + deltas[1][k] / 4
         np.testing.assert_allclose(new[k] - sent[k], np.where(mask[k], want, 0.0), rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_ascent_replies_are_forget_only_and_averaged_with_equal_weights():
+    """Gradient ascent trains on forget data alone: every holder reports num-examples 0, whatever
+    it keeps, and the new global model is the plain mean of the ascended models."""
+    cfg = BASE.replace(model="cnn", conditional=False, forget_class=3, unlearn_method="gradient-ascent")
+    replies, _, history = _run(cfg, 1)
+    ws = workspace(cfg)
+    assert sorted(replies[1]) == [p for p in range(4) if len(ws.forget[p])]
+    models = [to_numpy_dict(r.content["arrays"]) for r in replies[1].values()]
+    forget_counts = set()
+    for pid, r in replies[1].items():
+        assert r.content["metrics"]["num-examples"] == 0 and len(ws.parts[pid]) > 0
+        assert r.content["metrics"]["num-forget"] == len(ws.forget[pid])
+        forget_counts.add(len(ws.forget[pid]))
+    assert len(forget_counts) > 1  # equal weights differ from weights by forget counts
+    for k, v in history[1].items():
+        if np.issubdtype(v.dtype, np.floating):
+            np.testing.assert_allclose(v, np.mean([m[k].astype(np.float64) for m in models], axis=0),
+                                       rtol=1e-5, atol=1e-6)

@@ -134,16 +134,16 @@ class FixedOrder:
 
 
 def test_combined_mask_is_the_top_share_by_votes_by_hand():
-    """Three holders' masks over 8 weights; keep 4. Votes a = [[3, 0, 2], [1, 2, 0]], b = [1, 0]:
-    the 3 and both 2s, then one of the two 1s (a[1, 0] at place 3, b[0] at place 6), by the order."""
+    """Three holders' masks over 8 weights; keep 4. Votes a = [[1, 1, 0], [3, 2, 2]], b = [0, 1]:
+    the 3 and both 2s, then one of the three 1s (a[0, 0], a[0, 1], b[1]), the first in the order."""
     t, f = True, False
-    masks = [{"a": np.array([[t, f, t], [t, t, f]]), "b": np.array([f, f])},
-             {"a": np.array([[t, f, f], [f, t, f]]), "b": np.array([t, f])},
-             {"a": np.array([[t, f, t], [f, f, f]]), "b": np.array([f, f])}]
-    got = combine_masks(masks, 0.5, FixedOrder([0, 1, 2, 3, 4, 5, 6, 7]))
-    assert got["a"].tolist() == [[t, f, t], [t, t, f]] and got["b"].tolist() == [f, f]
-    got = combine_masks(masks, 0.5, FixedOrder([0, 1, 2, 7, 4, 5, 6, 3]))  # now b[0] comes first
-    assert got["a"].tolist() == [[t, f, t], [f, t, f]] and got["b"].tolist() == [t, f]
+    masks = [{"a": np.array([[t, f, f], [t, t, t]]), "b": np.array([f, f])},
+             {"a": np.array([[f, t, f], [t, t, f]]), "b": np.array([f, f])},
+             {"a": np.array([[f, f, f], [t, f, t]]), "b": np.array([f, t])}]
+    got = combine_masks(masks, 0.5, FixedOrder([0, 1, 2, 3, 4, 5, 6, 7]))  # a[0, 0] first
+    assert got["a"].tolist() == [[t, f, f], [t, t, t]] and got["b"].tolist() == [f, f]
+    got = combine_masks(masks, 0.5, FixedOrder([1, 2, 3, 4, 5, 6, 7, 0]))  # b[1] first
+    assert got["a"].tolist() == [[f, f, f], [t, t, t]] and got["b"].tolist() == [f, t]
     one = top_share({"a": np.arange(6.0).reshape(2, 3), "b": np.array([9.0, -7.0])}, 0.5)
     for seed in (0, 1):  # a single holder: its own mask, whatever the tie order
         assert all(np.array_equal(combine_masks([one], 0.5, np.random.default_rng(seed))[k], one[k]) for k in one)
