@@ -81,6 +81,8 @@ def _recorded(cfg: AttackRunConfig, run: Path, client: int, server_round: int) -
                           + (", ".join(have[:8]) + (" ..." if len(have) > 8 else "") if have else
                              "none (run with record-clients / record-rounds)"))
     obs = load(path)
+    if obs.payload == "mask":
+        raise ConfigError(f"{path} is SalUn's saliency mask (bits, no update): nothing to reconstruct from")
     train = dataset(rc, "train")
     part = client_partition(rc, train.labels)[client]
     model = fresh_model(rc, train)

@@ -110,7 +110,7 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
                               calibration=cfg.federaser_calibration)
     elif cfg.unlearn_method in FINE_TUNING:
         strategy = Unlearning(strategy, unlearning_plan(cfg), mask_ratio=cfg.salun_mask_ratio, lr=cfg.unlearn_lr,
-                              log_book=log)
+                              weighting=cfg.weighting, seed=cfg.seed, log_book=log)
     settings = codec_settings(cfg.to_flwr())
     if cfg.compression != "none":
         strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)

@@ -12,6 +12,10 @@ Extends Flower's ``FedAvg`` through its hooks only:
   accumulation over zero-copy views: Flower's own ``aggregate_arrayrecords``
   decodes every array through ``np.load``, 1.8 s per 100 replies of ddpm-small)
   and aggregates metrics with Flower's ``train_metrics_aggr_fn``.
+  Replies whose weights sum to 0 (under sample weighting, clients that kept no
+  data: the forget-only updates of an unlearning round, which
+  strategies/unlearning/protocol.py adds itself) leave the weights unchanged and
+  their metrics are plain means.
   In FedSGD mode replies carry gradients: w <- w - server_lr * weighted mean.
   A selector that values contributions (Shapley) then gets U(coalition): the
   ``utility`` score of the model aggregated from that coalition's replies only.
@@ -186,7 +190,7 @@ class FedAvg(FlowerFedAvg):
         self.aggregated_replies = valid
         contents = [m.content for m in valid]
         arrays = self._combine(contents)
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        metrics = self._metrics(contents)
         if "train-loss" in metrics:
             self.log_book.record(server_round, train_loss=float(metrics["train-loss"]))
         if self.selector.needs_contributions:
@@ -194,17 +198,27 @@ class FedAvg(FlowerFedAvg):
         return arrays, metrics
 
     def _combine(self, contents: list[RecordDict]) -> ArrayRecord:
-        """The new global weights from these replies (none: the global weights unchanged)."""
+        """The new global weights from these replies (none, or all of weight 0: the global weights unchanged)."""
         if not contents:
             return self._global
         weights = ([float(c["metrics"][self.weighted_by_key]) for c in contents]
                    if self.weighting == "samples" else [1.0] * len(contents))
+        if sum(weights) <= 0:
+            return self._global
         arrays = weighted_mean([c["arrays"] for c in contents], weights, self._global)
         if self.mode == "fedsgd":  # replies carry gradients: one server step
             arrays = ArrayRecord({k: numpy_array(array_view(self._global[k])
                                                  - self.server_lr * array_view(arrays[k]))
                                   for k in self._global.keys()}, keep_input=True)
         return arrays
+
+    def _metrics(self, contents: list[RecordDict]) -> MetricRecord:
+        """Flower's weighted means; plain means if the weights sum to 0 (forget-only replies)."""
+        if sum(float(c["metrics"][self.weighted_by_key]) for c in contents) > 0:
+            return self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        keys = [k for k in contents[0]["metrics"].keys() if k != self.weighted_by_key]
+        means = {k: np.mean([c["metrics"][k] for c in contents], axis=0) for k in keys}
+        return MetricRecord({k: v.tolist() if v.ndim else float(v) for k, v in means.items()})
 
     def _value_contributions(self, server_round: int, valid: list[Message], contents: list[RecordDict]) -> None:
         infos = [self.clients.get(m.metadata.src_node_id) for m in valid]

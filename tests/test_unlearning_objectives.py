@@ -265,7 +265,7 @@ def test_msgm_empty_sets_and_every(digits01):
     kw = dict(batch_size=8, lr=1e-3, params=UnlearnParams(msgm_loss="erase"))
     only_f = msgm_train(_model(), SCHED, empty, f, epochs=2, generator=_gen(0), **kw)
     only_r = msgm_train(_model(), SCHED, r, empty, epochs=1, generator=_gen(0), **kw)
-    assert (only_f.steps, only_f.num_examples) == (6, 20)  # 2 passes over D_f in batches of 8
+    assert (only_f.steps, only_f.num_examples) == (6, 0)  # 2 passes over D_f in batches of 8; weight: kept data
     assert (only_r.steps, only_r.num_examples) == (3, 20)
     # 3 steps: msgm_every = 4 never applies L_u (same weights as msgm_every = 100), 3 does on step 3
     def run(every):

@@ -12,7 +12,8 @@ from fedsim.config import ConfigError, RunConfig
 from fedsim.records.ledger import LedgerWriter, load_ledger
 from fedsim.records.round_log import RoundLog
 from fedsim.records.wire import to_numpy_dict
-from fedsim.unlearning.mask import pack_mask, top_share, unpack_mask
+from fedsim.rng import derive
+from fedsim.unlearning.mask import combine_masks, pack_each, pack_mask, top_share, unpack_each, unpack_mask
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
 from strategies.selection.selectors import RandomSelector
@@ -106,29 +107,72 @@ def test_top_share_keeps_the_largest_magnitudes_and_the_mask_packs_losslessly():
         assert sum(v.sum() for v in m.values()) == round(ratio * 236)
         back = unpack_mask(pack_mask(m, ["x", "y"]), {"x": (33, 7), "y": (5,)})
         assert all(np.array_equal(back[k], m[k]) for k in m)
+        each = pack_each(m)  # a holder's upload: ceil(n / 8) bytes per parameter
+        assert [(v.dtype, v.size) for v in each.values()] == [(np.uint8, 29), (np.uint8, 1)]
+        assert all(np.array_equal(unpack_each(each, {"x": (33, 7), "y": (5,)})[k], m[k]) for k in m)
+    with pytest.raises(ValueError, match="packed bytes"):
+        unpack_each({"x": np.zeros(29, np.float32)}, {"x": (33, 7)})
 
 
-def test_salun_rounds_build_the_mask_from_holders_gradients_and_enforce_it(tmp_path):
+def test_top_share_ties_follow_the_given_order():
+    scores = {"a": np.array([2.0, 1.0, 1.0]), "b": np.array([1.0, 0.0])}  # three entries tie at 1
+    assert top_share(scores, 0.4)["a"].tolist() == [True, True, False]  # default: the earlier entry
+    late_first = np.array([0, 4, 3, 1, 2])  # places: b[0] before a[2] before a[1]
+    got = top_share(scores, 0.4, rank=late_first)
+    assert got["a"].tolist() == [True, False, False] and got["b"].tolist() == [True, False]
+
+
+class FixedOrder:
+    """Stands in for the server's generator: a known permutation."""
+
+    def __init__(self, order):
+        self.order = np.array(order)
+
+    def permutation(self, n):
+        assert n == self.order.size
+        return self.order
+
+
+def test_combined_mask_is_the_top_share_by_votes_by_hand():
+    """Three holders' masks over 8 weights; keep 4. Votes a = [[1, 1, 0], [3, 2, 2]], b = [0, 1]:
+    the 3 and both 2s, then one of the three 1s (a[0, 0], a[0, 1], b[1]), the first in the order."""
+    t, f = True, False
+    masks = [{"a": np.array([[t, f, f], [t, t, t]]), "b": np.array([f, f])},
+             {"a": np.array([[f, t, f], [t, t, f]]), "b": np.array([f, f])},
+             {"a": np.array([[f, f, f], [t, f, t]]), "b": np.array([f, t])}]
+    got = combine_masks(masks, 0.5, FixedOrder([0, 1, 2, 3, 4, 5, 6, 7]))  # a[0, 0] first
+    assert got["a"].tolist() == [[t, f, f], [t, t, t]] and got["b"].tolist() == [f, f]
+    got = combine_masks(masks, 0.5, FixedOrder([1, 2, 3, 4, 5, 6, 7, 0]))  # b[1] first
+    assert got["a"].tolist() == [[f, f, f], [t, t, t]] and got["b"].tolist() == [f, t]
+    one = top_share({"a": np.arange(6.0).reshape(2, 3), "b": np.array([9.0, -7.0])}, 0.5)
+    for seed in (0, 1):  # a single holder: its own mask, whatever the tie order
+        assert all(np.array_equal(combine_masks([one], 0.5, np.random.default_rng(seed))[k], one[k]) for k in one)
+    seeded = [combine_masks(masks[:2], 0.25, derive(7, "salun-mask")) for _ in range(2)]
+    assert all(np.array_equal(seeded[0][k], seeded[1][k]) for k in seeded[0])  # deterministic for a seed
+
+
+def test_salun_rounds_build_the_mask_from_holders_masks_and_enforce_it(tmp_path):
     infos = clients(num_forget=(3, 0, 4, 0))
     cfg = RunConfig(num_clients=N, clients_per_round=2, model="ddpm-tiny", forget_class=1,
                     unlearn_method="salun", unlearn_rounds=2, salun_mask_ratio=0.25)
-    grads = {p: step(p, 0, scale=1.0) for p in range(N)}
+    own = {p: top_share(step(p, 0, scale=1.0), 0.25) for p in range(N)}  # each holder's mask
 
     def reply(m, pid, rnd, sent):
         cfg_sent = m.content["config"]
         if cfg_sent["objective"] == "saliency":
-            arrays, payload = grads[pid], "gradient"
+            arrays, payload, n = pack_each(own[pid]), "mask", 0
         else:
-            arrays, payload = {k: sent[k] + v for k, v in step(pid, rnd).items()}, "weights"
+            arrays, payload, n = {k: sent[k] + v for k, v in step(pid, rnd).items()}, "weights", 10
         return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                           "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.0}),
+                           "metrics": MetricRecord({"num-examples": n, "train-loss": 0.0, "num-forget": 3}),
                            "meta": ConfigRecord({"partition-id": pid, "payload": payload})})
 
     log, history, configs = drive(cfg, infos, 3, reply)
     assert sorted(pid for rnd, pid, _ in configs if rnd == 1) == [0, 2]  # holders only
     assert log.get(1)["phase"] == "saliency" and log.get(2)["phase"] == "salun"
     assert all(np.array_equal(history[1][k], W0[k]) for k in W0)  # the mask round changes nothing
-    expected = top_share({k: grads[0][k].astype(np.float64) + grads[2][k] for k in SHAPES}, 0.25)
+    expected = combine_masks([own[0], own[2]], 0.25, derive(cfg.seed, "salun-mask"))
+    assert expected["w"].sum() + expected["b"].sum() == round(0.25 * 54)
     for rnd in (2, 3):
         sent_cfg = next(c for r, _, c in configs if r == rnd)
         assert sent_cfg["objective"] == "salun"
@@ -137,6 +181,60 @@ def test_salun_rounds_build_the_mask_from_holders_gradients_and_enforce_it(tmp_p
         for k in SHAPES:  # only the salient entries moved
             moved = history[rnd][k] != history[rnd - 1][k]
             assert not moved[~expected[k]].any() and moved[expected[k]].all()
+
+
+# -- forget-only updates ------------------------------------------------------------
+
+def weights_reply(n_kept: dict[int, int], scale: float = 0.1):
+    """Replies of weights sent + step(pid, rnd), num-examples = the data the client keeps."""
+    def reply(m, pid, rnd, sent):
+        return RecordDict({
+            "arrays": ArrayRecord({k: Array(sent[k] + v) for k, v in step(pid, rnd, scale).items()}),
+            "metrics": MetricRecord({"num-examples": n_kept[pid], "train-loss": 0.0, "num-forget": 5}),
+            "meta": ConfigRecord({"partition-id": pid, "payload": "weights"})})
+    return reply
+
+
+@pytest.mark.parametrize("weighting", ["samples", "uniform"])
+def test_a_client_that_keeps_nothing_has_zero_weight_and_its_delta_one_equal_share(weighting):
+    """Client-level request on client 1 (keeps nothing). Method round: FedAvg over the others by
+    samples, plus client 1's delta / 3 (its share in an equal-weight round of 3); the normal round
+    after it: plain FedAvg without client 1. Uniform weighting: every delta / 3, nothing added."""
+    kept = {0: 10, 1: 0, 2: 30, 3: 13}
+    infos = clients(num_forget=(0, 9, 0, 0), num_examples=tuple(kept.values()))
+    cfg = RunConfig(num_clients=N, clients_per_round=3, model="ddpm-tiny", forget_clients="1",
+                    unlearn_method="msgm", unlearn_rounds=1, weighting=weighting)
+    log, history, configs = drive(cfg, infos, 2, weights_reply(kept))
+    who = {rnd: sorted(pid for r, pid, _ in configs if r == rnd) for rnd in (1, 2)}
+    assert 1 in who[1] and len(who[1]) == 3 and 1 not in who[2]
+    others = [p for p in who[1] if p != 1]
+    total = sum(kept[p] for p in others)
+    for k in SHAPES:
+        d = {p: step(p, 1)[k].astype(np.float64) for p in who[1]}
+        if weighting == "samples":
+            want = sum(kept[p] / total * d[p] for p in others) + d[1] / 3
+        else:
+            want = sum(d.values()) / 3
+        np.testing.assert_allclose(history[1][k] - W0[k], want, rtol=1e-5, atol=1e-6)
+        total2 = sum(kept[p] for p in who[2])
+        want2 = sum(kept[p] / total2 * step(p, 2)[k].astype(np.float64) for p in who[2]) \
+            if weighting == "samples" else sum(step(p, 2)[k].astype(np.float64) for p in who[2]) / 3
+        np.testing.assert_allclose(history[2][k] - history[1][k], want2, rtol=1e-5, atol=1e-6)
+    assert log.get(1)["clients_forget_only"] == 1
+
+
+def test_a_round_of_forget_only_updates_averages_them_with_equal_weights():
+    """Gradient ascent: only the holders take part, every reply trained on forget data alone
+    (num-examples 0, whatever they keep): their models' plain mean is the new global model."""
+    infos = clients(num_forget=(0, 9, 0, 2))
+    cfg = RunConfig(num_clients=N, clients_per_round=3, model="cnn", forget_class=1,
+                    unlearn_method="gradient-ascent", unlearn_rounds=1)
+    log, history, configs = drive(cfg, infos, 1, weights_reply({p: 0 for p in range(N)}))
+    assert sorted(pid for _, pid, _ in configs) == [1, 3]
+    for k in SHAPES:
+        want = (step(1, 1)[k].astype(np.float64) + step(3, 1)[k]) / 2
+        np.testing.assert_allclose(history[1][k] - W0[k], want, rtol=1e-5, atol=1e-6)
+    assert log.get(1)["clients_forget_only"] == 2
 
 
 # -- FedEraser --------------------------------------------------------------------
@@ -231,6 +329,8 @@ def test_driver_configures_each_method(finished_run, tmp_path):
     assert retrain.unlearn_method == "" and retrain.ledger_every == 0
     salun = unlearn_config(run, "salun", req, ["unlearn-rounds=3"], out / "s")
     assert (salun.unlearn_method, salun.rounds, salun.pretrained) == ("salun", 4, str(run / "model"))
+    assert salun.record_clients == ""  # no observations unless asked
+    assert unlearn_config(run, "salun", req, ["record-clients=all"], out / "s2").record_clients == "all"
     ga = unlearn_config(run, "gradient-ascent", req, [], out / "g")
     assert ga.rounds == ga.unlearn_rounds + 2
     assert unlearn_config(run, "msgm", req, ["rounds=9"], out / "m").rounds == 9

@@ -57,12 +57,14 @@ def train(msg: Message, context: Context) -> Message:
     images, labels = ws.client_data(pid)
     gen = torch_generator(cfg.seed, "train", rnd, pid)
     objective = str(sent.get("objective", "train"))
+    extra = {}
     if objective != "train":  # an unlearning round (strategies/unlearning/protocol.py)
         from fedsim.unlearning.local import run_objective
 
         tensors, payload, stats = run_objective(objective, ws, pid, cfg, sent, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, generator=gen)
         arrays = to_array_record(tensors)
+        extra["num-forget"] = int(len(ws.forget[pid]))  # every reply of the round: FedAvg needs the same keys
     elif cfg.mode == "fedsgd":
         grads, stats = batch_gradient(ws.model, ws.task, images, labels,
                                       batch_size=batch_size, generator=gen)
@@ -73,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
                             momentum=cfg.momentum, grad_clip=cfg.grad_clip, generator=gen)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
-    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss})
+    metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss, **extra})
     meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
 

@@ -9,6 +9,8 @@ when the server's TRAIN config asks for it (``compression`` != "none"):
 - after training, the update (local weights - global weights, or the FedSGD
   gradient) plus the error-feedback residual is encoded into one byte array
   (record ``compressed``); the new residual stays in the context.
+  SalUn's saliency mask (payload "mask") is not an update and is already 1 bit
+  per weight: it travels as is and leaves the residual alone.
 
 Context state persists across rounds for a node (in simulation and on a
 SuperNode), so residuals and the model copy never live in a client object.
@@ -57,6 +59,8 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     t0 = time.perf_counter()
     content = reply.content
     meta = content["meta"] if "meta" in content.config_records else ConfigRecord()
+    if str(meta.get("payload", "weights")) == "mask":
+        return reply
     local = to_numpy_dict(content["arrays"])
     if str(meta.get("payload", "weights")) == "gradient":
         update = {k: local[k] for k in sent}

@@ -17,7 +17,8 @@ from DIR's config.toml:
 
 Defaults follow from the method (rounds, start model, local epochs); any key
 can still be overridden with ``--set``. The unlearning run keeps no ledger
-updates and records no observations; its clients start from fresh state, so
+updates and records no observations unless asked (``--set record-clients=all``,
+as for any run: what the server sees, e.g. SalUn's masks); its clients start from fresh state, so
 compression residuals of the forgotten client are gone, and clients declare
 histograms of the data they keep, so FedEMD's p_glob no longer counts the
 forgotten data.

@@ -1,11 +1,12 @@
 """What an honest-but-curious server saw: one client's upload in one round.
 
 An Observation holds exactly what crossed the wire, decoded to tensors: the
-global weights the server sent, the client's reply (weights or a FedSGD
-gradient, as the ``payload`` says), the number of examples and the reply's
-metrics, plus the training config the server sent. Ground truth (the client's
-images and labels) is never part of it; attacks take an Observation and a
-ThreatModel, and only attacks/metrics.py sees the truth.
+global weights the server sent, the client's reply (weights, a FedSGD
+gradient, or SalUn's bit-packed saliency mask, as the ``payload`` says), the
+number of examples and the reply's metrics, plus the training config the server
+sent. Ground truth (the client's images and labels) is never part of it;
+attacks take an Observation and a ThreatModel, and only attacks/metrics.py sees
+the truth.
 
 Stored under the run folder as
 ``observations/round_RRR/client_PPP/{sent,received}.safetensors`` and
@@ -29,8 +30,8 @@ class Observation:
     server_round: int
     partition_id: int
     sent: dict[str, torch.Tensor]  # global weights the server sent
-    received: dict[str, torch.Tensor]  # the client's reply: weights, or gradients
-    payload: str  # "weights" | "gradient"
+    received: dict[str, torch.Tensor]  # the client's reply: weights, gradients, or packed mask bits (uint8)
+    payload: str  # "weights" | "gradient" | "mask"
     num_examples: int
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # what the server sent with the weights
@@ -39,7 +40,9 @@ class Observation:
 
     def update(self) -> dict[str, torch.Tensor]:
         """Delta w = w_local - w_server (the negative gradient direction); for a
-        FedSGD observation, the gradient itself."""
+        FedSGD observation, the gradient itself. A mask observation has no update (ValueError)."""
+        if self.payload == "mask":
+            raise ValueError("a saliency-mask observation (SalUn's mask round) carries no update to attack")
         if self.payload == "gradient":
             return dict(self.received)
         return {k: self.received[k] - self.sent[k] for k in self.sent}
@@ -59,8 +62,15 @@ def save(obs: Observation, root: Path) -> Path:
             "codec": obs.codec, "keys": list(obs.sent)}  # safetensors sorts keys; keep the model's order
     if obs.encoded is not None:
         (path / "received.bin").write_bytes(obs.encoded)
-    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+    (path / "meta.json").write_text(json.dumps(meta, indent=1, default=_hex))
     return path
+
+
+def _hex(value: Any) -> str:
+    """bytes in the config sent (SalUn's packed mask) are stored as hex text."""
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def load(path: Path) -> Observation:

@@ -1,10 +1,12 @@
 """A client's part in an unlearning round: pick the local objective the server
 asked for (``objective`` in the TRAIN config, see strategies/unlearning/protocol.py) and
 run it on the client's own data. The forget data never leave the client; only
-weights (or, in SalUn's saliency round, a gradient) travel.
+weights (or, in SalUn's saliency round, a bit-packed mask) travel.
 
-- ``saliency``: the gradient of the summed forget loss (SalUn's mask is built
-  on the server from the sum over clients);
+- ``saliency``: SalUn's mask, computed here: the gradient of the summed forget
+  loss, its top ``salun-mask-ratio`` share by |g| (mask.top_share), sent as one
+  packed uint8 array per parameter (payload "mask"); the gradient itself stays
+  here (the server combines the holders' masks by votes, mask.combine_masks);
 - ``gradient-ascent``: projected gradient ascent on the forget data within a
   ball around a reference model (Halimi et al.): for the requesting client of
   a client-level request the mean of the other clients' models,
@@ -13,11 +15,18 @@ weights (or, in SalUn's saliency round, a gradient) travel.
 - ``erasediff`` / ``msgm`` / ``salun``: their objectives on (kept, forget)
   data; a client holding no forget data trains normally (under SalUn with the
   saliency mask on its gradients, like every client).
+
+``num-examples`` (the FedAvg weight) counts the kept examples the update learned
+from: n_retain, and 0 for gradient ascent and for the mask, which see forget data
+only. A reply with 0 is a forget-only update, which the server adds with the share
+of one client in an equal-weight round (strategies/unlearning/protocol.py), never
+weighted by the data being deleted.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from flwr.app import ConfigRecord
@@ -29,7 +38,7 @@ from fedsim.models.workspace import Workspace
 from fedsim.unlearning.common import UnlearnParams
 from fedsim.unlearning.erasediff import erasediff_train
 from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
-from fedsim.unlearning.mask import unpack_mask
+from fedsim.unlearning.mask import pack_each, top_share, unpack_mask
 from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
 
@@ -60,9 +69,11 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
     model, task = ws.model, ws.task
     retain, forget = ws.client_data(pid), ws.forget_data(pid)
     n_forget = int(forget[1].shape[0])
-    if objective == "saliency":
+    if objective == "saliency":  # the gradient stays here; its mask goes up
         grads = forget_gradient(model, task, forget, generator=generator)
-        return grads, "gradient", TrainStats(loss=0.0, steps=1, num_examples=n_forget)
+        mask = top_share({k: g.float().cpu().numpy() for k, g in grads.items()}, cfg.salun_mask_ratio)
+        packed = {k: torch.from_numpy(v) for k, v in pack_each(mask).items()}
+        return packed, "mask", TrainStats(loss=0.0, steps=1, num_examples=0)
     params = unlearn_params(cfg)
     num_classes = ws.train.num_classes
     if objective == "gradient-ascent":
@@ -95,6 +106,8 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
                                lr=lr, params=params, generator=generator)
     else:
         raise ValueError(f"unknown objective {objective!r} in the TRAIN config")
+    if objective == "gradient-ascent":  # trained on forget data only: a forget-only update
+        stats = replace(stats, num_examples=0)
     return model.state_dict(), "weights", stats
 
 

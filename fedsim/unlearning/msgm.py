@@ -106,4 +106,4 @@ def msgm_train(model: nn.Module, sched: NoiseSchedule, retain: Data, forget: Dat
             step(model, opt, params.grad_clip)
             total += float(loss.detach())
             steps += 1
-    return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n_r + n_f)
+    return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n_r)  # FedAvg weight: the data kept

@@ -10,6 +10,7 @@ from fedsim.models.diffusion import NoiseSchedule, diffusion_loss, predict_eps
 from fedsim.models.train import DiffusionTask, Task, TrainStats
 from fedsim.unlearning.common import (Data, UnlearnParams, batch_of, batches, device_of, is_conditional, mse,
                                      noisy, relabel, step)
+from fedsim.unlearning.mask import top_share
 
 
 def forget_gradient(model: nn.Module, task: Task, forget: Data, *, generator: torch.Generator,
@@ -39,18 +40,12 @@ def forget_gradient(model: nn.Module, task: Task, forget: Data, *, generator: to
 
 def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
     """SalUn's m = 1(|g| >= gamma) with one global threshold: exactly round(ratio * total)
-    entries with the largest |g| are True (ties to the earlier entry in name order)."""
+    entries with the largest |g| are True (ties to the earlier entry in name order);
+    mask.top_share on torch tensors, as each holder computes its own mask."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"mask ratio must be in (0, 1], got {ratio}")
-    flat = torch.cat([g.detach().abs().flatten().float().cpu() for g in grads.values()])
-    keep = int(round(ratio * flat.numel()))
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
-    out, pos = {}, 0
-    for name, g in grads.items():
-        out[name] = chosen[pos:pos + g.numel()].view(g.shape).to(g.device)
-        pos += g.numel()
-    return out
+    chosen = top_share({k: g.detach().float().cpu().numpy() for k, g in grads.items()}, ratio)
+    return {k: torch.from_numpy(chosen[k]).to(g.device) for k, g in grads.items()}
 
 
 def salun_train(model: nn.Module, sched: NoiseSchedule, retain: Data, forget: Data,
@@ -63,7 +58,9 @@ def salun_train(model: nn.Module, sched: NoiseSchedule, retain: Data, forget: Da
     || eps_theta(x_t) - u ||^2 with u ~ U(0, 1) (x_t built with Gaussian noise), the
     random-target analogue. An epoch is one pass over D_f, each minibatch paired with a
     cyclic D_r minibatch (beta term 0 if D_r is empty); empty D_f: nothing to do (0 steps).
-    Entries outside the mask never move: Adam with all-zero gradients makes zero updates."""
+    Entries outside the mask never move: Adam with all-zero gradients makes zero updates.
+    num_examples is n_r, the data the client keeps: its FedAvg weight (0 for a client that
+    keeps nothing, whose update the server adds itself, strategies/unlearning/protocol.py)."""
     model.train()
     device = device_of(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -96,4 +93,4 @@ def salun_train(model: nn.Module, sched: NoiseSchedule, retain: Data, forget: Da
             step(model, opt, params.grad_clip)
             total += float(loss.detach())
             steps += 1
-    return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n_r + n_f)
+    return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n_r)

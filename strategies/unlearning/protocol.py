@@ -4,10 +4,12 @@ A fine-tuning unlearning run (``fedsim unlearn --method gradient-ascent |
 erasediff | salun | msgm``) starts from the trained model and goes through
 phases; the forget data never leave the clients that hold them:
 
-    salun only      round 1: "saliency": the clients holding forget data send
-                    the gradient of their summed forget loss; the server adds
-                    them up and keeps the top ``salun-mask-ratio`` share of
-                    weights by |g| (the saliency mask), the model is unchanged
+    salun only      round 1: "saliency": each client holding forget data computes
+                    its forget gradient, keeps the top ``salun-mask-ratio`` share
+                    of weights by |g| and sends only that mask, bit-packed; the
+                    server adds the masks (votes) and keeps the top share by
+                    votes (fedsim/unlearning/mask.py, combine_masks); the model
+                    is unchanged
     method rounds   ``unlearn-rounds`` rounds: clients holding forget data run
                     the method's local objective on (their remaining data,
                     their forget data), the others train normally on theirs
@@ -22,21 +24,53 @@ normally, which would otherwise exclude them). ``Unlearning`` tells clients
 the phase in each TRAIN config, turns the saliency replies into the mask,
 sends the mask (bit-packed, so it costs 1 bit per weight on the downlink) and
 enforces it on the aggregate: theta <- theta_sent + m * (theta_agg - theta_sent).
+
+The mask round never sees a gradient: a dense forget gradient is what gradient
+inversion reconstructs images from. With several holders the server learns only
+the vote per weight, which is also all that secure aggregation of the masks would
+reveal. Ties in votes at the cut are broken by a permutation drawn from
+(seed, "salun-mask"), the same in every run of that seed.
+
+Weighting in the method rounds. A reply's ``num-examples`` counts the kept
+examples its update learned from (fedsim/unlearning/local.py), so the data being
+deleted never buy weight. A reply with 0 is a forget-only update; with sample
+weighting FedAvg gives it no weight, and this wrapper adds it as one client of an
+equal-weight round would count:
+
+    theta <- FedAvg_{replies with n > 0}(theta_i) + sum_{forget-only h} (theta_h - theta_sent) / |replies|
+
+(no reply with n > 0: theta_sent + the mean of the forget-only deltas, i.e. the
+plain mean of their models). With ``weighting = uniform`` FedAvg already gives
+every reply 1 / |replies|, which is the same share, and nothing is added. Per method:
+
+    erasediff, msgm  a holder that keeps data reports n_retain (its update mixes
+                     the kept loss with the forget term); a client of a client-level
+                     request keeps nothing, so its update is the forget objective
+                     alone and enters as a forget-only update
+    salun            the same, plus the mask on every update and on the aggregate;
+                     the mask round's replies (masks, n = 0) are not aggregated
+    gradient-ascent  every reply is an ascent on forget data (n = 0): the holders'
+                     ascended models, averaged with equal weights (each ascends
+                     within the same radius of w_ref, whatever its forget count),
+                     become the global model
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.records.round_log import RoundLog
 from fedsim.records.wire import array_view, numpy_array
-from fedsim.unlearning.mask import pack_mask, top_share
+from fedsim.rng import derive
+from fedsim.unlearning.mask import combine_masks, pack_mask, unpack_each
 from strategies.client_registry import ClientInfo
 from strategies.selection.selectors import Selector
 from strategies.wrappers.base import StrategyWrapper
@@ -104,17 +138,19 @@ class Unlearning(StrategyWrapper):
     possibly wrapped (the ledger); it sees dense replies (this sits inside any decoder)."""
 
     def __init__(self, inner: Strategy, plan: UnlearningPlan, *, mask_ratio: float, lr: float = 0.0,
-                 log_book: RoundLog | None = None) -> None:
-        """lr: learning rate sent in the method's rounds (0: the run's)."""
+                 weighting: str = "samples", seed: int = 0, log_book: RoundLog | None = None) -> None:
+        """lr: learning rate sent in the method's rounds (0: the run's); weighting: the
+        inner FedAvg's (samples | uniform); seed: the run's (ties of the combined mask)."""
         super().__init__(inner)
         self.plan, self.mask_ratio, self.lr = plan, mask_ratio, lr
+        self.weighting, self.seed = weighting, seed
         self.log_book = log_book or RoundLog()
         self.mask: dict[str, np.ndarray] | None = None
         self._sent: ArrayRecord | None = None
 
     @property
     def metric_columns(self) -> list[str]:
-        return [*getattr(self.inner, "metric_columns", []), "phase", "clients_forgetting"]
+        return [*getattr(self.inner, "metric_columns", []), "phase", "clients_forgetting", "clients_forget_only"]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -137,27 +173,65 @@ class Unlearning(StrategyWrapper):
         if phase == "saliency":
             return self._saliency(server_round, list(replies))
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if phase != "train" and arrays is not None:
+            arrays = self._with_forget_only(server_round, arrays)
         if phase == "salun" and self.mask is not None and arrays is not None:
             arrays = self._masked(arrays)
         return arrays, metrics
 
+    def _with_forget_only(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """Add the forget-only replies' deltas, each with the share 1 / |replies| (see above)."""
+        valid = self.inner.aggregated_replies  # validated by FedAvg, weight-0 ones included
+        alone = [r for r in valid if float(r.content["metrics"]["num-examples"]) == 0]
+        self.log_book.record(server_round, clients_forget_only=len(alone))
+        if not alone or self.weighting == "uniform":
+            return arrays
+        share = 1.0 / len(valid)
+        out = {}
+        for key in arrays.keys():
+            agg = array_view(arrays[key])
+            if np.issubdtype(agg.dtype, np.floating):
+                sent = array_view(self._sent[key]).astype(np.float64)
+                agg = (agg + sum(share * (array_view(r.content["arrays"][key]) - sent) for r in alone)
+                       ).astype(agg.dtype)
+            out[key] = numpy_array(agg)
+        return ArrayRecord(out, keep_input=True)
+
     def _saliency(self, server_round: int, replies: list[Message]) -> tuple[ArrayRecord, MetricRecord]:
-        """Sum the holders' forget gradients; the mask keeps the most salient share."""
-        total: dict[str, np.ndarray] = {}
-        used = 0
+        """Combine the holders' masks: votes, then the top share (mask.combine_masks)."""
+        shapes = {k: tuple(self._sent[k].shape) for k in self._sent.keys()}
+        masks = []
         for reply in replies:
-            if reply.has_error() or "arrays" not in reply.content.array_records:
-                continue
-            for key, arr in reply.content["arrays"].items():
-                g = array_view(arr).astype(np.float64)
-                total[key] = total[key] + g if key in total else g
-            used += 1
-        if not total:
-            raise RuntimeError("salun: no client holding forget data answered the saliency round")
-        self.mask = top_share(total, self.mask_ratio)
+            mask = self._mask_of(server_round, reply, shapes)
+            if mask is not None:
+                masks.append(mask)
+        if not masks:
+            raise RuntimeError("salun: no client holding forget data sent a saliency mask")
+        self.mask = combine_masks(masks, self.mask_ratio, derive(self.seed, "salun-mask"))
         kept = sum(int(m.sum()) for m in self.mask.values()) / sum(m.size for m in self.mask.values())
         self.log_book.record(server_round, clients_sampled=len(replies))
-        return self._sent, MetricRecord({"saliency-replies": used, "mask-share": kept})
+        return self._sent, MetricRecord({"saliency-replies": len(masks), "mask-share": kept})
+
+    @staticmethod
+    def _mask_of(server_round: int, reply: Message, shapes: dict[str, tuple[int, ...]]
+                 ) -> dict[str, np.ndarray] | None:
+        """The reply's mask in the model's key order, or None (logged) if it is an error or not a packed mask."""
+        if reply.has_error():
+            problem = f"client error: {reply.error.reason}"
+        else:
+            content = reply.content
+            meta = content["meta"] if "meta" in content.config_records else {}
+            if str(meta.get("payload", "")) != "mask" or "arrays" not in content.array_records:
+                problem = "not a mask (payload must be 'mask')"
+            else:
+                try:
+                    mask = unpack_each({k: array_view(v) for k, v in content["arrays"].items()}, shapes)
+                    return {k: mask[k] for k in shapes if k in mask}  # the model's order, however it travelled
+                except ValueError as err:
+                    problem = str(err)
+        log(WARNING, "round %d: saliency reply from node %d not used: %s",
+            server_round, reply.metadata.src_node_id, problem)
+        return None
 
     def _masked(self, arrays: ArrayRecord) -> ArrayRecord:
         out = {}
