@@ -46,6 +46,12 @@ class RunConfig:
     """Classes per client, partition = pathological."""
     maverick_class: int = 1
     """The class a Maverick client holds alone (Maverick schemes)."""
+    backdoor_clients: str = ""
+    """Backdoor (Halimi et al.'s evaluation): partition ids whose samples get a trigger and backdoor-target as label ("" none)."""
+    backdoor_target: int = 0
+    """Backdoor: the label poisoned samples get."""
+    backdoor_fraction: float = 1.0
+    """Backdoor: share of a backdoor client's samples of other classes that are poisoned (seeded)."""
     # model
     model: Literal["ddpm-tiny", "ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
     """ddpm-tiny (0.16 M parameters, no attention; for attacks), ddpm-small (CPU-sized UNet2DModel), ddpm-large (DDPM-CIFAR-like, for GPUs), or cnn (a small classifier)."""
@@ -123,6 +129,8 @@ class RunConfig:
     """Gradient ascent: ball radius as a fraction of ||w_ref - w_random||."""
     ga_reference_rounds: int = 1
     """Gradient ascent: local epochs the client trains to estimate its own model."""
+    ga_stop_accuracy: float = 0.0
+    """Gradient ascent: stop once accuracy on a clean validation slice falls below this (classifiers; 0 off)."""
     msgm_loss: Literal["orthogonal", "obtuse", "erase"] = "orthogonal"
     """MSGM: the undesirable-score loss L_u."""
     msgm_weight: float = 0.01
@@ -247,6 +255,10 @@ class RunConfig:
             (0 < self.federaser_ratio <= 1, "federaser-ratio must be in (0, 1]"),
             (self.ga_radius > 0, "ga-radius must be > 0"),
             (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),
+            (0 <= self.ga_stop_accuracy <= 1 and not (self.ga_stop_accuracy and self.is_diffusion),
+             "ga-stop-accuracy must be in [0, 1], and 0 for diffusion models (no accuracy)"),
+            (0 < self.backdoor_fraction <= 1 and self.backdoor_target >= 0,
+             "backdoor-fraction must be in (0, 1] and backdoor-target >= 0"),
             (0 <= self.msgm_weight <= 1 and self.msgm_every >= 1 and self.msgm_margin >= 0,
              "msgm-weight must be in [0, 1], msgm-every >= 1, msgm-margin >= 0"),
             (self.erasediff_lambda >= 0 and self.erasediff_eta >= 0, "erasediff-lambda and -eta must be >= 0"),
@@ -263,8 +275,9 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if parse_ids(self.forget_clients, "forget-clients") is None:
-            raise ConfigError("forget-clients must list partition ids, not 'all'")
+        for key in ("forget-clients", "backdoor-clients"):
+            if parse_ids(getattr(self, key.replace("-", "_")), key) is None:
+                raise ConfigError(f"{key} must list partition ids, not 'all'")
         for key in ("record_clients", "record_rounds"):
             parse_ids(getattr(self, key), key.replace("_", "-"))
         parse_counts(self.fedemd_cum_init, "fedemd-cum-init")

@@ -27,6 +27,7 @@ from strategies.selection.shapley import ShapleySelector
 from strategies.unlearning.federaser import Calibrated, calibration_rounds
 from strategies.unlearning.ledger import Ledgered
 from strategies.unlearning.protocol import HolderSelector, Unlearning, UnlearningPlan
+from strategies.unlearning.reference_share import last_round_shares, original_weighting
 from strategies.wrappers.metered import Metered
 from strategies.wrappers.recording import Recording
 
@@ -57,6 +58,15 @@ def _ledger(run_dir: str, key: str):
         return load_ledger(Path(run_dir))
     except FileNotFoundError as err:
         raise ConfigError(f"{key}: {err}") from None
+
+
+def _reference_shares(cfg: RunConfig) -> dict[int, float]:
+    """Gradient ascent on a client-level request: each requesting client's a_k in the original run's last round."""
+    requested = parse_ids(cfg.forget_clients) or set()
+    if cfg.unlearn_method != "gradient-ascent" or not requested or not cfg.unlearn_from:
+        return {}
+    return last_round_shares(_ledger(cfg.unlearn_from, "unlearn-from"),
+                             original_weighting(cfg.unlearn_from, cfg.weighting), requested)
 
 
 def unlearning_plan(cfg: RunConfig) -> UnlearningPlan:
@@ -110,7 +120,8 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
                               calibration=cfg.federaser_calibration)
     elif cfg.unlearn_method in FINE_TUNING:
         strategy = Unlearning(strategy, unlearning_plan(cfg), mask_ratio=cfg.salun_mask_ratio, lr=cfg.unlearn_lr,
-                              weighting=cfg.weighting, seed=cfg.seed, log_book=log)
+                              weighting=cfg.weighting, seed=cfg.seed, log_book=log,
+                              reference_shares=_reference_shares(cfg))
     settings = codec_settings(cfg.to_flwr())
     if cfg.compression != "none":
         strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)

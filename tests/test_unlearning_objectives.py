@@ -18,7 +18,7 @@ from unlearning_setup import tiny_unet as _model
 
 from fedsim.models.diffusion import diffusion_loss, predict_eps
 from fedsim.models.networks import build_model
-from fedsim.models.train import ClassifierTask, DiffusionTask, per_sample_losses, train_local
+from fedsim.models.train import ClassifierTask, DiffusionTask, accuracy, per_sample_losses, train_local
 from fedsim.unlearning.common import UnlearnParams
 from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
 from fedsim.unlearning.msgm import msgm_train, msgm_undesirable_loss, score_cosine
@@ -47,16 +47,25 @@ def test_params_reject_bad_choices():
     UnlearnParams(erasediff_inner_passes=0)  # no inner passes, no cost
 
 
-def test_reference_model_by_hand():
-    glob = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor([7])}
-    local = {"w": torch.tensor([3.0, 0.0]), "steps": torch.tensor([9])}
-    ref = reference_model(glob, local, 3)  # (3 * [1, 2] - [3, 0]) / 2 = [0, 3]
-    assert torch.equal(ref["w"], torch.tensor([0.0, 3.0]))
-    assert torch.equal(ref["steps"], torch.tensor([7]))  # non-float entries: the global's
-    # with N = 2 the reference is the other client's model: 2 * g - l
-    assert torch.equal(reference_model(glob, local, 2)["w"], torch.tensor([-1.0, 4.0]))
+def test_reference_model_is_the_weighted_mean_of_the_other_clients_models_under_sample_weighting():
+    """Sample-weighted FedAvg of 4 clients, client 2 a Maverick with most of the data: w_ref
+    must be the mean of the other 3 models weighted by their samples, not (N w - w_k) / (N - 1)."""
+    g = torch.Generator().manual_seed(0)
+    models = [{"w": torch.randn(5, 3, generator=g, dtype=torch.float64), "n": torch.tensor([i])} for i in range(4)]
+    samples = torch.tensor([10.0, 30.0, 200.0, 60.0], dtype=torch.float64)
+    a = samples / samples.sum()
+    glob = {"w": sum(a[i] * models[i]["w"] for i in range(4)), "n": torch.tensor([7])}
+    for k in range(4):
+        others = [i for i in range(4) if i != k]
+        expected = sum(samples[i] * models[i]["w"] for i in others) / samples[others].sum()
+        ref = reference_model(glob, models[k], float(a[k]))
+        assert torch.allclose(ref["w"], expected, rtol=0, atol=1e-12)
+        assert torch.equal(ref["n"], torch.tensor([7]))  # non-float entries: the global's
+    # the equal-weight formula is far off for the Maverick: (4 w - w_2) / 3
+    assert (((4 * glob["w"] - models[2]["w"]) / 3) - reference_model(glob, models[2], float(a[2]))["w"]).abs().max() > 0.1
+    assert torch.equal(reference_model(glob, models[1], 0.0)["w"], glob["w"])  # a_k = 0: w is the others' mean
     with pytest.raises(ValueError):
-        reference_model(glob, local, 1)
+        reference_model(glob, models[1], 1.0)  # no other client
 
 
 def test_saliency_mask_by_hand():
@@ -306,3 +315,35 @@ def test_gradient_ascent_diffusion_task(digits01):
                           batch_size=8, lr=1.0, generator=_gen(0))
     dist = torch.sqrt(sum((p.detach() - reference[n]).pow(2).sum() for n, p in model.named_parameters()))
     assert 0.1 - 1e-4 < dist <= 0.1 + 1e-5
+
+
+def test_gradient_ascent_stops_at_the_first_step_whose_validation_accuracy_is_below_tau(digits01):
+    """Step by step, the ascent's validation accuracy falls; with stop_accuracy = tau the run must
+    take exactly the steps before the first model below tau and end on that model."""
+    retain, forget = digits01
+    x, y = torch.cat([retain[0], forget[0]]), torch.cat([retain[1], forget[1]])
+    model = build_model("cnn", SHAPE, 10, seed=0)
+    train_local(model, ClassifierTask(), x, y, epochs=2, batch_size=32, lr=3e-3, generator=_gen(0))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    validation = (x[::3], y[::3])
+    f = (forget[0][:64], forget[1][:64])
+    kw = dict(reference=reference, radius=50.0, batch_size=64, lr=0.3)  # one step per epoch
+
+    gen, accs, states = _gen(5), [], []
+    for _ in range(12):  # the unstopped ascent, one step at a time
+        accs.append(accuracy(model, *validation))
+        gradient_ascent_train(model, ClassifierTask(), f, epochs=1, generator=gen, **kw)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    tau = 0.75
+    first_below = next(i for i, a in enumerate(accs) if a < tau)
+    assert 2 <= first_below < 12 and accs[0] > 0.95  # it starts good and crosses tau midway
+
+    model.load_state_dict(start)
+    stats = gradient_ascent_train(model, ClassifierTask(), f, epochs=12, generator=_gen(5), validation=validation,
+                                  stop_accuracy=tau, **kw)
+    assert stats.steps == first_below
+    assert all(torch.equal(v, states[first_below - 1][k]) for k, v in model.state_dict().items())
+    assert accuracy(model, *validation) < tau
+    with pytest.raises(ValueError, match="validation"):
+        gradient_ascent_train(model, ClassifierTask(), f, epochs=1, generator=_gen(5), stop_accuracy=tau, **kw)

@@ -37,9 +37,10 @@ from fedsim.cli.sweep import fedsim_run, fedsim_unlearn  # noqa: E402
 from fedsim.unlearning.report import markdown_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+BACKDOOR = ["backdoor_acc", "clean_acc"]  # classifier runs with backdoor-clients (backdoor.toml)
 COLUMNS = ["method", "request", "forget_rate", "fd_remaining", "eval_loss_remaining", "mia_auc", "wall_s",
            "rounds", "bytes", "forget_rate_cond", "forget_loss", "mia_tpr_1fpr", "wall_vs_retrain",
-           "bytes_vs_retrain", "fd_vs_retrain"]
+           "bytes_vs_retrain", "fd_vs_retrain", *BACKDOOR]
 
 
 def run_request(name: str, spec: dict, methods: dict, out: Path, samples: int, log) -> list[str]:
@@ -99,7 +100,7 @@ def markdown(df: pd.DataFrame) -> str:
     shown = shown.rename(columns={"bytes": "MB"})
     cols = ["request", "method", "forget_rate", "forget_rate_cond", "fd_remaining", "fd_vs_retrain",
             "eval_loss_remaining", "mia_auc", "wall_s", "wall_vs_retrain", "rounds", "MB"]
-    return markdown_table(shown, cols)
+    return markdown_table(shown, cols + [c for c in BACKDOOR if shown[c].notna().any()])
 
 
 def grids(out: Path, requests: list[str], methods: list[str], df: pd.DataFrame) -> None:

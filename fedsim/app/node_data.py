@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsim.config import RunConfig, load_config
-from fedsim.data.clients import apply_request
+from fedsim.data.clients import apply_request, with_backdoor
 from fedsim.data.datasets import DataError, load_local
 from fedsim.models.workspace import Workspace, build_workspace, workspace
 
@@ -87,7 +87,8 @@ def node_workspace(context: Context) -> tuple[RunConfig, Workspace, int]:
 
 @functools.lru_cache(maxsize=2)
 def _local_workspace(cfg: RunConfig, root: str, cid: int) -> Workspace:
-    """All of ``root``'s data as client ``cid``'s one partition, the run's request applied."""
+    """All of ``root``'s data as client ``cid``'s one partition, the run's request (and backdoor) applied."""
     train = load_local(cfg.dataset, root, cfg.image_size)
-    kept, forgotten = apply_request(cfg, train.labels, cid, np.arange(len(train), dtype=np.int64))
-    return build_workspace(cfg, train, {cid: kept}, {cid: forgotten})
+    everything = np.arange(len(train), dtype=np.int64)
+    kept, forgotten = apply_request(cfg, train.labels, cid, everything)
+    return build_workspace(cfg, with_backdoor(cfg, train, {cid: everything}), {cid: kept}, {cid: forgotten})

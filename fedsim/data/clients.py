@@ -1,5 +1,6 @@
 """Each client's data in a run: the config's dataset, its partition among the
-clients, and an unlearning request (forget-clients, forget-class) applied on top.
+clients, an unlearning request (forget-clients, forget-class) applied on top, and a
+backdoor (backdoor-clients) poisoning some clients' samples (fedsim/data/backdoor.py).
 
 Pure functions of (config, labels): every process (server, Ray actor, pre-flight
 child) computes the same index sets.
@@ -7,9 +8,12 @@ child) computes the same index sets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from fedsim.config import RunConfig, parse_ids
+from fedsim.config import ConfigError, RunConfig, parse_ids
+from fedsim.data.backdoor import poison, poisoned_indices
 from fedsim.data.datasets import ImageData, load_dataset
 from fedsim.data.partition import partition
 
@@ -50,3 +54,19 @@ def apply_request(cfg: RunConfig, labels: np.ndarray, client: int, idx: np.ndarr
     gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
     drop = np.full(len(idx), client in gone) | (labels[idx] == cfg.forget_class)
     return idx[~drop], idx[drop]
+
+
+def with_backdoor(cfg: RunConfig, train: ImageData, parts: Mapping[int, np.ndarray] | None = None) -> ImageData:
+    """The train split as the clients hold it: the samples of backdoor-clients that ``parts``
+    (default: the run's partition) holds poisoned; ``train`` itself without backdoor-clients.
+    Partitions and requests are computed from ``train.labels``, the true labels."""
+    clients = parse_ids(cfg.backdoor_clients, "backdoor-clients") or set()
+    if not clients:
+        return train
+    if parts is None:
+        parts = dict(enumerate(run_partition(cfg, train.labels)))
+        if unknown := sorted(clients - set(parts)):
+            raise ConfigError(f"backdoor-clients {unknown} are not partition ids (0..{len(parts) - 1})")
+    idx = poisoned_indices(train.labels, parts, [c for c in clients if c in parts], target=cfg.backdoor_target,
+                           fraction=cfg.backdoor_fraction, seed=cfg.seed)
+    return poison(train, idx, cfg.backdoor_target)

@@ -2,14 +2,16 @@
 
 Every round: held-out loss on the test split with a fixed probe (the same
 (eps, t) per test image every round, so rounds are comparable), or test
-accuracy for classifiers. At evaluation rounds (every ``eval-every`` rounds
-and the last) for diffusion models: a PNG grid of samples; the share of samples the
-evaluator recognises (``recognised``) and, per class, the share recognised as that
-class (``gen_class_c``: unrecognised samples count for no class); for class-conditional
-models, the share recognised as the class they were conditioned on (``label_match``); FD, KID and
-precision/recall in the evaluator's feature space against one half of the test split,
-each beside its floor (the other half against the same reference, at the same N);
-Inception-FID when ``inception-weights`` names a local TorchScript Inception.
+accuracy for classifiers (with backdoor-clients also ``backdoor_acc``, the share of
+triggered test images classified as the target: fedsim/evaluation/backdoor.py). At
+evaluation rounds (every ``eval-every`` rounds and the last) for diffusion models: a PNG
+grid of samples; the share of samples the evaluator recognises (``recognised``) and, per
+class, the share recognised as that class (``gen_class_c``: unrecognised samples count
+for no class); for class-conditional models, the share recognised as the class they were
+conditioned on (``label_match``); FD, KID and precision/recall in the evaluator's feature
+space against one half of the test split, each beside its floor (the other half against
+the same reference, at the same N); Inception-FID when ``inception-weights`` names a
+local TorchScript Inception.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 
 from fedsim.config import RunConfig
 from fedsim.data.clients import dataset
+from fedsim.evaluation.backdoor import backdoor_accuracy
 from fedsim.evaluation.evaluator import Evaluator, get_evaluator
 from fedsim.evaluation.inception import inception_features, load_inception
 from fedsim.evaluation.metrics import frechet_distance, real_halves, scores
@@ -69,7 +72,7 @@ class ServerEvaluator:
     @property
     def quality_columns(self) -> list[str]:
         if not self.cfg.is_diffusion:
-            return ["test_acc"]
+            return ["test_acc", *(["backdoor_acc"] if self.cfg.backdoor_clients.strip() else [])]
         extra = ["inception_fid"] if self.cfg.inception_weights else []
         match = ["label_match"] if self.cfg.conditional else []
         return ["recognised", *match, *QUALITY_METRICS, *extra, "evaluator_acc",
@@ -100,6 +103,9 @@ class ServerEvaluator:
         out = {"eval_loss": float(losses.mean())}
         if not self.cfg.is_diffusion:
             out["test_acc"] = accuracy(self.model, self.test.images, self.labels)
+            if self.cfg.backdoor_clients.strip():
+                out["backdoor_acc"] = backdoor_accuracy(self.model, self.test.images, self.labels,
+                                                        self.cfg.backdoor_target)
         elif rnd > 0 and self.is_quality_round(rnd):
             out.update(self.quality(rnd))
         return out

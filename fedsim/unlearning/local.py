@@ -8,10 +8,17 @@ weights (or, in SalUn's saliency round, a bit-packed mask) travel.
   packed uint8 array per parameter (payload "mask"); the gradient itself stays
   here (the server combines the holders' masks by votes, mask.combine_masks);
 - ``gradient-ascent``: projected gradient ascent on the forget data within a
-  ball around a reference model (Halimi et al.): for the requesting client of
-  a client-level request the mean of the other clients' models,
-  w_ref = (N w - w_k) / (N - 1), with w_k estimated by the client's own local
-  training from w; for a class-level request the global model;
+  ball around a reference model (Halimi et al.): for a requesting client whose
+  aggregation weight a_k in the original run's last round the server sent
+  (0 < a_k < 1), the weighted mean of the other clients' models,
+  w_ref = (w - a_k w_k) / (1 - a_k), with w_k estimated by the client's own
+  local training from w; else (class-level requests, a client absent from the
+  last round) the global model, which then is exactly that mean. With
+  ``ga-stop-accuracy`` the ascent stops once the accuracy on a validation slice
+  falls below it. The spec names no holder of that clean validation set; here it
+  is VALIDATION_SIZE test-split images, seeded, the same for every client (no
+  client trains on the test split; the slice only decides when to stop, and in
+  a deployment the node needs the run's dataset-path for it);
 - ``erasediff`` / ``msgm`` / ``salun``: their objectives on (kept, forget)
   data; a client holding no forget data trains normally (under SalUn with the
   saliency mask on its gradients, like every client).
@@ -31,16 +38,20 @@ from dataclasses import replace
 import torch
 from flwr.app import ConfigRecord
 
-from fedsim.config import RunConfig, parse_ids
+from fedsim.config import RunConfig
+from fedsim.data.clients import dataset
 from fedsim.models.networks import build_model
 from fedsim.models.train import TrainStats, train_local
 from fedsim.models.workspace import Workspace
+from fedsim.rng import derive
 from fedsim.unlearning.common import UnlearnParams
 from fedsim.unlearning.erasediff import erasediff_train
-from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_model
+from fedsim.unlearning.gradient_ascent import gradient_ascent_train, own_share, reference_model
 from fedsim.unlearning.mask import pack_each, top_share, unpack_mask
 from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
+
+VALIDATION_SIZE = 200  # clean test images the gradient-ascent client checks its accuracy on
 
 
 def unlearn_params(cfg: RunConfig) -> UnlearnParams:
@@ -77,8 +88,8 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
     params = unlearn_params(cfg)
     num_classes = ws.train.num_classes
     if objective == "gradient-ascent":
-        stats = _gradient_ascent(ws, pid, cfg, forget, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 generator=generator)
+        stats = _gradient_ascent(ws, pid, cfg, forget, own_share(sent, pid), epochs=epochs,
+                                 batch_size=batch_size, lr=lr, generator=generator)
     elif objective == "salun":
         mask = _mask_of(model, bytes(sent["salun-mask"])) if "salun-mask" in sent else None
         hooks = [p.register_hook(lambda g, m=mask[name]: g * m.to(g.dtype))
@@ -111,22 +122,31 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
     return model.state_dict(), "weights", stats
 
 
-def _gradient_ascent(ws: Workspace, pid: int, cfg: RunConfig, forget, *, epochs: int, batch_size: int,
-                     lr: float, generator: torch.Generator) -> TrainStats:
+def validation_slice(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of VALIDATION_SIZE test-split images drawn with derive(seed, "ga-validation")."""
+    test = dataset(cfg, "test")
+    idx = derive(cfg.seed, "ga-validation").choice(len(test), size=min(VALIDATION_SIZE, len(test)), replace=False)
+    return test.images[torch.from_numpy(idx)], torch.from_numpy(test.labels[idx])
+
+
+def _gradient_ascent(ws: Workspace, pid: int, cfg: RunConfig, forget, share: float, *, epochs: int,
+                     batch_size: int, lr: float, generator: torch.Generator) -> TrainStats:
     model = ws.model
     global_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if pid in (parse_ids(cfg.forget_clients) or set()) and cfg.clients_per_round >= 2:
+    if 0 < share < 1:
         # the client's own model, as it would have sent it: everything it holds, from w
         own = copy.deepcopy(model)
         images = torch.cat([ws.client_data(pid)[0], forget[0]])
         labels = torch.cat([ws.client_data(pid)[1], forget[1]])
         train_local(own, ws.task, images, labels, epochs=cfg.ga_reference_rounds, batch_size=batch_size,
                     lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum, generator=generator)
-        reference = reference_model(global_sd, own.state_dict(), cfg.clients_per_round)
+        reference = reference_model(global_sd, own.state_dict(), share)
     else:
         reference = global_sd
     random_init = build_model(cfg.model, ws.train.shape, ws.train.num_classes, conditional=cfg.conditional,
                               seed=cfg.seed).state_dict()
     radius = cfg.ga_radius * _flat_distance(reference, random_init)
+    validation = validation_slice(cfg) if cfg.ga_stop_accuracy > 0 else None
     return gradient_ascent_train(model, ws.task, forget, reference=reference, radius=radius, epochs=epochs,
-                                 batch_size=batch_size, lr=lr, generator=generator)
+                                 batch_size=batch_size, lr=lr, generator=generator, validation=validation,
+                                 stop_accuracy=cfg.ga_stop_accuracy)

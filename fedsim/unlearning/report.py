@@ -10,7 +10,8 @@ attack on the per-sample denoising loss averaged over fixed (t, eps) probes.
 
 Classifier models (``model = "cnn"``) have no samples: ``forget_rate`` is their
 accuracy on the forget set, ``fd_remaining`` is NaN, the losses are
-cross-entropy.
+cross-entropy; a run with backdoor-clients adds ``backdoor_acc`` and ``clean_acc``
+(fedsim/evaluation/backdoor.py, Halimi et al.'s evaluation).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from fedsim.config import RunConfig, parse_ids
 from fedsim.data.clients import dataset, split_request
+from fedsim.evaluation.backdoor import backdoor_scores
 from fedsim.evaluation.evaluator import get_evaluator
 from fedsim.evaluation.metrics import frechet_distance
 from fedsim.evaluation.server import save_grid
@@ -174,7 +176,7 @@ def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: in
     if not cfg.is_diffusion:
         out.update(forget_rate=accuracy(model, fx, fy) if len(fx) else NAN, forget_rate_cond=NAN, unrecognised=NAN,
                    fd_remaining=NAN, test_acc_evaluator=NAN)
-        return {key: out[key] for key in SCORE_KEYS}
+        return {**{key: out[key] for key in SCORE_KEYS}, **backdoor_scores(cfg, model, test.images, test_y)}
 
     images, labels = _generate(model, cfg, num_samples, test.shape, k, device)
     ev = get_evaluator(dataset(cfg, "train"), test)

@@ -73,6 +73,7 @@ from fedsim.rng import derive
 from fedsim.unlearning.mask import combine_masks, pack_mask, unpack_each
 from strategies.client_registry import ClientInfo
 from strategies.selection.selectors import Selector
+from strategies.unlearning.reference_share import share_config
 from strategies.wrappers.base import StrategyWrapper
 
 HOLDERS_ONLY = ("saliency", "gradient-ascent")
@@ -138,12 +139,16 @@ class Unlearning(StrategyWrapper):
     possibly wrapped (the ledger); it sees dense replies (this sits inside any decoder)."""
 
     def __init__(self, inner: Strategy, plan: UnlearningPlan, *, mask_ratio: float, lr: float = 0.0,
-                 weighting: str = "samples", seed: int = 0, log_book: RoundLog | None = None) -> None:
+                 weighting: str = "samples", seed: int = 0, log_book: RoundLog | None = None,
+                 reference_shares: dict[int, float] | None = None) -> None:
         """lr: learning rate sent in the method's rounds (0: the run's); weighting: the
-        inner FedAvg's (samples | uniform); seed: the run's (ties of the combined mask)."""
+        inner FedAvg's (samples | uniform); seed: the run's (ties of the combined mask);
+        reference_shares: gradient ascent's a_k per requesting client
+        (strategies/unlearning/reference_share.py), sent in its round."""
         super().__init__(inner)
         self.plan, self.mask_ratio, self.lr = plan, mask_ratio, lr
         self.weighting, self.seed = weighting, seed
+        self.reference_shares = reference_shares or {}
         self.log_book = log_book or RoundLog()
         self.mask: dict[str, np.ndarray] | None = None
         self._sent: ArrayRecord | None = None
@@ -155,11 +160,14 @@ class Unlearning(StrategyWrapper):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         phase = self.plan.phase(server_round)
+        config = ConfigRecord(dict(config))  # Flower passes one record every round: a phase's keys must not leak
         config["objective"] = phase
         if phase not in ("train", "saliency") and self.lr > 0:
             config["lr"] = self.lr
         if phase == "salun" and self.mask is not None:
             config["salun-mask"] = pack_mask(self.mask, list(self.mask))
+        if phase == "gradient-ascent" and self.reference_shares:
+            config.update(share_config(self.reference_shares))
         self._sent = arrays
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         holders = {c.node_id for c in self.clients.values() if c.num_forget > 0}
