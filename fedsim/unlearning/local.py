@@ -12,7 +12,10 @@ weights (or, in SalUn's saliency round, a gradient) travel.
   training from w; for a class-level request the global model;
 - ``erasediff`` / ``msgm`` / ``salun``: their objectives on (kept, forget)
   data; a client holding no forget data trains normally (under SalUn with the
-  saliency mask on its gradients, like every client).
+  saliency mask on its gradients, like every client);
+- ``fine-tune`` / ``continue`` (the controls): ordinary local training on the
+  client's data at the lr sent; they differ only in the data (fine-tune's
+  workspace has the request applied, continue's keeps everything).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from fedsim.unlearning.gradient_ascent import gradient_ascent_train, reference_m
 from fedsim.unlearning.mask import unpack_mask
 from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
+
+CONTROLS = ("fine-tune", "continue")  # plain training: what a method must beat (strategies.CONTROLS)
 
 
 def unlearn_params(cfg: RunConfig) -> UnlearnParams:
@@ -63,6 +68,10 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
     if objective == "saliency":
         grads = forget_gradient(model, task, forget, generator=generator)
         return grads, "gradient", TrainStats(loss=0.0, steps=1, num_examples=n_forget)
+    if objective in CONTROLS:
+        stats = train_local(model, task, *retain, epochs=epochs, batch_size=batch_size, lr=lr,
+                            optimizer=cfg.optimizer, momentum=cfg.momentum, generator=generator)
+        return model.state_dict(), "weights", stats
     params = unlearn_params(cfg)
     num_classes = ws.train.num_classes
     if objective == "gradient-ascent":
