@@ -86,4 +86,6 @@ def test_controls_need_a_request_but_no_diffusion_model_and_preflight_accepts_th
     with pytest.raises(ConfigError, match="unlearn-method must be one of"):
         load_config({"unlearn-method": "finetune"})
     for method in ("fine-tune", "continue"):  # continue removes nothing, yet its request names data
-        check(BASE.replace(forget_class=FORGET_CLASS, unlearn_method=method))
+        cfg = load_config({**BASE.to_flwr(), "forget-class": FORGET_CLASS, "unlearn-method": method})
+        assert cfg.unlearn_method == method and cfg.model == "cnn"
+        check(cfg)
