@@ -113,8 +113,9 @@ class RunConfig:
     ledger_max_mb: float = 512.0
     """Bound on the ledger's stored updates, in MB."""
     # unlearning runs (``fedsim unlearn`` sets these; see fedsim/unlearning/)
-    unlearn_method: Literal["", "federaser", "gradient-ascent", "erasediff", "salun", "msgm"] = ""
-    """The unlearning method of this run ("" an ordinary run); fedsim unlearn sets it."""
+    unlearn_method: Literal["", "federaser", "gradient-ascent", "erasediff", "salun", "msgm", "fine-tune",
+                            "continue"] = ""
+    """The unlearning method of this run ("" an ordinary run; fine-tune and continue are controls); fedsim unlearn sets it."""
     unlearn_from: str = ""
     """The original run folder (its ledger and model)."""
     unlearn_rounds: int = 5

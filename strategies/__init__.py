@@ -32,6 +32,7 @@ from strategies.wrappers.metered import Metered
 from strategies.wrappers.recording import Recording
 
 FINE_TUNING = ("gradient-ascent", "erasediff", "salun", "msgm")  # unlearning by local objectives
+CONTROLS = ("fine-tune", "continue")  # plain training from the trained model: what the methods must beat
 
 Utility = Callable[[ArrayRecord], float]
 StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility | None], Strategy]
@@ -48,7 +49,7 @@ def build_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
         ledger = _ledger(cfg.replay, "replay")
         return ReplaySelector({r["round"]: set(r["participants"]) for r in ledger.rounds})
     base = _named_selector(cfg, clients)
-    if cfg.unlearn_method in FINE_TUNING:
+    if cfg.unlearn_method in FINE_TUNING:  # not CONTROLS: they draw as an ordinary run does
         return HolderSelector(base, unlearning_plan(cfg))
     return base
 
@@ -118,7 +119,7 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
         strategy = Calibrated(strategy, ledger,
                               calibration_rounds(ledger, client_level=bool(parse_ids(cfg.forget_clients))),
                               calibration=cfg.federaser_calibration)
-    elif cfg.unlearn_method in FINE_TUNING:
+    elif cfg.unlearn_method in FINE_TUNING + CONTROLS:  # controls: the same rounds at the same unlearn-lr
         strategy = Unlearning(strategy, unlearning_plan(cfg), mask_ratio=cfg.salun_mask_ratio, lr=cfg.unlearn_lr,
                               weighting=cfg.weighting, seed=cfg.seed, log_book=log,
                               reference_shares=_reference_shares(cfg))

@@ -1,7 +1,7 @@
 """``fedsim unlearn`` end to end: a small run through Flower's simulation engine, then
-SalUn on a class request and FedEraser on a client request, each a real run plus its
-report, and a replay of the run's ledger with nothing forgotten, which must reproduce
-the run exactly. Slow (about 3 minutes)."""
+SalUn on a class request, the two controls (fine-tune, continue) on it and FedEraser on
+a client request, each a real run plus its report, and a replay of the run's ledger
+with nothing forgotten, which must reproduce the run exactly. Slow (about 5 minutes)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedsim.cli.main import main
+from fedsim.config import load_config, read_toml
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,21 @@ def test_salun_on_a_class_request_runs_its_phases_and_reports(trained, tmp_path)
     assert report.loc[0, "rounds"] == 4 and report.loc[1, "rounds"] == 3
     assert report["forget_rate"].between(0, 1).all() and report["mia_auc"].between(0, 1).all()
     assert (out / "unlearning" / "grids.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["fine-tune", "continue"])
+def test_controls_run_their_rounds_from_the_trained_model_and_are_costed(trained, tmp_path, method):
+    out = tmp_path / method
+    assert main(["unlearn", "--run", str(trained), "--class", "3", "--method", method, "--samples", "40",
+                 "--set", "unlearn-rounds=2", "--set", "unlearn-lr=5e-4", "--out", str(out)]) == 0
+    cfg = load_config(read_toml(out / "config.toml"))
+    assert (cfg.unlearn_method, cfg.rounds, cfg.unlearn_lr, cfg.pretrained) == (method, 2, 5e-4, str(trained / "model"))
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["phase"].tolist() == [method, method]
+    report = pd.read_csv(out / "unlearning" / "report.csv")
+    assert report["model"].tolist() == ["original", method]
+    row = report.iloc[1]
+    assert row["rounds"] == 2 and row["wall_s"] > 0 and row["bytes"] > 0 and 0 <= row["forget_rate"] <= 1
 
 
 def test_federaser_on_a_client_request_replays_the_stored_rounds(trained, tmp_path):

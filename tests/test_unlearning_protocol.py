@@ -237,6 +237,27 @@ def test_a_round_of_forget_only_updates_averages_them_with_equal_weights():
     assert log.get(1)["clients_forget_only"] == 2
 
 
+@pytest.mark.parametrize("method", ["fine-tune", "continue"])
+def test_controls_train_their_rounds_at_unlearn_lr_as_an_ordinary_run(method):
+    """fine-tune / continue: every round is theirs, at unlearn-lr; clients drawn and
+    aggregated exactly as in an ordinary run on the same data (no holder forced in, no mask)."""
+    if method == "fine-tune":  # client 1 asked to be forgotten and keeps nothing
+        infos = clients(num_forget=(0, 11, 0, 0), num_examples=(10, 0, 12, 13))
+    else:  # continue: the request removes nothing, every client declares all its data
+        infos = clients(num_examples=(10, 11, 12, 13))
+    base = RunConfig(num_clients=N, clients_per_round=2, model="cnn", forget_clients="1", rounds=4)
+    control = base.replace(unlearn_method=method, unlearn_rounds=4, unlearn_lr=0.05)
+    log, history, configs = drive(control, infos, 4)
+    _, plain_history, plain_configs = drive(base, infos, 4)
+    assert [(r, p) for r, p, _ in configs] == [(r, p) for r, p, _ in plain_configs]
+    assert all(c["objective"] == method and c["lr"] == 0.05 for _, _, c in configs)
+    assert [log.get(r)["phase"] for r in (1, 2, 3, 4)] == [method] * 4
+    for ours, plain in zip(history, plain_history):
+        assert all(np.array_equal(ours[k], plain[k]) for k in SHAPES)
+    drawn = {p for _, p, _ in configs}
+    assert (1 in drawn) == (method == "continue")
+
+
 # -- FedEraser --------------------------------------------------------------------
 
 def test_calibration_keeps_the_old_norm_and_the_new_direction():
@@ -337,6 +358,11 @@ def test_driver_configures_each_method(finished_run, tmp_path):
     fe = unlearn_config(run, "federaser", request_keys(original, 2, None), [], out / "f")
     assert fe.rounds == 3 and fe.local_epochs == 2 and fe.forget_clients == "2"  # stored 1,3,5,7 -> calibrate 3,5,7
     assert (out / "f" / "unlearning" / "start_model" / "config.json").is_file()
+    for control in ("fine-tune", "continue"):  # the methods' rounds and lr, from the trained model
+        c = unlearn_config(run, control, req, ["unlearn-lr=0.05", "unlearn-rounds=3"], out / control)
+        assert (c.unlearn_method, c.rounds, c.unlearn_lr, c.pretrained) == (control, 3, 0.05, str(run / "model"))
+        assert (c.replay, c.forget_class, c.lr, c.local_epochs) == ("", 3, original.lr, original.local_epochs)
+    assert unlearn_config(run, "fine-tune", req, [], out / "ft").rounds == original.unlearn_rounds
     with pytest.raises(ConfigError, match="unknown method"):
         unlearn_config(run, "forget-everything", req, [], out / "x")
     with pytest.raises(ConfigError, match="exactly one"):
@@ -359,6 +385,14 @@ def test_unlearn_cli_bad_input_is_one_line(finished_run, tmp_path, capsys):
                  "--set", "msgm-loss=sideways", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "msgm-loss must be one of" in err[0]
+    assert main(["unlearn", "--run", str(finished_run), "--class", "0", "--method", "finetune",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'finetune'" in err[0] and "fine-tune, continue" in err[0]
+    assert main(["unlearn", "--run", str(finished_run), "--class", "0", "--method", "continue",
+                 "--set", "unlearn-rounds=0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unlearn-rounds must be >= 1" in err[0]
 
 
 def test_config_rejects_a_method_without_a_request():

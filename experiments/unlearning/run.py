@@ -4,7 +4,8 @@ Requests (experiment.toml): forget digit 0 from a class-conditional and from an
 unconditional ddpm-tiny trained federatedly on the bundled digits, and forget
 client 19's data from a Maverick run (client 19 alone holds class 1). For each:
 one original ``fedsim run`` (base.toml, ledger-every = 2 for FedEraser), then
-``fedsim unlearn`` with retrain first (the reference) and every other method,
+``fedsim unlearn`` with retrain first (the reference), every other method and
+the two controls (fine-tune, continue: plain training for the same rounds),
 each scored by fedsim/unlearning/report.py against the original and the
 retrained model.
 

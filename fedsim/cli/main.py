@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--client", type=int, metavar="K", help="forget all data of partition K")
     who.add_argument("--class", dest="klass", type=int, metavar="C", help="forget class C on every client")
     unlearn.add_argument("--method", required=True, metavar="M",
-                         help="retrain | federaser | gradient-ascent | erasediff | salun | msgm")
+                         help="retrain | federaser | gradient-ascent | erasediff | salun | msgm; "
+                              "controls: fine-tune | continue")
     unlearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override a key of the unlearning run (repeatable), e.g. unlearn-rounds=3")
     unlearn.add_argument("--out", help="folder of the unlearning run (default runs/unlearn-<method>-<timestamp>)")

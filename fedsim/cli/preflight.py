@@ -17,7 +17,7 @@ from fedsim.config import ConfigError, RunConfig, load_config, parse_ids
 
 
 def check(cfg: RunConfig) -> None:
-    from fedsim.data.clients import dataset, split_request
+    from fedsim.data.clients import KEEPS_FORGET_DATA, dataset, split_request
     from fedsim.models.workspace import fresh_model
     from strategies import STRATEGIES
 
@@ -34,6 +34,8 @@ def check(cfg: RunConfig) -> None:
     parts, forgotten = split_request(cfg, train.labels)
     if not any(len(p) for p in parts):
         raise ConfigError("no client holds any data once the forget request is applied")
+    if cfg.unlearn_method in KEEPS_FORGET_DATA:  # trains on everything; the request is what it is scored on
+        forgotten = split_request(cfg.replace(unlearn_method=""), train.labels)[1]
     if cfg.unlearn_method and not any(len(f) for f in forgotten):
         raise ConfigError("the forget request names no data that any client holds")
     if cfg.unlearn_method == "erasediff" and cfg.erasediff_target == "random-label" and not cfg.conditional:

@@ -14,6 +14,10 @@ from DIR's config.toml:
     salun            mask round) / MSGM by the clients holding forget data, the
     msgm             others training normally (strategies/unlearning/protocol.py), at
                      ``unlearn-lr`` if set; gradient ascent then adds 2 normal rounds
+    fine-tune        controls: ``unlearn-rounds`` rounds of ordinary training from DIR's
+    continue         model at ``unlearn-lr``, fine-tune on the data the clients keep (the
+                     FT baseline of the SalUn and EraseDiff papers), continue on all data,
+                     forget data included (what training longer alone changes)
 
 Defaults follow from the method (rounds, start model, local epochs); any key
 can still be overridden with ``--set``. The unlearning run keeps no ledger
@@ -36,7 +40,7 @@ from rich.console import Console
 
 from fedsim.config import ConfigError, RunConfig, load_config, parse_ids, parse_override, read_toml
 
-METHODS = ("retrain", "federaser", "gradient-ascent", "erasediff", "salun", "msgm")
+METHODS = ("retrain", "federaser", "gradient-ascent", "erasediff", "salun", "msgm", "fine-tune", "continue")
 GA_NORMAL_ROUNDS = 2  # normal rounds after gradient ascent (Halimi et al.: a few)
 
 

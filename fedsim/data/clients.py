@@ -1,6 +1,8 @@
 """Each client's data in a run: the config's dataset, its partition among the
-clients, an unlearning request (forget-clients, forget-class) applied on top, and a
-backdoor (backdoor-clients) poisoning some clients' samples (fedsim/data/backdoor.py).
+clients, an unlearning request (forget-clients, forget-class) applied on top
+(except in the ``continue`` control, which keeps training on all data: the request
+then only names what its model is scored against), and a backdoor (backdoor-clients)
+poisoning some clients' samples (fedsim/data/backdoor.py).
 
 Pure functions of (config, labels): every process (server, Ray actor, pre-flight
 child) computes the same index sets.
@@ -16,6 +18,8 @@ from fedsim.config import ConfigError, RunConfig, parse_ids
 from fedsim.data.backdoor import poison, poisoned_indices
 from fedsim.data.datasets import ImageData, load_dataset
 from fedsim.data.partition import partition
+
+KEEPS_FORGET_DATA = ("continue",)  # unlearn-methods whose clients train on the forget data as before
 
 
 def dataset(cfg: RunConfig, split: str) -> ImageData:
@@ -50,9 +54,11 @@ def run_partition(cfg: RunConfig, labels: np.ndarray) -> list[np.ndarray]:
 
 def apply_request(cfg: RunConfig, labels: np.ndarray, client: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(kept, forgotten) parts of client ``client``'s index set ``idx`` under the run's
-    request: all of it if the client is in forget-clients, else the forget-class samples."""
+    request: all of it if the client is in forget-clients, else the forget-class samples
+    (nothing under a method of KEEPS_FORGET_DATA)."""
     gone = parse_ids(cfg.forget_clients, "forget-clients") or set()
     drop = np.full(len(idx), client in gone) | (labels[idx] == cfg.forget_class)
+    drop &= cfg.unlearn_method not in KEEPS_FORGET_DATA
     return idx[~drop], idx[drop]
 
 

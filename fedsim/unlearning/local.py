@@ -21,7 +21,10 @@ weights (or, in SalUn's saliency round, a bit-packed mask) travel.
   a deployment the node needs the run's dataset-path for it);
 - ``erasediff`` / ``msgm`` / ``salun``: their objectives on (kept, forget)
   data; a client holding no forget data trains normally (under SalUn with the
-  saliency mask on its gradients, like every client).
+  saliency mask on its gradients, like every client);
+- ``fine-tune`` / ``continue`` (the controls): ordinary local training on the
+  client's data at the lr sent; they differ only in the data (fine-tune's
+  workspace has the request applied, continue's keeps everything).
 
 ``num-examples`` (the FedAvg weight) counts the kept examples the update learned
 from: n_retain, and 0 for gradient ascent and for the mask, which see forget data
@@ -52,6 +55,7 @@ from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
 
 VALIDATION_SIZE = 200  # clean test images the gradient-ascent client checks its accuracy on
+CONTROLS = ("fine-tune", "continue")  # plain training: what a method must beat (strategies.CONTROLS)
 
 
 def unlearn_params(cfg: RunConfig) -> UnlearnParams:
@@ -85,6 +89,11 @@ def run_objective(objective: str, ws: Workspace, pid: int, cfg: RunConfig, sent:
         mask = top_share({k: g.float().cpu().numpy() for k, g in grads.items()}, cfg.salun_mask_ratio)
         packed = {k: torch.from_numpy(v) for k, v in pack_each(mask).items()}
         return packed, "mask", TrainStats(loss=0.0, steps=1, num_examples=0)
+    if objective in CONTROLS:
+        stats = train_local(model, task, *retain, epochs=epochs, batch_size=batch_size, lr=lr,
+                            optimizer=cfg.optimizer, momentum=cfg.momentum, grad_clip=cfg.grad_clip,
+                            generator=generator)
+        return model.state_dict(), "weights", stats
     params = unlearn_params(cfg)
     num_classes = ws.train.num_classes
     if objective == "gradient-ascent":

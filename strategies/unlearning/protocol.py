@@ -16,6 +16,12 @@ phases; the forget data never leave the clients that hold them:
                     (gradient ascent: only the holders, who ascend their loss)
     normal rounds   the rest: plain training without the forget data
 
+The two controls, ``fine-tune`` and ``continue``, have only method rounds:
+ordinary local training (objective = their name) at the same ``unlearn-lr``,
+clients drawn by the run's own selector; fine-tune's clients train on the data
+they keep (the forget data removed as retrain removes them), continue's on all
+their data as before the request (fedsim/data/clients.py).
+
 ``UnlearningPlan`` says which phase a round is in. ``HolderSelector`` wraps the
 run's selector: in a gradient-ascent or saliency round it picks exactly the
 holders; in the method rounds of a client-level request it adds the
@@ -81,7 +87,7 @@ HOLDERS_ONLY = ("saliency", "gradient-ascent")
 
 @dataclass(frozen=True)
 class UnlearningPlan:
-    method: str  # gradient-ascent | erasediff | salun | msgm
+    method: str  # gradient-ascent | erasediff | salun | msgm | fine-tune | continue
     rounds: int  # rounds running the method's objective
     client_level: bool  # the request names clients (they must take part)
 
