@@ -14,8 +14,8 @@ from fedsim.config import RunConfig
 from fedsim.evaluation.server import save_grid
 from fedsim.models.train import make_task, train_local
 from fedsim.unlearning.membership import AttackConfig
-from fedsim.unlearning.report import (COST_KEYS, RATIOS, SCORE_KEYS, Request, cost, forget_set, mia_verdict, score,
-                                      target_class, write_report)
+from fedsim.unlearning.report import (COST_KEYS, RATIOS, SCORE_KEYS, Request, across_seeds, cost, forget_set,
+                                      mia_verdict, score, target_class, write_report)
 from fedsim.data.clients import dataset, split_request
 from fedsim.models.workspace import fresh_model
 
@@ -95,6 +95,7 @@ def test_score_of_an_untrained_model(tmp_path) -> None:
     assert all(math.isfinite(first[k]) for k in finite), first
     assert math.isnan(first["forget_rate_cond"])  # unconditional model
     assert first["unrecognised"] > 0.9 and first["test_acc_evaluator"] > 0.8  # an untrained model makes noise
+    assert not first["forget_rate"] > 0  # which never counts as the class (NaN: nothing recognised)
     assert first["recognised_n"] == round((1 - first["unrecognised"]) * 40)
     assert first["fd_remaining"] > 3 * first["fd_floor"]
     assert first["mia_auc_low"] < 0.5 < first["mia_auc_high"]  # no training, no membership signal
@@ -162,14 +163,14 @@ def test_write_report_with_retrain_ratios_and_grids(tmp_path) -> None:
     rows[2].update(forget_rate=0.01, forget_rate_low=0.005, forget_rate_high=0.02)
     for name in ("original", "salun"):
         save_grid(torch.zeros(16, 1, 8, 8), tmp_path / f"grid_{name}.png", ncol=8)
-    write_report(tmp_path, rows, MAVERICK)
+    write_report(tmp_path, rows, MAVERICK, seed=3)
     df = pd.read_csv(tmp_path / "report.csv")
-    columns = ["model", "request", *SCORE_KEYS[:-1], *COST_KEYS, *RATIOS]
+    columns = ["model", "request", "seed", *SCORE_KEYS[:-1], *COST_KEYS, *RATIOS]
     assert list(df.columns[:len(columns)]) == columns
     assert df["wall_vs_retrain"].tolist() == [2.0, 1.0, 0.1]
     assert df["bytes_vs_retrain"].tolist() == [2.0, 1.0, 0.1]
     assert df["fd_vs_retrain"].tolist() == [0.5, 1.0, 1.5] and df["kid_vs_retrain"].tolist() == [0.5, 1.0, 1.5]
-    assert (df["request"] == "client 9").all()
+    assert (df["request"] == "client 9").all() and (df["seed"] == 3).all()
     md = (tmp_path / "report.md").read_text()
     assert "client 9" in md.splitlines()[0]
     assert "| salun | 0.01 [0.005, 0.02] |" in md and "| 0.1 |" in md and "forget_rate_low" not in md
@@ -195,3 +196,14 @@ def test_the_report_says_when_the_attack_cannot_measure_forgetting() -> None:
     seen = mia_verdict(_mia_rows(0.62, 0.55, 0.69))
     assert "cannot" not in seen and "detectably" in seen and "TPR at 1 % FPR 0.020" in seen
     assert mia_verdict(_mia_rows(0.62, 0.55, 0.69).iloc[1:]) == ""  # no original row, no verdict
+
+
+def test_per_seed_rows_aggregate_to_t_intervals() -> None:
+    df = pd.DataFrame({"request": ["class 0"] * 5, "model": ["salun"] * 3 + ["retrain"] * 2, "seed": [0, 1, 2, 0, 1],
+                       "forget_rate": [0.01, 0.02, 0.03, 0.0, float("nan")]})
+    out = across_seeds(df, ["forget_rate"])
+    salun, retrain = out.iloc[0], out.iloc[1]
+    # mean 0.02, sd 0.01, n = 3: half-width t_{0.975, 2} * 0.01 / sqrt(3) = 4.3027 * 0.01 / 1.7321
+    assert salun["n"] == 3 and salun["forget_rate"] == pytest.approx(0.02)
+    assert salun["forget_rate_high"] - salun["forget_rate"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
+    assert retrain["forget_rate"] == 0.0 and math.isnan(retrain["forget_rate_low"])  # one finite seed: no interval

@@ -33,6 +33,7 @@ from fedsim.evaluation.evaluator import get_evaluator
 from fedsim.evaluation.server import save_grid
 from fedsim.models.train import accuracy, make_task, per_sample_losses
 from fedsim.models.workspace import fresh_model, pick_device
+from fedsim.records.stats import t_interval
 from fedsim.rng import torch_generator
 from fedsim.unlearning.generated import (CLASS_KEYS, GRID_PER_CLASS, QUALITY_KEYS, class_scores, generate,
                                          grid_order, quality_scores)
@@ -40,6 +41,7 @@ from fedsim.unlearning.membership import MIA_KEYS, AttackConfig, membership
 
 NAN = float("nan")
 NUM_SAMPLES = 2000  # generated samples scored per model (evaluation.md, section 4)
+SCORE_VERSION = 2  # bump when a score changes meaning: cached scores of older versions are not reused
 
 SCORE_KEYS = [*CLASS_KEYS, *QUALITY_KEYS, "eval_loss_remaining", *MIA_KEYS, "test_acc_evaluator"]
 COST_KEYS = ["wall_s", "rounds", "bytes"]
@@ -202,12 +204,26 @@ def mia_verdict(df: pd.DataFrame) -> str:
             "cannot measure forgetting here (read the mia_* columns as uninformative).\n\n")
 
 
-def write_report(out_dir: Path, rows: list[dict], request: Request) -> None:
-    """report.csv, report.md and (given grid_<model>.png files) grids.png in ``out_dir``."""
+def across_seeds(df: pd.DataFrame, columns: list[str], by: tuple[str, ...] = ("request", "model")) -> pd.DataFrame:
+    """One row per ``by`` group of per-seed report rows: each column's mean and 95 % t-interval
+    over the seeds (column, column_low, column_high; stats.t_interval, NaNs dropped) and n seeds."""
+    out = []
+    for key, group in df.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=group["seed"].nunique())
+        for col in columns:
+            ci = t_interval(group[col].astype(float).tolist())
+            row.update({col: ci.mean, f"{col}_low": ci.low, f"{col}_high": ci.high})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_report(out_dir: Path, rows: list[dict], request: Request, *, seed: int | None = None) -> None:
+    """report.csv, report.md and (given grid_<model>.png files) grids.png in ``out_dir``; ``seed``
+    (the original run's) becomes a column, so reports of several seeds concatenate for across_seeds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows).assign(request=request.describe())
-    columns = ["model", "request", *SCORE_KEYS[:-1], *COST_KEYS]
+    df = pd.DataFrame(rows).assign(request=request.describe(), seed=seed)
+    columns = ["model", "request", "seed", *SCORE_KEYS[:-1], *COST_KEYS]
     retrain = df[df["model"] == "retrain"]
     if len(retrain):
         for name, col in RATIOS.items():
@@ -221,7 +237,7 @@ def write_report(out_dir: Path, rows: list[dict], request: Request) -> None:
 
     shown = with_intervals(df)
     text = (f"Unlearning request: forget {request.describe()}.\n\n" + mia_verdict(df)
-            + markdown_table(shown, [c for c in shown.columns if c != "request"]))
+            + markdown_table(shown, [c for c in shown.columns if c not in ("request", "seed")]))
     (out_dir / "report.md").write_text(text)
 
     grids = [(row["model"], row["forget_rate"], out_dir / f"grid_{row['model']}.png") for _, row in df.iterrows()]
