@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from fedsim.records.stats import paired_difference, t_interval, verdict, wilson
+from fedsim.records.stats import auc_interval, paired_difference, t_interval, verdict, wilson
 
 
 def test_t_interval_matches_the_t_table():
@@ -41,3 +42,16 @@ def test_wilson_interval_of_known_proportions():
     iv = wilson(5, 500)  # the unlearning contrast of issue 16: 1.0 %
     assert iv.mean == 0.01 and iv.low == pytest.approx(0.00427, abs=1e-4) and iv.high == pytest.approx(0.0232, abs=2e-4)
     assert wilson(0, 10).low == 0.0 and wilson(10, 10).high == 1.0
+
+
+def test_auc_interval_is_delong_by_hand():
+    # positives 0.9, 0.8, 0.4 against negatives 0.5, 0.3: V10 = (1, 1, 1/2), V01 = (2/3, 1)
+    # AUC = 5/6; Var = var(V10)/3 + var(V01)/2 = (1/12)/3 + (1/18)/2 = 1/18 (sample variances)
+    iv = auc_interval([0.9, 0.8, 0.4], [0.5, 0.3])
+    assert iv.mean == pytest.approx(5 / 6) and iv.n == 5
+    assert iv.low == pytest.approx(5 / 6 - 1.959964 * math.sqrt(1 / 18), abs=1e-5) and iv.high == 1.0
+    # ties count half: positives (1, 2), negatives (1, 0): V10 = (3/4, 1), V01 = (3/4, 1), AUC = 7/8
+    tie = auc_interval([1.0, 2.0], [1.0, 0.0])
+    var = np.var([0.75, 1.0], ddof=1) / 2 + np.var([0.75, 1.0], ddof=1) / 2
+    assert tie.mean == pytest.approx(0.875) and tie.low == pytest.approx(0.875 - 1.959964 * math.sqrt(var), abs=1e-5)
+    assert math.isnan(auc_interval([1.0], [0.0]).low) and auc_interval([1.0], [0.0]).mean == 1.0

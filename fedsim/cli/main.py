@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a key of the unlearning run (repeatable), e.g. unlearn-rounds=3")
     unlearn.add_argument("--out", help="folder of the unlearning run (default runs/unlearn-<method>-<timestamp>)")
     unlearn.add_argument("--retrain", metavar="DIR3", help="a retrain run of the same request, compared in the report")
-    unlearn.add_argument("--samples", type=int, default=500, help="generated samples scored per model (default 500)")
+    unlearn.add_argument("--samples", type=int, default=2000, help="generated samples scored per model (default 2000)")
     unlearn.set_defaults(func=cmd_unlearn)
     split = sub.add_parser("split-data", help="write the run's partition as one data-dir per SuperNode")
     _config_args(split, "the run's TOML (dataset, num-clients, partition, seed)")

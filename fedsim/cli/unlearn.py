@@ -142,22 +142,23 @@ def report(run_dir: Path, out: Path, method: str, retrain: Path | None, num_samp
         rows.append(row)
         console.print(f"  {name}: forget_rate {row['forget_rate']:.3f}, fd_remaining {row['fd_remaining']:.3g}, "
                       f"mia_auc {row['mia_auc']:.3f}, {row['rounds']:.0f} rounds, {row['wall_s']:.1f} s")
-    write_report(target, rows, request)
+    write_report(target, rows, request, seed=original.seed)
     return target
 
 
 def _cached_score(folder: Path, original: RunConfig, request, num_samples: int, grid: Path) -> dict:
-    """score() of folder/model, kept in folder/unlearning_scores/ (keyed by request and sample count, with
-    the model file's size and time) so an original or retrained model scored once is not sampled again."""
+    """score() of folder/model, kept in folder/unlearning_scores/ (keyed by the scoring's version, request and
+    sample count, with the model file's size and time) so an original or retrained model is scored once."""
     import json
     import shutil
 
     from fedsim.models.networks import load_pretrained
-    from fedsim.unlearning.report import score
+    from fedsim.unlearning.report import SCORE_VERSION, score
 
     weights = next((folder / "model").glob("*.safetensors"))
     stamp = weights.stat()
-    key = (f"{request.describe().replace(' ', '-')}-n{num_samples}-{stamp.st_size}-{int(stamp.st_mtime)}")
+    key = (f"v{SCORE_VERSION}-{request.describe().replace(' ', '-')}-n{num_samples}-{stamp.st_size}-"
+           f"{int(stamp.st_mtime)}")
     cache = folder / "unlearning_scores"
     if (cache / f"{key}.json").is_file():
         if (cache / f"{key}.png").is_file():

@@ -91,9 +91,14 @@ class Evaluator:
 
     def predict_with_features(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``predict`` and ``features`` from one pass over the images."""
+        return self.predict_full(images)[:2]
+
+    def predict_full(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict``, ``features`` and the softmax over the K classes (N, K), the reject
+        logit left out (rows sum to 1, as a plain classifier's would), from one pass."""
         feats, logits = self._forward(images)
         pred, ok = self._judge(feats, logits)
-        return np.where(ok, pred, -1), feats.double().numpy()
+        return np.where(ok, pred, -1), feats.double().numpy(), logits[:, :-1].softmax(1).double().numpy()
 
     def _judge(self, feats: torch.Tensor, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         prob = logits.softmax(1)  # K classes + the reject class

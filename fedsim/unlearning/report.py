@@ -3,13 +3,16 @@
 The original model ("before"), the unlearned ones and FedRetrain are scored the
 same way, from fixed sampling noise and fixed loss probes derived from the run
 seed, so their rows compare in one table. The metrics follow the notes'
-Metrics section (/work/shared/papers/unlearning.md), scaled to fedsim: the
-evaluator classifier (fedsim/evaluation/evaluator.py) replaces the ResNet-34 and its
-Frechet distance replaces FID; the membership inference is the loss-threshold
-attack on the per-sample denoising loss averaged over fixed (t, eps) probes.
+Metrics section (/work/shared/papers/unlearning.md) and the generated-image
+protocol of ../shared/papers/evaluation.md (section 4), scaled to fedsim: the
+evaluator classifier with its reject option (fedsim/evaluation/evaluator.py)
+replaces the ResNet-34, FD and KID in its feature space replace FID
+(generated.py), and the membership inference is a calibrated attack beside the
+notes' loss threshold (membership.py). The report says first whether the attack
+finds membership on the original model at all; if not, it cannot measure forgetting.
 
 Classifier models (``model = "cnn"``) have no samples: ``forget_rate`` is their
-accuracy on the forget set, ``fd_remaining`` is NaN, the losses are
+accuracy on the forget set, the sample scores are NaN, the losses are
 cross-entropy; a run with backdoor-clients adds ``backdoor_acc`` and ``clean_acc``
 (fedsim/evaluation/backdoor.py, Halimi et al.'s evaluation).
 """
@@ -23,29 +26,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor
 
 from fedsim.config import RunConfig, parse_ids
 from fedsim.data.clients import dataset, split_request
 from fedsim.evaluation.backdoor import backdoor_scores
 from fedsim.evaluation.evaluator import get_evaluator
-from fedsim.evaluation.metrics import frechet_distance
 from fedsim.evaluation.server import save_grid
-from fedsim.models.diffusion import sample
 from fedsim.models.train import accuracy, make_task, per_sample_losses
 from fedsim.models.workspace import fresh_model, pick_device
+from fedsim.records.stats import t_interval
 from fedsim.rng import torch_generator
+from fedsim.unlearning.generated import (CLASS_KEYS, GRID_PER_CLASS, QUALITY_KEYS, class_scores, generate,
+                                         grid_order, quality_scores)
+from fedsim.unlearning.membership import MIA_KEYS, AttackConfig, membership
 
-MIA_PROBES = 4  # fixed (t, eps) draws the membership losses are averaged over
-SAMPLE_BATCH = 256  # samples denoised at once
-GRID_PER_CLASS = 8  # conditional grids: one row of this many samples per class
 NAN = float("nan")
+NUM_SAMPLES = 2000  # generated samples scored per model (evaluation.md, section 4)
+SCORE_VERSION = 2  # bump when a score changes meaning: cached scores of older versions are not reused
 
-SCORE_KEYS = ["forget_rate", "forget_rate_cond", "unrecognised", "fd_remaining", "eval_loss_remaining", "forget_loss",
-              "mia_auc", "mia_tpr_1fpr", "test_acc_evaluator"]
+SCORE_KEYS = [*CLASS_KEYS, *QUALITY_KEYS, "eval_loss_remaining", *MIA_KEYS, "test_acc_evaluator"]
 COST_KEYS = ["wall_s", "rounds", "bytes"]
-RATIOS = {"wall_vs_retrain": "wall_s", "bytes_vs_retrain": "bytes", "fd_vs_retrain": "fd_remaining"}
+RATIOS = {"wall_vs_retrain": "wall_s", "bytes_vs_retrain": "bytes", "fd_vs_retrain": "fd_remaining",
+          "kid_vs_retrain": "kid_remaining"}
+INTERVALS = ["forget_rate", "forget_rate_cond", "mia_auc"]  # shown as "value [low, high]" in report.md
 
 
 @dataclass(frozen=True)
@@ -96,59 +100,17 @@ def target_class(cfg: RunConfig, request: Request) -> int:
     return top if counts[top] >= 0.5 * labels.size else -1
 
 
-def _mia(member_loss: Tensor, other_loss: Tensor) -> tuple[float, float]:
-    """Loss-threshold membership inference (notes, Metrics): AUC and TPR at 1 % FPR, score = -loss."""
-    if len(member_loss) == 0 or len(other_loss) == 0:
-        return NAN, NAN
-    y = np.r_[np.ones(len(member_loss)), np.zeros(len(other_loss))]
-    s = -np.r_[member_loss.numpy(), other_loss.numpy()]
-    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-    return float(roc_auc_score(y, s)), float(tpr[fpr <= 0.01].max())
+def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: int = NUM_SAMPLES,
+          grid_path: Path | None = None, attack: AttackConfig = AttackConfig()) -> dict[str, float]:
+    """SCORE_KEYS of a model of the run ``cfg`` (the original partition, no forget keys) against ``request``.
 
-
-def _mean_loss(model, task, images: Tensor, labels: Tensor, seed: int, probes: int) -> Tensor:
-    """(N,) per-sample loss averaged over ``probes`` fixed (t, eps) draws ("mia-probe", k)."""
-    if len(images) == 0:
-        return torch.zeros(0)
-    return torch.stack([per_sample_losses(model, task, images, labels,
-                                          generator=torch_generator(seed, "mia-probe", k))
-                        for k in range(probes)]).mean(0)
-
-
-def _generate(model, cfg: RunConfig, n: int, shape, num_classes: int, device: str) -> tuple[Tensor, Tensor | None]:
-    """n samples from fixed noise ("unlearn-sample"), batched; labels cycle over classes if conditional."""
-    labels = torch.arange(n) % num_classes if cfg.conditional else None
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
-    gen = torch_generator(cfg.seed, "unlearn-sample")
-    out = [sample(model, task.schedule, min(SAMPLE_BATCH, n - s), shape, generator=gen, sampler=cfg.sampler,
-                  steps=cfg.sample_steps, labels=None if labels is None else labels[s:s + SAMPLE_BATCH],
-                  device=device).cpu() for s in range(0, n, SAMPLE_BATCH)]
-    return torch.cat(out), labels
-
-
-def _grid_order(labels: Tensor | None, n: int, num_classes: int) -> Tensor:
-    """Indices of the grid's samples: the first 64, or for conditional models the first
-    GRID_PER_CLASS samples of each class, one row per class in class order."""
-    if labels is None:
-        return torch.arange(min(64, n))
-    per = min(GRID_PER_CLASS, n // num_classes)
-    return torch.cat([torch.nonzero(labels == c).flatten()[:per] for c in range(num_classes)])
-
-
-def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: int = 500,
-          grid_path: Path | None = None) -> dict[str, float]:
-    """Score a model of the run ``cfg`` (the original partition, no forget keys) against ``request``.
-
-    forget_rate: share of generated samples the evaluator recognises as the target class
-        (notes: classifier forget rate; conditional models cycle labels, so "before" is about 1/K);
-        unrecognised samples count for no class.
-    forget_rate_cond: share of the samples conditioned on the target class recognised as it (1 - UA).
-    unrecognised: share of generated samples the evaluator does not recognise as any class (a
-        model that turns the forgotten class into mush has a low forget_rate and a high unrecognised).
-    fd_remaining: evaluator-feature Frechet distance to the remaining classes' test images (FID on D_r).
+    Samples (generated.py): forget_rate(_cond) with Wilson intervals over the recognised samples,
+    unrecognised(_cond), forget_prob, forget_entropy; fd/kid/precision/recall on the remaining
+    classes with their floors. The class is the request's (target_class); conditional models
+    cycle labels over all classes, so forget_rate "before" is about 1/K.
     eval_loss_remaining: mean denoising loss on the remaining classes' test images (fixed "eval-probe").
-    forget_loss: mean loss on the forget set over MIA_PROBES fixed probes (NLL proxy on D_u).
-    mia_auc, mia_tpr_1fpr: loss-threshold MIA, forget set against test images of its classes.
+    Membership (membership.py): mia_auc with its DeLong interval and mia_tpr_1fpr of the
+    calibrated attack, mia_loss_auc of the loss threshold, forget_loss (NLL proxy on D_u).
     test_acc_evaluator: the evaluator classifier's test accuracy (context for forget_rate).
     """
     cfg = cfg.replace(forget_clients="", forget_class=-1)
@@ -158,41 +120,35 @@ def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: in
     model.load_state_dict(state_dict)
     model.to(device)
     task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
-    k = test.num_classes
     fx, fy = forget_set(cfg, request)
     target = target_class(cfg, request)
     test_y = torch.tensor(test.labels)
     remaining = test_y != target
-    others = torch.isin(test_y, fy.unique())
-    probes = MIA_PROBES if cfg.is_diffusion else 1
-    member_loss = _mean_loss(model, task, fx, fy, cfg.seed, probes)
-    other_loss = _mean_loss(model, task, test.images[others], test_y[others], cfg.seed, probes)
-    auc, tpr = _mia(member_loss, other_loss)
-    out = {"forget_loss": float(member_loss.mean()) if len(member_loss) else NAN, "mia_auc": auc,
-           "mia_tpr_1fpr": tpr,
-           "eval_loss_remaining": float(per_sample_losses(
-               model, task, test.images[remaining], test_y[remaining],
-               generator=torch_generator(cfg.seed, "eval-probe")).mean())}
+    out = dict.fromkeys(SCORE_KEYS, NAN)
+    out.update(membership(cfg, model, (fx, fy), test, attack=attack, device=device))
+    out["eval_loss_remaining"] = float(per_sample_losses(
+        model, task, test.images[remaining], test_y[remaining],
+        generator=torch_generator(cfg.seed, "eval-probe")).mean())
     if not cfg.is_diffusion:
-        out.update(forget_rate=accuracy(model, fx, fy) if len(fx) else NAN, forget_rate_cond=NAN, unrecognised=NAN,
-                   fd_remaining=NAN, test_acc_evaluator=NAN)
+        out.update(forget_rate=accuracy(model, fx, fy) if len(fx) else NAN)
         return {**{key: out[key] for key in SCORE_KEYS}, **backdoor_scores(cfg, model, test.images, test_y)}
-
-    images, labels = _generate(model, cfg, num_samples, test.shape, k, device)
-    ev = get_evaluator(dataset(cfg, "train"), test)
-    pred = torch.from_numpy(ev.predict(images))  # -1: not recognised, counts for no class
-    kept = labels != target if labels is not None else torch.ones(len(images), dtype=torch.bool)
-    on_target = labels == target if labels is not None else torch.zeros(len(images), dtype=torch.bool)
-    out.update(
-        forget_rate=float((pred == target).float().mean()) if target >= 0 else NAN,
-        forget_rate_cond=float((pred[on_target] == target).float().mean()) if on_target.any() else NAN,
-        unrecognised=float((pred < 0).float().mean()),
-        fd_remaining=frechet_distance(ev.features(images[kept]), ev.features(test.images[remaining])),
-        test_acc_evaluator=ev.test_accuracy)
-    if grid_path is not None:
-        order = _grid_order(labels, len(images), k)
-        save_grid(images[order], Path(grid_path), ncol=GRID_PER_CLASS)
+    out.update(_sample_scores(cfg, model, test, target, num_samples, device, grid_path))
     return {key: out[key] for key in SCORE_KEYS}
+
+
+def _sample_scores(cfg: RunConfig, model, test, target: int, num_samples: int, device: str,
+                   grid_path: Path | None) -> dict[str, float]:
+    """CLASS_KEYS, QUALITY_KEYS and test_acc_evaluator of ``num_samples`` generated samples."""
+    k = test.num_classes
+    images, labels = generate(model, cfg, num_samples, test.shape, k, device)
+    ev = get_evaluator(dataset(cfg, "train"), test)
+    pred, feats, prob = ev.predict_full(images)
+    cond = labels.numpy() if labels is not None else None
+    kept = cond != target if cond is not None else np.ones(len(images), dtype=bool)
+    if grid_path is not None:
+        save_grid(images[grid_order(labels, len(images), k)], Path(grid_path), ncol=GRID_PER_CLASS)
+    return {**class_scores(pred, prob, cond, target), **quality_scores(ev, feats[kept], test, target, seed=cfg.seed),
+            "test_acc_evaluator": ev.test_accuracy}
 
 
 def cost(run_dir: Path) -> dict[str, float]:
@@ -222,12 +178,54 @@ def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, rows: list[dict], request: Request) -> None:
-    """report.csv, report.md and (given grid_<model>.png files) grids.png in ``out_dir``."""
+def with_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy for display: each INTERVALS column as "value [low, high]", its _low/_high columns dropped."""
+    out = df.copy()
+    for col in INTERVALS:
+        low, high = f"{col}_low", f"{col}_high"
+        if {col, low, high} <= set(out.columns):
+            out[col] = [_fmt(v) if math.isnan(lo) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+                        for v, lo, hi in zip(out[col], out[low].astype(float), out[high].astype(float))]
+            out = out.drop(columns=[low, high])
+    return out
+
+
+def mia_verdict(df: pd.DataFrame) -> str:
+    """The report's first reading of the membership attack, on the original model: it can
+    measure forgetting only if its AUC interval there lies above 0.5 ("" without that row)."""
+    rows = df[df["model"] == "original"]
+    keys = ["mia_auc", "mia_auc_low", "mia_auc_high", "mia_tpr_1fpr"]
+    if rows.empty or not set(keys) <= set(df.columns) or rows[keys].isna().any(axis=None):
+        return ""
+    auc, low, high, tpr = (float(rows[k].iloc[0]) for k in keys)
+    seen = f"Membership attack on the original model: AUC {auc:.3f} [{low:.3f}, {high:.3f}], TPR at 1 % FPR {tpr:.3f}"
+    if low > 0.5:
+        return seen + (": the forget set is detectably training data; forgetting should bring mia_auc toward "
+                       "retrain's.\n\n")
+    return (seen + ": the interval does not exclude 0.5, so the original leaks no detectable membership and the MIA "
+            "cannot measure forgetting here (read the mia_* columns as uninformative).\n\n")
+
+
+def across_seeds(df: pd.DataFrame, columns: list[str], by: tuple[str, ...] = ("request", "model")) -> pd.DataFrame:
+    """One row per ``by`` group of per-seed report rows: each column's mean and 95 % t-interval
+    over the seeds (column, column_low, column_high; stats.t_interval, NaNs dropped) and n seeds."""
+    out = []
+    for key, group in df.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)), n=group["seed"].nunique())
+        for col in columns:
+            ci = t_interval(group[col].astype(float).tolist())
+            row.update({col: ci.mean, f"{col}_low": ci.low, f"{col}_high": ci.high})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_report(out_dir: Path, rows: list[dict], request: Request, *, seed: int | None = None) -> None:
+    """report.csv, report.md and (given grid_<model>.png files) grids.png in ``out_dir``; ``seed``
+    (the original run's) becomes a column, so reports of several seeds concatenate for across_seeds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows).assign(request=request.describe())
-    columns = ["model", "request", *SCORE_KEYS[:-1], *COST_KEYS]
+    df = pd.DataFrame(rows).assign(request=request.describe(), seed=seed)
+    columns = ["model", "request", "seed", *SCORE_KEYS[:-1], *COST_KEYS]
     retrain = df[df["model"] == "retrain"]
     if len(retrain):
         for name, col in RATIOS.items():
@@ -239,8 +237,9 @@ def write_report(out_dir: Path, rows: list[dict], request: Request) -> None:
     df = df[columns + [c for c in df.columns if c not in columns]]
     df.to_csv(out_dir / "report.csv", index=False)
 
-    shown = [c for c in df.columns if c != "request"]
-    text = f"Unlearning request: forget {request.describe()}.\n\n" + markdown_table(df, shown)
+    shown = with_intervals(df)
+    text = (f"Unlearning request: forget {request.describe()}.\n\n" + mia_verdict(df)
+            + markdown_table(shown, [c for c in shown.columns if c not in ("request", "seed")]))
     (out_dir / "report.md").write_text(text)
 
     grids = [(row["model"], row["forget_rate"], out_dir / f"grid_{row['model']}.png") for _, row in df.iterrows()]
