@@ -4,6 +4,7 @@ faked as run folders with metrics.csv, config.toml and status.json)."""
 
 import importlib.util
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def test_a_finished_run_with_another_config_is_stale_and_kept(exp, tmp_path, mon
     fake_run(at["fedemd", 0], curve(2), lr=0.5)  # e.g. base.toml changed since
     note = exp.report.summarise(runs, rounds=6).set_index("selector").loc["fedemd", "note"]
     assert note.startswith("stale run (config differs in lr")
+    shutil.rmtree(at["random", 0].folder)
+    fake_run(at["random", 0], curve(3), **{"msgm-margin": 0.7})  # a key the matrix does not set: not stale
+    assert exp.report.stale(at["random", 0]) == ""
     started = []
     monkeypatch.setattr(exp, "fedsim_run", lambda config, over, folder: started.append(folder) or "boom")
     extra = exp.matrix(tmp_path, {"shapley": {"selector": "shapley"}}, [0], 6, ["exclusive-1"], {})

@@ -8,9 +8,12 @@ give the same metrics.csv (timing columns aside).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,18 +95,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """End the process group this test started (never `ray stop`, which ends every Ray
+    instance on the machine, other users' runs included)."""
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "ray start --head exited early"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(1)
+    raise AssertionError(f"Ray's head did not listen on {port} within {timeout} s")
+
+
 def test_same_metrics_on_an_existing_ray_cluster(first_run: Path, tmp_path: Path, env: dict) -> None:
     port = _free_port()
     ray = str(BIN / "ray")
-    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, timeout=180, env=env)
-    assert start.returncode == 0, start.stderr[-2000:]
+    # --block keeps `ray start` in the foreground as the parent of the head's processes, in a
+    # group of its own: ending that group ends this cluster and nothing else
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={tempfile.mkdtemp(prefix='ray')}"],  # short: Ray's socket paths
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
+        _wait_for_port(port, head)
         res = fedsim_run(tmp_path / "cluster", f"ray-address='127.0.0.1:{port}'", env=env)
         assert res.returncode == 0, res.stderr[-2000:]
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_group(head)
     a = pd.read_csv(first_run / "metrics.csv").drop(columns=TIMING)
     b = pd.read_csv(tmp_path / "cluster" / "metrics.csv").drop(columns=TIMING)
     pd.testing.assert_frame_equal(a, b)

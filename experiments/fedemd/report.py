@@ -42,14 +42,19 @@ class Run:
 
 
 def stale(run: Run) -> str:
-    """'' when the finished run's config.toml is what the matrix asks for, else which keys differ."""
+    """'' when the finished run's config.toml is what the matrix asks for, else which keys differ.
+
+    Only the keys the matrix sets (base TOML and overrides) are compared: a later change of
+    another key's default (a key of another feature, say) does not make a finished run stale."""
     try:
-        want = load_config({**read_toml(run.config), **run.overrides})
+        asked = {**read_toml(run.config), **run.overrides}
+        want = load_config(asked)
         have = load_config(read_toml(run.folder / "config.toml"))
     except (OSError, ConfigError) as e:
         return f"stale run ({e})"
+    keys = {k.replace("-", "_") for k in asked}
     diff = [f.name.replace("_", "-") for f in fields(RunConfig)
-            if f.name not in WHERE_KEYS and getattr(want, f.name) != getattr(have, f.name)]
+            if f.name in keys and f.name not in WHERE_KEYS and getattr(want, f.name) != getattr(have, f.name)]
     return f"stale run (config differs in {', '.join(diff)}; remove its folder to redo it)" if diff else ""
 
 
