@@ -43,11 +43,11 @@ class AttackRunConfig:
     batch_size: int = 1  # images the attacked client holds (reconstructed together)
     local_steps: int = 1  # 1: FedSGD gradient; > 1: FedAvg update of that many SGD steps
     lr: float = 0.05  # client SGD learning rate
-    defense: str = "none"  # none | dp (Flower's local DP: clip + Gaussian noise) | topk | stc | dhq | qsgd
-    dp_clip: float = 1.0
-    dp_epsilon: float = 10.0
+    defense: str = "none"  # none | dp (local DP: clip + accounted Gaussian noise) | topk | stc | dhq | qsgd
+    dp_clip: float = 1.0  # the L2 clip norm, which is the sensitivity
+    dp_epsilon: float = 8.0
     dp_delta: float = 1e-5
-    dp_sensitivity: float = 0.01
+    dp_releases: int = 1  # the client's noised updates the (epsilon, delta) budget covers
     keep_ratio: float = 0.01  # defense topk / stc / dhq: the update is compressed as fedsim's codec sends it
     dhq_levels: int = 4
     qsgd_levels: int = 16
@@ -91,6 +91,9 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
     values: dict[str, Any] = {}
     for key, value in mapping.items():
         name = key.replace("-", "_")
+        if name == "dp_sensitivity":
+            raise ConfigError("dp-sensitivity was removed: the sensitivity of a clipped update is dp-clip, and the "
+                              "noise comes from the accountant (set dp-epsilon, dp-delta, dp-releases)")
         if name not in fields:
             raise ConfigError(f"unknown attack config key '{key}'; known: "
                               f"{', '.join(sorted(k.replace('_', '-') for k in fields))}")
@@ -109,9 +112,11 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
                          ("init", ("default", "uniform"))):
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"'{key.replace('_', '-')}' must be one of {', '.join(allowed)}")
-    for key in ("batch_size", "local_steps", "trials", "timesteps"):
+    for key in ("batch_size", "local_steps", "trials", "timesteps", "dp_releases"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"'{key.replace('_', '-')}' must be >= 1")
+    if not (cfg.dp_epsilon > 0 and 0 < cfg.dp_delta < 1 and cfg.dp_clip > 0):
+        raise ConfigError("dp-epsilon and dp-clip must be > 0 and dp-delta in (0, 1)")
     cfg.threat_model()
     try:
         cfg.codec()

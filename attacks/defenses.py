@@ -6,19 +6,20 @@ does on a client, first round: no residual yet); the server sees the decoded
 update and the bytes. It is not meant as a defense, but it is what the server
 records in a compressed federation, so attacks are measured against it.
 
-"dp" is Flower's local DP (flwr.clientapp.mod.LocalDpMod): the client clips its update to
-L2 norm ``clip`` (FlatClip) and adds Gaussian noise with
-    sigma = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon
-to every parameter before sending. We call the same functions the mod calls
-(flwr.supercore.differential_privacy), on tensors instead of Messages. For a FedSGD
-reply the gradient itself is clipped (it is the update up to -lr). Flower draws the noise
-from NumPy's global generator; we seed it from the run's derived generator and restore its
-state, so a seed gives the same noise.
+"dp" is update-level local DP as Flower's LocalDpMod applies it: the client clips its update
+to L2 norm ``clip`` (FlatClip) and adds Gaussian noise N(0, sigma^2) to every parameter before
+sending. The sensitivity of a clipped update is the clip norm, so sigma = z * clip, and the
+noise multiplier z comes from Opacus's RDP accountant: the smallest z for which ``releases``
+such releases (sample rate 1: every one of the client's updates is noised) spend at most
+(epsilon, delta). The mod's own classical formula sqrt(2 ln(1.25/delta)) / epsilon holds only
+for epsilon < 1, so it is not used. ``dp_accounting`` reports the epsilon actually spent.
+We call the functions the mod calls (flwr.supercore.differential_privacy), on tensors
+instead of Messages. For a FedSGD reply the gradient itself is clipped (it is the update up
+to -lr). Flower draws the noise from NumPy's global generator; we seed it from the run's
+derived generator and restore its state, so a seed gives the same noise.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -28,13 +29,38 @@ from fedsim.compression.codecs import Codec, encode_update
 from fedsim.records.observations import Observation
 
 
-def local_dp_sigma(sensitivity: float, epsilon: float, delta: float) -> float:
-    return sensitivity * math.sqrt(2 * math.log(1.25 / delta)) / epsilon
+# RDP orders: Opacus's defaults stop at 63, too low for one release at large epsilon
+DP_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + list(range(64, 4097, 8))
 
 
-def local_dp(obs: Observation, *, clip: float, sensitivity: float, epsilon: float, delta: float,
-             seed: int) -> Observation:
-    """A copy of ``obs`` whose reply went through Flower's LocalDpMod (clip, then noise)."""
+def dp_noise_multiplier(epsilon: float, delta: float, releases: int = 1) -> float:
+    """The smallest noise multiplier z (sigma / clip) for which ``releases`` Gaussian releases
+    at sample rate 1 spend at most (epsilon, delta) under Opacus's RDP accountant."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=releases,
+                                      accountant="rdp", epsilon_tolerance=0.005, alphas=DP_ALPHAS))
+
+
+def dp_spent(noise_multiplier: float, delta: float, releases: int = 1) -> float:
+    """Epsilon spent by ``releases`` Gaussian releases of multiplier z at sample rate 1 (RDP)."""
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, 1.0, releases)]
+    return float(accountant.get_epsilon(delta, alphas=DP_ALPHAS))
+
+
+def dp_accounting(*, clip: float, epsilon: float, delta: float, releases: int = 1) -> dict[str, float]:
+    """{dp_noise_multiplier, dp_sigma, dp_epsilon_spent} for these settings."""
+    z = dp_noise_multiplier(epsilon, delta, releases)
+    return {"dp_noise_multiplier": z, "dp_sigma": z * clip, "dp_epsilon_spent": dp_spent(z, delta, releases)}
+
+
+def local_dp(obs: Observation, *, clip: float, epsilon: float, delta: float, seed: int,
+             releases: int = 1) -> Observation:
+    """A copy of ``obs`` whose reply was clipped to ``clip`` and noised with sigma = z * clip,
+    z from the accountant for (epsilon, delta) over ``releases`` releases."""
     names = list(obs.received)
     received = [obs.received[k].detach().double().numpy().copy() for k in names]
     if obs.payload == "weights":
@@ -44,7 +70,8 @@ def local_dp(obs: Observation, *, clip: float, sensitivity: float, epsilon: floa
     state = np.random.get_state()
     try:
         np.random.seed(seed % 2**32)
-        add_gaussian_noise_inplace(received, local_dp_sigma(sensitivity, epsilon, delta))
+        add_gaussian_noise_inplace(received, dp_accounting(clip=clip, epsilon=epsilon, delta=delta,
+                                                           releases=releases)["dp_sigma"])
     finally:
         np.random.set_state(state)
     out = {k: torch.from_numpy(v).to(obs.received[k].dtype) for k, v in zip(names, received)}

@@ -28,7 +28,7 @@ import torch
 from attacks import build_attack
 from attacks.base import Reconstruction, Victim
 from attacks.config import AttackRunConfig
-from attacks.defenses import compressed, local_dp
+from attacks.defenses import compressed, dp_accounting, local_dp
 from attacks.exchange import client_exchange
 from attacks.metrics import best_truth, match, score, to_unit
 from attacks.prior import prior_path
@@ -154,8 +154,8 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         t = _recorded(cfg, from_run, client, server_round) if from_run is not None else _fresh(cfg, trial)
         obs = t.obs
         if cfg.defense == "dp":
-            obs = local_dp(obs, clip=cfg.dp_clip, sensitivity=cfg.dp_sensitivity, epsilon=cfg.dp_epsilon,
-                           delta=cfg.dp_delta, seed=int(derive(cfg.seed, "dp", trial).integers(2**31)))
+            obs = local_dp(obs, clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta, releases=cfg.dp_releases,
+                           seed=int(derive(cfg.seed, "dp", trial).integers(2**31)))
         elif cfg.codec() is not None and not obs.codec:  # a recorded compressed run is already compressed
             obs = compressed(obs, cfg.codec(), seed=int(derive(cfg.seed, "uplink", trial).integers(2**31)))
         inp = expose(obs, threat, t.secrets)
@@ -181,6 +181,9 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
                "iterations": rec.history[-1][0] + 1 if rec.history else 0,
                "source": f"{from_run} client {client} round {server_round}" if from_run else "fresh",
                "threat": json.dumps(threat.as_dict())}
+        if cfg.defense == "dp":
+            row.update(dp_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
+                                     releases=cfg.dp_releases))
         rows.append(row)
         _append(out / results_name, row)
         if trial == 0:

@@ -1,0 +1,52 @@
+"""attacks/defenses.py's local DP: the noise is sized by the accountant for the clip norm (the
+sensitivity), and what a client sends has exactly that noise."""
+
+import math
+
+import pytest
+import torch
+
+from attacks.config import load_attack_config
+from attacks.defenses import dp_accounting, dp_noise_multiplier, dp_spent, local_dp
+from fedsim.config import ConfigError
+from fedsim.records.observations import Observation
+
+
+@pytest.mark.parametrize("epsilon, releases", [(8.0, 1), (1.0, 1), (8.0, 10)])
+def test_the_noise_multiplier_is_the_smallest_the_accountant_allows(epsilon, releases):
+    z = dp_noise_multiplier(epsilon, 1e-5, releases)
+    spent = dp_spent(z, 1e-5, releases)
+    assert epsilon - 0.02 <= spent <= epsilon  # within the search tolerance, never over budget
+    assert dp_spent(0.97 * z, 1e-5, releases) > epsilon  # 3 % less noise would overspend
+    # the classical formula sqrt(2 ln(1.25/delta)) / epsilon (valid for epsilon < 1 only) overspends at 8
+    if epsilon == 8.0 and releases == 1:
+        assert dp_spent(math.sqrt(2 * math.log(1.25 / 1e-5)) / epsilon, 1e-5, 1) > epsilon
+
+
+def test_more_releases_need_more_noise_and_sigma_scales_with_the_clip():
+    one, ten = (dp_accounting(clip=2.0, epsilon=8.0, delta=1e-5, releases=r) for r in (1, 10))
+    assert ten["dp_noise_multiplier"] > 2 * one["dp_noise_multiplier"]
+    assert one["dp_sigma"] == pytest.approx(2.0 * one["dp_noise_multiplier"])
+
+
+def test_a_noised_update_is_clipped_and_carries_sigma_of_noise():
+    """A FedSGD gradient of norm 50 clipped to 1 (each entry 1/sqrt(n)), plus N(0, sigma^2)."""
+    n = 200_000
+    grad = {"w": torch.full((n,), 50.0 / math.sqrt(n))}
+    obs = Observation(server_round=1, partition_id=0, sent={"w": torch.zeros(n)}, received=grad,
+                      payload="gradient", num_examples=1, metrics={}, config={})
+    out = local_dp(obs, clip=1.0, epsilon=1.0, delta=1e-5, seed=3)
+    sigma = dp_accounting(clip=1.0, epsilon=1.0, delta=1e-5)["dp_sigma"]
+    noise = out.received["w"].double() - 1.0 / math.sqrt(n)
+    assert noise.std().item() == pytest.approx(sigma, rel=0.01)  # sd of 200,000 draws: 0.16 % error
+    assert abs(noise.mean().item()) < 5 * sigma / math.sqrt(n)
+    again = local_dp(obs, clip=1.0, epsilon=1.0, delta=1e-5, seed=3)
+    assert torch.equal(out.received["w"], again.received["w"])
+
+
+def test_the_removed_sensitivity_key_and_bad_budgets_are_refused():
+    with pytest.raises(ConfigError, match="dp-sensitivity was removed"):
+        load_attack_config({"defense": "dp", "dp-sensitivity": 0.01})
+    for bad in ({"dp-epsilon": 0.0}, {"dp-delta": 1.0}, {"dp-releases": 0}):
+        with pytest.raises(ConfigError):
+            load_attack_config({"defense": "dp", **bad})
