@@ -14,7 +14,8 @@ details unverified, shared/papers/attacks.md):
    (default) reads the mean gradient along the path at w_0 + Delta w / 2 (midpoint rule;
    one pass, as cheap as w_0 alone). c_r = 1 ("sum") or proportional to ||g~^(r)|| ("weighted").
 3. **Layer weights increasing with depth** in the weighted cosine distance D_w
-   (attacks/objectives.py ``layer_weights``; linear from 1 to s = 20 by default).
+   (attacks/objectives.py ``layer_weights``: one weight per module, so a layer's weight and bias
+   share it, linear from 1 at the input layer to s = 20 at the output layer by default).
 Optimised like IG (signed Adam, box, step decay); TV 0.2 by default (see AGICConfig.tv).
 """
 
@@ -36,8 +37,7 @@ class AGICConfig(IGConfig):
     # 7.2 dB against 13.5 dB with IG's 0.2 on one FedAvg update (B 8, 8 steps, 300 iterations).
     tv: float = 0.2
     schedule: str = "linear"  # layer weights: none | linear | log | quadratic | geometric
-    scale: float = 20.0  # weight of the deepest block (s)
-    group: int = 3  # parameter tensors per block
+    scale: float = 20.0  # weight of the output layer (s); a layer's weight and bias share one weight
     preserve: bool = False  # divide by the non-zero fraction of g* (sparsified updates)
     fusion: str = "sum"  # sum | weighted
     # where on the segment w_0 -> w_local each observation's gradient is read:
@@ -64,8 +64,7 @@ class AGIC(IG):
                 at = [fn.params if p == 0 else fn.shifted(delta, p / epochs) for p in range(epochs)]
             elif inp.payload == "weights" and self.cfg.fusion_points == "midpoint":
                 at = [fn.shifted(delta, 0.5)]
-            w = layer_weights(len(target), self.cfg.schedule, self.cfg.scale, self.cfg.group,
-                              target, self.cfg.preserve)
+            w = layer_weights(fn.names, self.cfg.schedule, self.cfg.scale, target, self.cfg.preserve)
             norm = float(torch.sqrt(sum(t.pow(2).sum() for t in target)))
             terms.append((fn, target, at, w, norm))
         total = sum(t[4] for t in terms)

@@ -153,28 +153,27 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 SCHEDULES = ("none", "linear", "log", "quadratic", "geometric")
 
 
-def layer_weights(num_tensors: int, schedule: str = "linear", scale: float = 20.0, group: int = 3,
+def layer_weights(names: list[str], schedule: str = "linear", scale: float = 20.0,
                   target: Grads | None = None, preserve: bool = False) -> list[float]:
-    """Per-tensor weights increasing with depth (AGIC; reconstruction from the authors' later code).
+    """Per-tensor weights increasing with module depth (AGIC).
 
-    The tensors before the final layer (all but the last two: its weight and bias) are grouped in
-    blocks of ``group``; block k of n gets w = f(u), u = k / (n - 1), from 1 at the input to
-    ``scale`` = s at the output: linear 1 + (s-1) u; log 1 + (s-1) ln(1 + (e-1) u);
-    quadratic 1 + (s-1) u^2; geometric s^u. The final weight and bias get the mean of the
-    others. ``preserve`` divides w_l by the non-zero fraction of g*_l (sparsified updates)."""
+    ``names`` are the parameter names in the model's order (named_parameters: input to output).
+    A module is a name up to its last dot, so a layer's weight and bias share one weight.
+    Module k of n gets w = f(u), u = k / (n - 1), from 1 at the input to ``scale`` = s at the
+    output layer: linear 1 + (s-1) u; log 1 + (s-1) ln(1 + (e-1) u); quadratic 1 + (s-1) u^2;
+    geometric s^u. ``preserve`` divides w_l by the non-zero fraction of g*_l (sparsified updates)."""
     if schedule not in SCHEDULES:
         raise AttackError(f"unknown layer-weight schedule '{schedule}'; known: {', '.join(SCHEDULES)}")
-    if schedule == "none" or num_tensors < 3:
-        w = [1.0] * num_tensors
+    modules = list(dict.fromkeys(n.rpartition(".")[0] for n in names))
+    depth = {m: k for k, m in enumerate(modules)}
+    if schedule == "none" or len(modules) < 2:
+        w = [1.0] * len(names)
     else:
-        body = num_tensors - 2
-        blocks = math.ceil(body / group)
         f = {"linear": lambda u: 1 + (scale - 1) * u,
              "log": lambda u: 1 + (scale - 1) * math.log(1 + (math.e - 1) * u),
              "quadratic": lambda u: 1 + (scale - 1) * u * u,
              "geometric": lambda u: scale ** u}[schedule]
-        w = [f((i // group) / max(blocks - 1, 1)) for i in range(body)]
-        w += [sum(w) / len(w)] * 2
+        w = [f(depth[n.rpartition(".")[0]] / (len(modules) - 1)) for n in names]
     if preserve and target is not None:
         w = [wl / max(float((t != 0).float().mean()), 1e-6) for wl, t in zip(w, target)]
     return w

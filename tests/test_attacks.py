@@ -83,36 +83,36 @@ def exchange(v: Victim, x, y, threat: ThreatModel = ThreatModel(), seed: int = 0
 # --- objectives ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("schedule", ["linear", "log", "quadratic", "geometric"])
-def test_layer_weights_increase_with_depth(schedule):
-    # 14 tensors: a body of 12 in 4 blocks of 3 (u = 0, 1/3, 2/3, 1), then the final weight and bias
+def test_layer_weights_on_the_convnet_increase_with_depth_and_pair_weight_and_bias(schedule):
+    # the ConvNet: body.0, body.2, body.4 (convs), head (the output layer): 4 modules, u = 0, 1/3, 2/3, 1
+    names = [n for n, _ in build_victim("convnet", (3, 32, 32), 10).named_parameters()]
+    assert len(names) == 8
     s = 20.0
-    w = layer_weights(14, schedule, scale=s, group=3)
-    assert len(w) == 14
-    body = w[:12]
-    blocks = [body[i:i + 3] for i in range(0, 12, 3)]
-    assert all(len(set(b)) == 1 for b in blocks)  # constant within a block
-    firsts = [b[0] for b in blocks]
-    assert all(a < b for a, b in zip(firsts, firsts[1:]))  # strictly increasing along depth
-    assert firsts[0] == pytest.approx(1.0) and firsts[-1] == pytest.approx(s)
+    w = layer_weights(names, schedule, scale=s)
+    per_module = [w[i:i + 2] for i in range(0, 8, 2)]
+    assert all(a == b for a, b in per_module)  # a layer's weight and bias share one weight
+    firsts = [m[0] for m in per_module]
+    assert all(a < b for a, b in zip(firsts, firsts[1:]))  # strictly increasing towards the output
+    assert firsts[0] == pytest.approx(1.0) and firsts[-1] == pytest.approx(s)  # the output layer gets s
     u = 1 / 3
     expected = {"linear": 1 + (s - 1) * u, "log": 1 + (s - 1) * math.log(1 + (math.e - 1) * u),
                 "quadratic": 1 + (s - 1) * u * u, "geometric": s ** u}[schedule]
     assert firsts[1] == pytest.approx(expected)
-    assert w[12] == w[13] == pytest.approx(sum(body) / 12)
 
 
-def test_layer_weights_none_short_and_unknown():
-    assert layer_weights(7, "none") == [1.0] * 7
-    assert layer_weights(2, "linear") == [1.0, 1.0]  # only a final layer: nothing to grade
-    # 8 tensors, group 3: body of 6 in two blocks -> [1,1,1,s,s,s] and (1+s)/2 twice
-    assert layer_weights(8, "linear", scale=5.0) == pytest.approx([1, 1, 1, 5, 5, 5, 3, 3])
+def test_layer_weights_by_module_not_by_tensor_count():
+    # a module with three tensors (e.g. a norm layer's weight, bias and a third) stays one module
+    names = ["a.weight", "a.bias", "b.weight", "b.bias", "b.extra", "c.weight"]
+    assert layer_weights(names, "linear", scale=5.0) == pytest.approx([1, 1, 3, 3, 3, 5])
+    assert layer_weights(names, "none") == [1.0] * 6
+    assert layer_weights(["fc.weight", "fc.bias"], "linear") == [1.0, 1.0]  # one layer: nothing to grade
     with pytest.raises(AttackError, match="unknown layer-weight schedule 'cubic'.*linear"):
-        layer_weights(8, "cubic")
+        layer_weights(names, "cubic")
 
 
 def test_layer_weights_preserve_divides_by_nonzero_fraction():
     target = [torch.tensor([1.0, 0.0, 0.0, 2.0]), torch.ones(3), torch.ones(2), torch.ones(2)]
-    w = layer_weights(4, "none", target=target, preserve=True)
+    w = layer_weights(["a.w", "b.w", "c.w", "d.w"], "none", target=target, preserve=True)
     assert w == pytest.approx([2.0, 1.0, 1.0, 1.0])
 
 
