@@ -44,7 +44,7 @@ from fedsim.rng import derive
 
 COLUMNS = ["attack", "model", "dataset", "batch_size", "local_steps", "defense", "trial", "psnr", "psnr_sd",
            "ssim", "ssim_sd", "mse", "label_acc", "t_acc", "t_abs_err", "eps_cos", "lpips", "wall_s",
-           "iterations", "source", "threat"]
+           "iterations", "source", "threat", "dp_noise_multiplier", "dp_sigma", "dp_epsilon_spent"]
 
 
 @dataclass

@@ -83,6 +83,9 @@ def test_dp_defense_changes_the_observation(tmp_path):
     again = run_attack(load_attack_config({**base, "defense": "dp"}), tmp_path / "c")[0]
     assert clean["psnr"] != noisy["psnr"]
     assert noisy["psnr"] == again["psnr"]  # seeded noise
+    written = list(csv.DictReader((tmp_path / "b" / "results.csv").open()))[0]
+    assert 7.9 <= float(written["dp_epsilon_spent"]) <= 8.0 and float(written["dp_sigma"]) > 0.5  # accounted, clip 1
+    assert "dp_sigma" not in clean and list(csv.DictReader((tmp_path / "a" / "results.csv").open()))[0]["dp_sigma"] == ""
 
 
 @pytest.mark.slow
