@@ -15,6 +15,9 @@ logits that get no gradient; this is our design (shared/papers/attacks.md, "GIDM
 - x: phase 1 in the prior's latent space, then phase 2 in pixels, as in GIDM; x and e take
   simultaneous Adam steps with their own learning rates (the design's alternating n_x = n_e = 1
   updates would need a second double-backward per iteration).
+- **Granted secrets are used** (threat model eps_known / t_known): a granted t is taken as
+  it is (no search, per-sample t included); a granted eps is fixed, not optimised, and has no
+  penalty; with both granted GIDM+ is GIDM.
 Left out: the relaxed (softmax over t) mode and the pred_v rotation trick (fedsim predicts eps).
 With a FedAvg update of several local epochs, e models one noise draw per image (a mismatch
 the report shows). Extras: recovered ``t`` (B,), ``eps`` (B, C, H, W), ``t_trace`` (the
@@ -61,8 +64,14 @@ class GIDMPlus(GIDM):
         if self.cfg.phases == "pixel":
             v0 = v0.clamp(*fn.victim.value_range)
         latent = self.cfg.phases != "pixel"
+        eps_known = inp.eps is not None
+        if eps_known:
+            e0 = inp.eps.float()
 
         def penalty_of(e: torch.Tensor):
+            if eps_known:
+                return lambda: 0.0
+
             def penalty() -> torch.Tensor:
                 flat = e.flatten(1)
                 r = (flat.norm(dim=1) / math.sqrt(d) - 1).pow(2) + flat.mean(1).pow(2)
@@ -71,33 +80,44 @@ class GIDMPlus(GIDM):
                 return self.cfg.eps_penalty * r.mean()
             return penalty
 
-        alive = {t: (v0.clone().requires_grad_(True), e0.clone().requires_grad_(True)) for t in self.candidates(
-            schedule.timesteps)}
-        trace, iteration = [sorted(alive)], 0
-        while True:
-            scores = {}
-            for t, (v, e) in alive.items():
-                st = {"eps": e, "t": torch.full((batch,), t, dtype=torch.long), "y": y, "penalty": penalty_of(e)}
-                image = (lambda v=v: ddim_generate(prior, schedule, v, self.cfg.sampler_steps, y)) if latent \
-                    else (lambda v=v: v)
-                (v_best, e_best), value = adam(lambda: self.objective(fn, target, image(), st), [v, e],
-                                               iterations=self.cfg.probe_iterations, lr=[self.cfg.lr, self.cfg.eps_lr],
-                                               signed=False, decay=False, clock=None)
-                self._restore([v, e], [v_best, e_best])
-                scores[t] = value
-                iteration += self.cfg.probe_iterations
-                clock.log(iteration - iteration % clock.every, value)
-            if len(alive) == 1:
-                break
-            keep = sorted(scores, key=scores.get)[:max(len(alive) // 2, 1)]
-            alive = {t: alive[t] for t in sorted(keep)}
-            trace.append(sorted(alive))
-        (t_best, (v, e)), = alive.items()
-        e = e.detach().clone().requires_grad_(True)
-        state = {"eps": e, "t": torch.full((batch,), t_best, dtype=torch.long), "y": y, "free": [e],
-                 "free_lrs": [self.cfg.eps_lr], "penalty": penalty_of(e), "iteration": iteration,
-                 "t_trace": trace, "eps_init": e0}
-        state["z" if latent else "x"] = v.detach()
+        def t_of(value: int) -> torch.Tensor:  # one t per image (per epoch and image with per-epoch eps)
+            return torch.full(tuple(e0.shape[:e0.dim() - len(shape)]), value, dtype=torch.long)
+
+        iteration, trace = 0, []
+        if inp.t is not None:  # granted: no search
+            t_best, v, e = None, None, e0.clone()
+        else:
+            alive = {t: (v0.clone().requires_grad_(True), e0.clone().requires_grad_(not eps_known))
+                     for t in self.candidates(schedule.timesteps)}
+            trace = [sorted(alive)]
+            while True:
+                scores = {}
+                for t, (v, e) in alive.items():
+                    st = {"eps": e, "t": t_of(t), "y": y, "penalty": penalty_of(e)}
+                    image = (lambda v=v: ddim_generate(prior, schedule, v, self.cfg.sampler_steps, y)) if latent \
+                        else (lambda v=v: v)
+                    params = [v] if eps_known else [v, e]
+                    best, value = adam(lambda: self.objective(fn, target, image(), st), params,
+                                       iterations=self.cfg.probe_iterations,
+                                       lr=[self.cfg.lr, self.cfg.eps_lr][:len(params)],
+                                       signed=False, decay=False, clock=None)
+                    self._restore(params, best)
+                    scores[t] = value
+                    iteration += self.cfg.probe_iterations
+                    clock.log(iteration - iteration % clock.every, value)
+                if len(alive) == 1:
+                    break
+                keep = sorted(scores, key=scores.get)[:max(len(alive) // 2, 1)]
+                alive = {t: alive[t] for t in sorted(keep)}
+                trace.append(sorted(alive))
+            (t_best, (v, e)), = alive.items()
+        t = inp.t.long() if inp.t is not None else t_of(t_best)
+        e = e.detach().clone().requires_grad_(not eps_known)
+        state = {"eps": e, "t": t, "y": y, "free": [] if eps_known else [e],
+                 "free_lrs": [] if eps_known else [self.cfg.eps_lr], "penalty": penalty_of(e),
+                 "iteration": iteration, "t_trace": trace, "eps_init": e0}
+        if v is not None:
+            state["z" if latent else "x"] = v.detach()
         return state
 
     def extras(self, state: dict) -> dict:

@@ -475,3 +475,23 @@ def test_gidm_plus_searches_t_and_updates_eps(diffusion_fedsgd):
     assert r.extras["t_trace"] == [[0]] and not torch.allclose(r.extras["eps"], r.extras["eps_init"])
     with pytest.raises(AttackError, match="t_mode"):
         GIDMPlus(phases="pixel", t_mode="relaxed").reconstruct(v, inp, generator=gen(1))
+
+
+def test_gidm_plus_uses_what_the_threat_model_grants(diffusion_fedsgd):
+    v, x, obs, secrets = diffusion_fedsgd
+    attack = GIDMPlus(phases="pixel", probe_iterations=2, pixel_iterations=4)
+    # t granted: taken as it is, no search (no probe iterations, no trace); eps still free
+    only_t = expose(obs, ThreatModel(t_known=True), secrets)
+    assert only_t.t is not None and only_t.eps is None
+    r = attack.reconstruct(v, only_t, generator=gen(1))
+    assert torch.equal(r.extras["t"], secrets.t.long()) and r.extras["t_trace"] == []
+    assert r.history[0][0] == 0 and not torch.allclose(r.extras["eps"], r.extras["eps_init"])
+    # eps granted: fixed at the client's noise (not optimised, not penalised); t still searched
+    only_eps = expose(obs, ThreatModel(eps_known=True), secrets)
+    r = attack.reconstruct(v, only_eps, generator=gen(1))
+    assert torch.equal(r.extras["eps"], secrets.eps.float()) and len(r.extras["t_trace"]) == 5
+    # both granted: GIDM's problem; GIDM+ keeps the client's eps and t throughout
+    both = expose(obs, ThreatModel(eps_known=True, t_known=True), secrets)
+    plus = attack.reconstruct(v, both, generator=gen(1))
+    assert torch.isfinite(plus.images).all() and plus.extras["t_trace"] == []
+    assert torch.equal(plus.extras["t"], secrets.t.long()) and torch.equal(plus.extras["eps"], secrets.eps.float())
