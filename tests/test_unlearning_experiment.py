@@ -3,7 +3,6 @@ out), every method's overrides are valid keys, and the summary and report checke
 faked per-run report.csv files (ratios to retrain on the same seed, t-intervals over seeds, the
 paired difference to the fine-tune control, the acceptance check)."""
 
-import importlib.util
 import math
 import statistics
 import tomllib
@@ -12,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedsim.cli.sweep import sibling
 from fedsim.config import load_config, read_toml
 
 HERE = Path(__file__).resolve().parents[1] / "experiments" / "unlearning"
@@ -21,10 +21,7 @@ T975_2 = 4.302652729911275  # t quantile, 2 degrees of freedom (3 seeds)
 
 @pytest.fixture(scope="module")
 def exp():
-    spec = importlib.util.spec_from_file_location("unlearning_run_under_test", HERE / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sibling(str(HERE / "run.py"), "run", "unlearning")
 
 
 def test_seeds_and_the_tuning_seed(exp):

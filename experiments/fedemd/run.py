@@ -34,7 +34,6 @@ Writes to DIR:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import sys
 import time
@@ -43,23 +42,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.cli.sweep import fedsim_run, is_done
+from fedsim.cli.sweep import fedsim_run, is_done, sibling
 
 HERE = Path(__file__).resolve().parent
 RUNNER_KEYS = {"only-mavericks"}  # in a [selectors.*] table, read by this script, not passed to fedsim run
 
 
-def _sibling(name: str):
-    """report.py beside this file (experiments/ is not a package)."""
-    key = f"fedemd_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-report = _sibling("report")
+report = sibling(__file__, "report", "fedemd")
 Run, REFERENCE = report.Run, report.REFERENCE
 
 

@@ -23,29 +23,15 @@ built over several sittings; --report only rebuilds the outputs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 import tomllib
 from pathlib import Path
 
-from fedsim.cli.sweep import fedsim_run, fedsim_unlearn
+from fedsim.cli.sweep import fedsim_run, fedsim_unlearn, sibling
 
 HERE = Path(__file__).resolve().parent
-
-
-def _sibling(name: str):
-    """summary.py / report.py beside this file (experiments/ is not a package; other
-    experiments have modules of the same names, hence the prefixed key)."""
-    key = f"unlearning_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
-summary, report = _sibling("summary"), _sibling("report")
+summary, report = sibling(__file__, "summary", "unlearning"), sibling(__file__, "report", "unlearning")
 
 
 def folder(out: Path, request: str, seed: int, method: str) -> Path:

@@ -8,12 +8,25 @@ script down with it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def sibling(script: str, name: str, prefix: str):
+    """The module ``name``.py beside ``script`` (an experiment's run.py; experiments/ is not a
+    package), loaded once under the key ``prefix_name``: experiments have modules of the same
+    names (report.py, summary.py), which a plain import would mix up."""
+    key = f"{prefix}_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(script).resolve().parent / f"{name}.py")
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
 
 
 def is_done(folder: Path) -> bool:
