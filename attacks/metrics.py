@@ -14,8 +14,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
-SSIM_VARIANT = "SSIM (Wang et al. 2004; Gaussian 11x11, sigma 1.5, K1=0.01, K2=0.03, channel mean)"
-SSIM_WINDOW = 11  # Gaussian taps for sigma 1.5 at skimage's truncate=3.5: 2*int(3.5*1.5+0.5)+1
+SSIM_VARIANT = ("SSIM (Wang et al. 2004; Gaussian sigma 1.5, 11x11, K1=0.01, K2=0.03, channel mean; "
+                "images with a side < 32: sigma 1.5 * side / 32, the whole map averaged)")
+SSIM_SIDE = 32  # from this side on, Wang's window; below it the window shrinks with the image
 
 
 def to_unit(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
@@ -54,35 +55,39 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(m > 0, -10.0 * torch.log10(m), torch.full_like(m, float("inf")))
 
 
-def _ssim_window(h: int, w: int) -> int:
-    """Crop window for skimage: 11 (Wang et al.) or, for images with a side < 11, the largest odd
-    size <= min(H, W) (7 for 8x8 digits). skimage rejects win_size > a side, and with
-    gaussian_weights its default win_size is 11, so 8x8 images fail without this."""
-    side = min(h, w, SSIM_WINDOW)
-    return side if side % 2 == 1 else side - 1
+def _ssim_sigma(h: int, w: int) -> float:
+    """Wang's sigma 1.5 (an 11-tap window) from a side of SSIM_SIDE on; below, scaled with the
+    side (0.375 for 8x8 digits, floored at 0.5), so the window covers the same share of the image."""
+    side = min(h, w)
+    return 1.5 if side >= SSIM_SIDE else max(1.5 * side / SSIM_SIDE, 0.5)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, eq. 13), averaged over the valid region and then over channels:
+    """Per-image SSIM (Wang et al. 2004, eq. 13), averaged over the image and then over channels:
 
         SSIM(x, y) = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
         C1 = (K1 L)^2, C2 = (K2 L)^2, K1 = 0.01, K2 = 0.03, L = data_range = 1,
 
-    with local moments from a Gaussian window (sigma 1.5, 11 taps, population covariance) via
-    skimage.metrics.structural_similarity, one call per image. Tiny images: skimage applies the
-    11-tap Gaussian with reflect padding whatever `win_size` is, and uses win_size only to crop
-    (win_size - 1) / 2 border pixels before averaging; for a side < 11 we pass the largest odd
-    win_size <= that side (`_ssim_window`), so an 8x8 image is averaged over its central 2x2.
-    Not CW-SSIM (breaching) nor pytorch_ssim (GIDM); see SSIM_VARIANT.
+    with local moments from a Gaussian window (population covariance) via
+    skimage.metrics.structural_similarity, one call per image. From a side of 32 on: sigma 1.5
+    (11 taps) and skimage's mean over the map without its (11 - 1) / 2 border pixels, the
+    literature's setting. Smaller images: that crop would leave an 8x8 image's central 2x2, so
+    the window shrinks with the image (`_ssim_sigma`) and the whole map (borders by reflect
+    padding) is averaged: every pixel counts. Not CW-SSIM (breaching) nor pytorch_ssim (GIDM);
+    see SSIM_VARIANT.
 
     a, b: (B, C, H, W) in [0, 1]; returns (B,) float64, 1.0 for identical images. Symmetric in a, b."""
     a, b = _check_pair(a, b)
-    win = _ssim_window(a.shape[2], a.shape[3])
-    out = [
-        structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False, channel_axis=0, win_size=win)
-        for x, y in zip(a.numpy(), b.numpy())
-    ]
+    sigma = _ssim_sigma(a.shape[2], a.shape[3])
+    out = []
+    for x, y in zip(a.numpy(), b.numpy()):
+        if sigma == 1.5:
+            out.append(structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=sigma,
+                                              use_sample_covariance=False, channel_axis=0))
+        else:
+            _, full = structural_similarity(x, y, data_range=1.0, gaussian_weights=True, sigma=sigma,
+                                            use_sample_covariance=False, channel_axis=0, full=True)
+            out.append(float(full.mean()))
     return torch.tensor(out, dtype=torch.float64)
 
 

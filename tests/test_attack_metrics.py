@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from skimage.metrics import structural_similarity
 
 from attacks.metrics import label_accuracy, lpips_available, match, mse, psnr, score, ssim, to_unit
 
@@ -100,3 +101,23 @@ def test_score_with_labels_single_image_and_no_lpips():
     assert out["label_acc"] == 1.0
     assert out["lpips"] is None and not lpips_available()
     assert score(truth, truth)["psnr"] == math.inf and score(truth, truth)["label_acc"] is None
+
+
+def test_ssim_of_a_tiny_image_weighs_border_and_centre_alike():
+    """8x8 digits: inverting the central 2x2 (4 pixels) or the outer ring (28 pixels) must cost
+    about the same SSIM per pixel (measured: 0.028 and 0.028). Wang's 11-tap window cropped to
+    the central 2x2 weighed a central pixel 4.6x a border one (0.068 against 0.015); from 32x32
+    on the score is Wang's, skimage's Gaussian-window default."""
+    x = images(1, 1, 8, 8, seed=5)
+    centre, ring = x.clone(), x.clone()
+    centre[..., 3:5, 3:5] = 1 - centre[..., 3:5, 3:5]
+    border = torch.ones(8, 8, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    ring[..., border] = 1 - ring[..., border]
+    per_centre = (1 - ssim(x, centre).item()) / 4
+    per_ring = (1 - ssim(x, ring).item()) / 28
+    assert 0.5 < per_centre / per_ring < 2
+    big, other = images(1, 1, 32, 32, seed=5), images(1, 1, 32, 32, seed=6)
+    wang = structural_similarity(big[0, 0].numpy(), other[0, 0].numpy(), data_range=1.0, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False)
+    assert ssim(big, other).item() == pytest.approx(wang, abs=1e-12)
