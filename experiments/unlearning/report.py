@@ -17,7 +17,7 @@ CONTROL = "fine-tune"  # the control each method's forget rate is paired with (s
 
 # (column, header, scale, digits): percentages for rates, ratios as they are
 SHOWN = [("forget_rate", "forget rate, %", 100, 2), ("forget_rate_cond", "cond. forget rate, %", 100, 2),
-         ("unrecognised", "unrecognised, %", 100, 2), ("kid_remaining", "KID x1e3", 1e3, 2),
+         ("unrecognised", "unrecognised, %", 100, 2), ("kid_remaining", "KID", 1, 3),
          ("kid_vs_retrain", "KID / retrain", 1, 2), ("fd_remaining", "FD", 1, 3),
          ("mia_auc", "MIA AUC", 1, 3), ("wall_vs_retrain", "time / retrain", 1, 2),
          ("bytes_vs_retrain", "bytes / retrain", 1, 2)]
