@@ -21,6 +21,8 @@ derived generator and restore its state, so a seed gives the same noise.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_clip_model_update
@@ -33,9 +35,11 @@ from fedsim.records.observations import Observation
 DP_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + list(range(64, 4097, 8))
 
 
+@functools.lru_cache(maxsize=64)
 def dp_noise_multiplier(epsilon: float, delta: float, releases: int = 1) -> float:
     """The smallest noise multiplier z (sigma / clip) for which ``releases`` Gaussian releases
-    at sample rate 1 spend at most (epsilon, delta) under Opacus's RDP accountant."""
+    at sample rate 1 spend at most (epsilon, delta) under Opacus's RDP accountant (a binary
+    search over z; cached, since every trial of a config asks for the same one)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=releases,

@@ -21,8 +21,10 @@ import tomli_w
 
 from fedsim.config_values import ConfigError, parse_counts, parse_ids, parse_override, read_toml
 
-__all__ = ["ConfigError", "RunConfig", "load_config", "parse_counts", "parse_ids", "parse_override",
+__all__ = ["CONTROLS", "ConfigError", "RunConfig", "load_config", "parse_counts", "parse_ids", "parse_override",
            "read_toml", "resolve", "to_toml", "write_toml"]
+
+CONTROLS = ("fine-tune", "continue")  # unlearn-methods that are plain training: what the methods must beat
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.compression.codecs import codec_settings
-from fedsim.config import ConfigError, RunConfig, parse_counts, parse_ids
+from fedsim.config import CONTROLS, ConfigError, RunConfig, parse_counts, parse_ids
 from fedsim.data.partition import maverick_ids
 from fedsim.records.ledger import LedgerWriter, load_ledger
 from fedsim.records.round_log import RoundLog
@@ -32,7 +32,6 @@ from strategies.wrappers.metered import Metered
 from strategies.wrappers.recording import Recording
 
 FINE_TUNING = ("gradient-ascent", "erasediff", "salun", "msgm")  # unlearning by local objectives
-CONTROLS = ("fine-tune", "continue")  # plain training from the trained model: what the methods must beat
 
 Utility = Callable[[ArrayRecord], float]
 StrategyFactory = Callable[[RunConfig, dict[int, ClientInfo], RoundLog, Utility | None], Strategy]

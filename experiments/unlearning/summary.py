@@ -58,19 +58,12 @@ def read_reports(folders: dict[tuple[str, int, str], Path]) -> pd.DataFrame:
                 continue
             seen.add((request, seed, label))
             rows.append({**r.to_dict(), "request": request, "seed": seed, "model": label})
-    df = pd.DataFrame(rows, columns=sorted({*COLUMNS, *(k for r in rows for k in r)}, key=_order))
-    for col in COLUMNS:
-        if col not in df:
-            df[col] = math.nan
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)  # a score a report lacks is NaN
     ref = df[df.model == "retrain"].set_index(["request", "seed"])
     for name, col in RATIOS.items():
         df[name] = [r[col] / ref.loc[(r["request"], r["seed"]), col] if (r["request"], r["seed"]) in ref.index
                     else math.nan for r in df.to_dict("records")]
-    return df[COLUMNS].reset_index(drop=True)
-
-
-def _order(col: str) -> int:
-    return COLUMNS.index(col) if col in COLUMNS else len(COLUMNS)
+    return df
 
 
 def across_seeds(df: pd.DataFrame, models: list[str], class_requests: set[str]) -> pd.DataFrame:

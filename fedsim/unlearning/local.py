@@ -41,7 +41,7 @@ from dataclasses import replace
 import torch
 from flwr.app import ConfigRecord
 
-from fedsim.config import RunConfig
+from fedsim.config import CONTROLS, RunConfig
 from fedsim.data.clients import dataset
 from fedsim.models.networks import build_model
 from fedsim.models.train import TrainStats, train_local
@@ -55,7 +55,6 @@ from fedsim.unlearning.msgm import msgm_train
 from fedsim.unlearning.salun import forget_gradient, salun_train
 
 VALIDATION_SIZE = 200  # clean test images the gradient-ascent client checks its accuracy on
-CONTROLS = ("fine-tune", "continue")  # plain training: what a method must beat (strategies.CONTROLS)
 
 
 def unlearn_params(cfg: RunConfig) -> UnlearnParams:
