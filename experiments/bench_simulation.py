@@ -11,13 +11,18 @@ per-(round, client) generators -- and the same sample-weighted FedAvg:
 - ``plain``: one Python process, sequential clients, no Flower, no Ray: the
   floor on this machine.
 
+With ``--device cuda`` both runners train on the GPU: the plain loop moves its model there,
+fedsim's clients get ``device=cuda`` and ``--client-gpus`` of it each (Ray packs
+1/client-gpus client actors onto the one GPU). Default ``auto``: cuda where one is present.
+
 Peak memory is the summed RSS of the whole process tree (SuperLink, simulation
 process, Ray's GCS/raylet/workers), sampled every 0.2 s with psutil. Round 1
 (worker start-up) is excluded; round_s is the median of the other rounds.
 
     python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
+        [--device auto|cpu|cuda] [--client-gpus 0.0625]
 
-writes DIR/bench_simulation.csv (clients, runner, round_s, peak_rss_mb) and
+writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb) and
 DIR/bench_simulation.png.
 """
 
@@ -38,8 +43,9 @@ BENCH_SET = ["partition=iid", "local-epochs=1", "batch-size=16", "eval-every=0",
              "model='ddpm-small'", "dataset='digits'", "seed=0"]
 
 
-def bench_overrides(n: int, rounds: int) -> list[str]:
-    return BENCH_SET + [f"num-clients={n}", f"clients-per-round={n}", f"rounds={rounds}"]
+def bench_overrides(n: int, rounds: int, device: str = "cpu", client_gpus: float = 0.0) -> list[str]:
+    return BENCH_SET + [f"num-clients={n}", f"clients-per-round={n}", f"rounds={rounds}", f"device='{device}'",
+                        f"client-gpus={client_gpus if device == 'cuda' else 0.0}"]
 
 
 class TreeRSS(threading.Thread):
@@ -78,7 +84,7 @@ def measured(cmd: list[str], log: Path) -> float:
     return sampler.peak
 
 
-def plain_loop(n: int, rounds: int, out_json: Path) -> None:
+def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None:
     """The floor: the same local training, sequentially, in this process."""
     import torch
 
@@ -88,10 +94,10 @@ def plain_loop(n: int, rounds: int, out_json: Path) -> None:
     from fedsim.models.workspace import fresh_model
     from fedsim.rng import torch_generator
 
-    cfg = resolve(None, bench_overrides(n, rounds))
+    cfg = resolve(None, bench_overrides(n, rounds, device))
     train = dataset(cfg, "train")
     parts = client_partition(cfg, train.labels)
-    model, task = fresh_model(cfg, train), make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    model, task = fresh_model(cfg, train).to(device), make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
     global_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     times = []
     for rnd in range(1, rounds + 1):
@@ -116,21 +122,21 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def run_fedsim(n: int, rounds: int, out: Path) -> tuple[float, float]:
+def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
     import pandas as pd
 
     run_dir = out / f"fedsim-{n}"
-    cmd = [str(Path(sys.executable).parent / "fedsim"), "run", "--out", str(run_dir)]
-    for item in bench_overrides(n, rounds):
+    cmd = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(run_dir)]
+    for item in bench_overrides(n, rounds, device, client_gpus):
         cmd += ["--set", item]
     peak = measured(cmd, out / f"fedsim-{n}.log")
     df = pd.read_csv(run_dir / "metrics.csv")
     return median_after_first(list(df["wall_s"] - df["eval_s"])), peak
 
 
-def run_plain(n: int, rounds: int, out: Path) -> tuple[float, float]:
+def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
     res = out / f"plain-{n}.json"
-    peak = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds),
+    peak = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds), "--device", device,
                      "--out", str(res)], out / f"plain-{n}.log")
     return median_after_first(json.loads(res.read_text())["round_s"]), peak
 
@@ -162,24 +168,32 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output folder (CSV, PNG, logs)")
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where both runners train (auto: cuda if available)")
+    parser.add_argument("--client-gpus", type=float, default=0.0625,
+                        help="GPU share of each fedsim client actor with --device cuda (0.0625: 16 per GPU)")
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.plain:
-        plain_loop(args.plain, args.rounds, Path(args.out))
+        plain_loop(args.plain, args.rounds, Path(args.out), args.device)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.clients:
         for runner, fn in (("plain", run_plain), ("fedsim", run_fedsim)):
-            round_s, peak = fn(n, args.rounds, out)
-            rows.append({"clients": n, "runner": runner, "round_s": round(round_s, 3),
+            round_s, peak = fn(n, args.rounds, out, args.device, args.client_gpus)
+            rows.append({"clients": n, "runner": runner, "device": args.device, "round_s": round(round_s, 3),
                          "peak_rss_mb": round(peak, 1)})
             print(f"{n:>5} clients  {runner:<6}  {round_s:8.2f} s/round  peak {peak:8.0f} MB", flush=True)
     with (out / "bench_simulation.csv").open("w") as f:
-        f.write("clients,runner,round_s,peak_rss_mb\n")
+        f.write("clients,runner,device,round_s,peak_rss_mb\n")
         for r in rows:
-            f.write(f"{r['clients']},{r['runner']},{r['round_s']},{r['peak_rss_mb']}\n")
+            f.write(f"{r['clients']},{r['runner']},{r['device']},{r['round_s']},{r['peak_rss_mb']}\n")
     plot(rows, out / "bench_simulation.png")
     for n in args.clients:
         p, f = (next(r for r in rows if r["clients"] == n and r["runner"] == k) for k in ("plain", "fedsim"))

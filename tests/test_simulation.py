@@ -177,3 +177,39 @@ def test_ledger_lists_the_aggregated_clients(first_run: Path) -> None:
     from safetensors.torch import load_file
     final = load_file(str(first_run / "model" / "diffusion_pytorch_model.safetensors"))
     assert set(ledger.initial()) == set(final)  # the replay's start is the same model
+
+
+def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -> None:
+    """`kill PID` of a running `fedsim run` ends its SuperLink, the flwr-simulation that the
+    SuperLink started and that process's Ray GCS, raylet and workers (they were left running,
+    reparented to init), and keeps the rounds already written."""
+    import psutil
+
+    out = tmp_path / "run"
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in [*SETTINGS[:4], "rounds=200", "eval-every=0", "seed=3"]:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach round 2"
+            time.sleep(0.5)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(p.name() for p in started)
+        assert "raylet" in names and "gcs_server" in names, names  # Ray is up: the case that leaked
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        _stop_group(proc)
+    assert proc.returncode != 0
+    left = []
+    for p in started:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"still running after the run ended: {left}"
+    assert len(pd.read_csv(out / "metrics.csv")) >= 2

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import tomli_w
 
 from fedsim.config import RunConfig
@@ -44,6 +45,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def end_tree(leader: subprocess.Popen, grace: float = 20.0) -> None:
+    """End ``leader`` (started with start_new_session) and every process it started: SIGTERM to
+    the process group of each, SIGKILL to what is left after ``grace`` seconds; reap the leader.
+    The SuperLink starts flwr-simulation in a process group of its own, and that process's Ray
+    GCS, raylet and workers share it; without this they outlive the SuperLink, reparented to
+    init. The groups are read before any signal, while they are still the leader's descendants."""
+    try:
+        tree = psutil.Process(leader.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    groups = {leader.pid}
+    for proc in tree:
+        try:
+            groups.add(os.getpgid(proc.pid))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgrp())  # never this process's own group
+
+    def signal_all(sig: int) -> bool:
+        """Send ``sig`` to every group; whether any member was left to receive it."""
+        leader.poll()  # reap it: a zombie leader would keep its group alive
+        alive = False
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+                alive = True
+            except ProcessLookupError:
+                pass
+        return alive
+
+    if not signal_all(signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not signal_all(0):
+            break
+        time.sleep(0.2)
+    else:
+        signal_all(signal.SIGKILL)
+    leader.wait()
 
 
 def flwr_bin(name: str) -> str:
@@ -107,15 +150,8 @@ class LocalFederation:
         raise LaunchError(f"flower-superlink did not start within 60 s; see {self.logs}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if self.proc:
+            end_tree(self.proc)  # the SuperLink's group: flwr-simulation and its Ray processes too
 
     def _flwr(self, *args: str, timeout: float = 120) -> dict:
         res = subprocess.run([flwr_bin("flwr"), *args, "--format", "json"], env=self.env,
