@@ -14,7 +14,7 @@ cut down (quickstart 2 rounds, bench at 10 clients, 100 samples), to check the s
 Writes DIR/gpu_check.csv (job, device, gpu, status, wall_s, and what the job measured) and a
 log per job; prints the table.
 
-    python experiments/gpu_check.py --out DIR [--budget-s 480]
+    python experiments/gpu_check.py --out DIR [--budget-s S] [--jobs quickstart,bench,showcase-round]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 HERE = Path(__file__).resolve().parent
+MIN_LIMIT_S = 30.0  # the least time a job is given, whatever is left of the budget
 FIELDS = ["job", "device", "gpu", "status", "wall_s", "round_s", "eval_s", "detail"]
 
 
@@ -61,11 +62,11 @@ def jobs(out: Path, cuda: bool) -> list[tuple[str, list[str], float]]:
         show |= {"num-samples": 100}
     return [
         ("quickstart", fedsim(["run", str(HERE / "quickstart.toml"), "--out", str(out / "quickstart"), *sets(quick)]),
-         0.45),
+         0.4),
         ("bench", [sys.executable, str(HERE / "bench_simulation.py"), "--out", str(out / "bench"),
-                   "--clients", "100" if cuda else "10", "--rounds", "3", "--device", device], 0.35),
+                   "--clients", "100" if cuda else "10", "--rounds", "3", "--device", device], 0.3),
         ("showcase-round", fedsim(["run", str(HERE / "showcase.toml"), "--out", str(out / "showcase-round"),
-                                   *sets(show)]), 0.2),
+                                   *sets(show)]), 0.3),
     ]
 
 
@@ -74,34 +75,40 @@ def measured(job: str, out: Path) -> dict:
     if job == "bench":
         df = pd.read_csv(out / "bench" / "bench_simulation.csv")
         by = {r.runner: r for r in df.itertuples()}
-        return {"round_s": by["fedsim"].round_s,
+        return {"round_s": round(float(by["fedsim"].round_s), 3),
                 "detail": f"plain {by['plain'].round_s:.2f} s/round; fedsim/plain "
                           f"{by['fedsim'].round_s / by['plain'].round_s:.2f}; peak MB plain "
                           f"{by['plain'].peak_rss_mb:.0f} / fedsim {by['fedsim'].peak_rss_mb:.0f}"}
     df = pd.read_csv(out / job / "metrics.csv")
     last = df.iloc[-1]
     keep = [c for c in ("recognised", "label_match", "fd", "kid") if c in df and pd.notna(last[c])]
-    return {"round_s": float((df["wall_s"] - df["eval_s"]).median()), "eval_s": float(df["eval_s"].max()),
+    return {"round_s": round(float((df["wall_s"] - df["eval_s"]).median()), 3), "eval_s": round(float(df["eval_s"].max()), 3),
             "detail": f"{len(df)} rounds; " + ", ".join(f"{c} {last[c]:.4g}" for c in keep)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the three jobs")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget of the jobs (default 480 s on a GPU, 1200 s for the CPU fallback)")
+    ap.add_argument("--jobs", default="quickstart,bench,showcase-round", help="comma-separated subset")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     gpu, device = gpu_name(), "cuda" if cuda else "cpu"
+    if args.budget_s is None:
+        args.budget_s = 480.0 if cuda else 1200.0
     print(f"torch {torch.__version__}; device {device}{'; ' + gpu if gpu else ' (no CUDA GPU: the CPU fallback)'}",
           flush=True)
     rows, start = [], time.monotonic()
     with (out / "gpu_check.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         writer.writeheader()
-        for job, cmd, share in jobs(out, cuda):
-            limit = max(30.0, min(share * args.budget_s, args.budget_s - (time.monotonic() - start)))
+        chosen = [j for j in jobs(out, cuda) if j[0] in args.jobs.split(",")]
+        for job, cmd, share in chosen:
+            share /= sum(c[2] for c in chosen)
+            limit = max(MIN_LIMIT_S, min(share * args.budget_s, args.budget_s - (time.monotonic() - start)))
             t0 = time.monotonic()
             with (out / f"{job}.log").open("w") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -31,11 +31,17 @@ def test_seeds_and_the_tuning_seed(exp):
         exp.seeds_of({**SPEC, "tuning-seed": 1}, 3, tune=False)
 
 
-def test_every_method_and_request_sets_valid_keys():
+@pytest.mark.parametrize("config", ["experiment.toml", "tune.toml"])
+def test_every_method_and_request_sets_valid_keys(config):
+    from fedsim.cli.unlearn import METHODS
+
+    spec = tomllib.loads((HERE / config).read_text())
     base = read_toml(HERE / "base.toml")
     assert load_config(base).dataset == "mnist5k" and base["ledger-every"] > 0
-    for request in SPEC["requests"].values():
-        for name, method in SPEC["methods"].items():
+    # a name with a dot must be quoted in TOML ([methods."x-0.1"]), or it nests a table
+    assert all(m.get("method", name) in METHODS for name, m in spec["methods"].items()), list(spec["methods"])
+    for request in spec["requests"].values():
+        for name, method in spec["methods"].items():
             extra = {k: v for k, v in {**method, **request.get("methods", {}).get(name, {})}.items() if k != "method"}
             load_config({**base, **request.get("run", {}), **extra})  # raises on an unknown key or a bad value
     assert {"fine-tune", "continue", "retrain", "msgm", "msgm-tuned"} <= set(SPEC["methods"])
@@ -113,3 +119,23 @@ def test_the_report_shows_intervals_the_paired_difference_and_the_verdict(exp, t
     assert "-5.8 [-8.4, -3.2], better |" in line
     assert "- class-conditional / salun: yes" in md and "Report seeds 0, 1, 2" in md and "seed 100 only" in md
     assert "Finished: 15 of 18 planned models" in md
+
+
+def test_a_cell_whose_reports_are_committed_is_skipped(exp, tmp_path, monkeypatch):
+    """Reports kept in git (status.json + report.csv, no models) finish a cell; a cell with a
+    method left reruns the original when its model is missing, then only that method."""
+    calls = []
+    monkeypatch.setattr(exp, "fedsim_run", lambda config, over, folder: calls.append(("run", folder.name)) or "")
+    monkeypatch.setattr(exp, "fedsim_unlearn", lambda run, m, req, over, folder, retrain=None, samples=0:
+                        calls.append((m, folder.name)) or "")
+    methods = {"retrain": {}, "fine-tune": {}}
+    for m in ["original", *methods]:
+        where = exp.folder(tmp_path, "req", 0, m)
+        (where / "unlearning").mkdir(parents=True)
+        (where / "status.json").write_text('{"state": "done"}')
+        (where / "unlearning" / "report.csv").write_text("model\n")
+    spec = {"forget": ["--class", "0"]}
+    assert exp.run_cell(tmp_path, "req", spec, 0, methods, 10, print) == [] and calls == []
+    assert exp.run_cell(tmp_path, "req", spec, 0, {**methods, "salun": {}}, 10, print) == []
+    assert calls[0] == ("run", "original")  # its status said done, but it had no model
+    assert not (exp.folder(tmp_path, "req", 0, "original") / "status.json").exists()
