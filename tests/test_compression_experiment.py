@@ -3,10 +3,8 @@ tuning seed kept out), every planned config is valid, and the summary and report
 by hand on faked run folders (per-seed targets, t-intervals, paired differences,
 censoring, wall time); the codec benchmark runs."""
 
-import importlib.util
 import json
 import math
-import sys
 import tomllib
 from argparse import Namespace
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedsim.cli.sweep import sibling
 from fedsim.config import load_config, read_toml
 
 HERE = Path(__file__).resolve().parents[1] / "experiments" / "compression"
@@ -23,12 +22,7 @@ TABLE = {"fedavg", "qsgd", *(f"{m} p{p}" for m in ("topk", "stc", "dhq", "dhq-ds
 
 
 def load(name: str):
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location(f"compression_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return sibling(str(HERE / "run.py"), name, "compression")
 
 
 @pytest.fixture(scope="module")

@@ -213,3 +213,21 @@ def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -
             pass
     assert not left, f"still running after the run ended: {left}"
     assert len(pd.read_csv(out / "metrics.csv")) >= 2
+
+
+def test_a_run_where_every_client_failed_is_refused(tmp_path: Path, env: dict) -> None:
+    """Nothing trained is not a finished run: one line, a non-zero exit, status failed."""
+    import json
+
+    seed = next(s for s in range(100) if all(derive(s, "fault", 1, p).random() < 0.99 for p in (0, 1)))
+    out = tmp_path / "run"
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in ["num-clients=2", "clients-per-round=2", "rounds=1", "partition='iid'", "local-epochs=1",
+                 "client-failure-rate=0.99", "eval-every=0", f"seed={seed}"]:
+        cmd += ["--set", item]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode != 0
+    assert "every client failed in every round" in res.stderr + res.stdout
+    assert "Traceback" not in res.stderr
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert len(pd.read_csv(out / "metrics.csv")) == 1  # what was written stays

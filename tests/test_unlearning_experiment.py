@@ -107,7 +107,11 @@ def test_the_acceptance_check_names_the_bound_missed(exp, change, why):
     assert exp.summary.accepted(ok) == "yes"
     assert exp.summary.accepted({**ok, "model": "fine-tune", "vs_control_n": None}) == ""
     got = exp.summary.accepted({**ok, **change})
-    assert got.startswith("no: ") and why in got
+    assert got.startswith("no: ") and why in got and ";" not in got  # only the bound missed
+    assert exp.summary.accepted({**ok, **change, "n": 1}).startswith("no: ")
+    assert "n < 2" in exp.summary.accepted({**ok, "n": 1}) and exp.summary.accepted({**ok, "n": 0}) == "not run"
+    assert exp.summary.accepted({**ok, "forget_rate": 0.03, "kid_vs_retrain": 1.5}) == \
+        "no: forget rate > 2%; KID > 1.2x retrain's"
 
 
 def test_the_report_shows_intervals_the_paired_difference_and_the_verdict(exp, tmp_path):

@@ -30,16 +30,12 @@ import time
 import tomllib
 from pathlib import Path
 
-from fedsim.cli.sweep import fedsim_run, is_done
+from fedsim.cli.sweep import fedsim_run, is_done, sibling
 from fedsim.config_values import ConfigError, parse_override
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # summary.py and report.py sit beside this script
-    sys.path.insert(0, str(HERE))
-
-import report  # noqa: E402
-import summary  # noqa: E402
-from summary import Run, folder_of  # noqa: E402
+summary, report = sibling(__file__, "summary", "compression"), sibling(__file__, "report", "compression")
+Run, folder_of = summary.Run, summary.folder_of
 
 BASES = {"classifier": HERE / "classifier.toml", "diffusion": HERE / "diffusion.toml"}
 

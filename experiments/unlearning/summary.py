@@ -90,15 +90,17 @@ def across_seeds(df: pd.DataFrame, models: list[str], class_requests: set[str]) 
 
 
 def accepted(row: dict) -> str:
-    """'' for rows the check does not apply to, else 'yes' or the first bound it misses."""
+    """'' for rows the check does not apply to, 'not run', else 'yes' or every bound it misses."""
     if row.get("vs_control_n") is None or not any(row["model"].startswith(m) for m in CLASS_METHODS):
         return ""
+    if row.get("n") == 0:
+        return "not run"
+    few = row.get("n", 2) < 2  # one seed: no interval, and no paired verdict
     checks = [(row["forget_rate"] <= MAX_RATE, f"forget rate > {MAX_RATE:.0%}"),
-              (row["forget_rate_high"] <= MAX_RATE_HIGH, f"forget rate's upper end > {MAX_RATE_HIGH:.0%}"),
+              (not few and row["forget_rate_high"] <= MAX_RATE_HIGH,
+               "n < 2, no interval" if few else f"forget rate's upper end > {MAX_RATE_HIGH:.0%}"),
               (row["kid_vs_retrain"] <= MAX_KID_RATIO, f"KID > {MAX_KID_RATIO:g}x retrain's"),
               (row["wall_vs_retrain"] <= MAX_COST_RATIO, f"cost > {MAX_COST_RATIO:g}x retrain's"),
               (row.get("vs_control_verdict") == "better", "not better than fine-tune")]
-    for ok, why in checks:
-        if not ok:  # NaN compares False: a missing number fails the check
-            return "no: " + why
-    return "yes"
+    missed = [why for ok, why in checks if not ok]  # NaN compares False: a missing number fails
+    return "no: " + "; ".join(missed) if missed else "yes"

@@ -98,6 +98,9 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
                             timeout=cfg.round_timeout, train_config=train_config(cfg),
                             evaluate_fn=recorder)
+    if folder.nothing_aggregated():
+        raise RuntimeError(f"every client failed in every round: nothing was trained; the clients' errors are in "
+                           f"{folder.path / 'logs'}")
     if evaluator.ema is not None:  # the model evaluated and sampled from: the EMA of the global models
         evaluator.ema.copy_to(evaluator.model.parameters())
         save_model(evaluator.model.cpu(), folder.path / "model-ema")

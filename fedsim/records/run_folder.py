@@ -34,6 +34,21 @@ class RunFolder:
         with self.metrics_path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c)) for c in self.columns])
 
+    def nothing_aggregated(self) -> bool:
+        """Whether every round written so far lost all its clients (failed or rejected): such a
+        run trained nothing, whatever its exit code says."""
+        try:
+            with self.metrics_path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError:
+            return False
+
+        def count(row: dict, key: str) -> int:
+            return int(float(row.get(key) or 0))
+
+        return bool(rows) and all(count(r, "clients_failed") + count(r, "clients_rejected")
+                                  >= count(r, "clients_sampled") for r in rows)
+
     def status(self, state: str, **info: Any) -> None:
         """Atomic write of status.json: {"state": running|done|failed, ...}."""
         tmp = self.path / f".status.{os.getpid()}.tmp"
