@@ -1,7 +1,8 @@
 """Gradient-inversion attacks on what an honest-but-curious server observes.
 
 Registry: ``ATTACKS[name](**options)`` builds an attack; ``attack.reconstruct(victim, inputs,
-generator=g)`` returns a Reconstruction (attacks/base.py). Only attacks/metrics.py sees the truth.
+generator=g)`` returns a Reconstruction (attacks/base.py). Only the scoring (attacks/scoring.py,
+attacks/metrics.py) compares it with the truth.
 """
 
 from attacks.agic import AGIC

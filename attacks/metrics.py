@@ -1,9 +1,11 @@
 """Reconstruction quality vs ground truth: PSNR, SSIM, MSE, label accuracy, batch matching.
 
-The only file of the attack module that sees the true images and labels (STYLE rule 6);
-attacks return a reconstruction, `score` compares it with the truth. Conventions follow
-docs "Metrics conventions" (shared/papers/attacks.md): per image, on denormalised images
-clamped to [0, 1], after a Hungarian match, then mean and SD over the images.
+With attacks/scoring.py (which pairs a reconstruction with its targets once and applies the
+pairs to every per-sample metric), the only code of the attack module that compares with the
+true images and labels (STYLE rule 6); attacks return a reconstruction, `score` compares it
+with the truth. Conventions follow docs "Metrics conventions" (shared/papers/attacks.md): per
+image, on denormalised images clamped to [0, 1], after a Hungarian match, then mean and SD
+over the images.
 LPIPS needs local backbone weights, which this project does not ship, so it is "n/a" (None).
 """
 
@@ -111,36 +113,35 @@ def label_accuracy(pred: Sequence[int] | torch.Tensor, true: Sequence[int] | tor
     return 1.0 - 0.5 * float(diff.abs().sum()) / len(t)
 
 
+def assign(recon: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hungarian assignment, one to one: (truth_idx, recon_idx), min(N, B) pairs minimising
+    sum_k MSE(truth[truth_idx[k]], recon[recon_idx[k]]), truth_idx ascending.
+
+    scipy.optimize.linear_sum_assignment on the (N, B) matrix C[i, j] = MSE(truth[i], recon[j]),
+    exact (no matmul shortcut). N = B: a permutation of the batch; N > B (more true images than
+    reconstructions): the B true images the reconstructions match best; N < B: the N
+    reconstructions that match best. recon (B, C, H, W), truth (N, C, H, W) on one scale
+    (the metrics' [0, 1], see `to_unit`); returns two (min(N, B),) int64 tensors."""
+    r = recon.detach().to("cpu", torch.float64).flatten(1)
+    t = truth.detach().to("cpu", torch.float64).flatten(1)
+    if r.shape[1] != t.shape[1]:
+        raise ValueError(f"images of different sizes: {tuple(recon.shape)} and {tuple(truth.shape)}")
+    cost = torch.cdist(t, r, compute_mode="donot_use_mm_for_euclid_dist").pow(2) / t.shape[1]
+    rows, cols = linear_sum_assignment(cost.numpy())  # rows ascending
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
 def match(recon: torch.Tensor, truth: torch.Tensor, cost: str = "mse") -> torch.Tensor:
-    """Hungarian assignment: perm minimising sum_i cost(recon[perm[i]], truth[i]).
+    """Hungarian assignment of a batch: perm minimising sum_i cost(recon[perm[i]], truth[i]).
 
     A batch is recovered as an unordered set, so each true image i is paired with the
-    reconstruction perm[i] before scoring (scipy.optimize.linear_sum_assignment on the
-    (B, B) matrix C[i, j] = MSE(truth[i], recon[j])). Only cost="mse"; LPIPS is unavailable.
-    recon, truth: (B, C, H, W) on one scale; returns (B,) int64 indices, [0] for B = 1."""
+    reconstruction perm[i] before scoring (`assign` on equally many images). Only cost="mse";
+    LPIPS is unavailable. recon, truth: (B, C, H, W) on one scale; returns (B,) int64 indices,
+    [0] for B = 1."""
     if cost != "mse":
         raise ValueError(f"unknown matching cost {cost!r}; known: 'mse' (LPIPS is n/a here)")
     recon, truth = _check_pair(recon, truth)
-    if truth.shape[0] == 1:
-        return torch.zeros(1, dtype=torch.long)
-    d = torch.cdist(truth.flatten(1), recon.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
-    c = d.pow(2) / truth[0].numel()  # (B, B) MSE, exact (no matmul shortcut)
-    rows, cols = linear_sum_assignment(c.numpy())
-    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
-
-
-def best_truth(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Indices of the B true images (out of N >= B) that the B reconstructions match best, one each.
-
-    For an attack on a client holding more images than it reconstructs (a recorded FedAvg
-    update): the rectangular assignment (scipy linear_sum_assignment) minimising the summed MSE
-    on the common [0, 1] scale. recon (B, C, H, W), truth (N, C, H, W) in one value range;
-    returns (B,) int64 indices into truth, in the order of recon."""
-    r = recon.detach().to("cpu", torch.float64).flatten(1)
-    t = truth.detach().to("cpu", torch.float64).flatten(1)
-    cost = torch.cdist(r, t, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-    rows, cols = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(cols[np.argsort(rows)], dtype=torch.long)
+    return assign(recon, truth)[1]
 
 
 def _mean_sd(v: torch.Tensor) -> tuple[float, float]:
@@ -161,11 +162,14 @@ def score(
     recon_labels: Sequence[int] | torch.Tensor | None = None,
     true_labels: Sequence[int] | torch.Tensor | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    matched: bool = False,
 ) -> dict:
     """Score a reconstructed batch against the truth.
 
     1. to_unit both (B, C, H, W) tensors from `value_range` to [0, 1];
-    2. match: recon[perm[i]] pairs with truth[i] (Hungarian on MSE);
+    2. match: recon[perm[i]] pairs with truth[i] (Hungarian on MSE); skipped when
+       ``matched`` (the caller paired them already, recon[i] with truth[i]: attacks/scoring.py
+       does, to apply one assignment to every per-sample metric);
     3. per image MSE, PSNR, SSIM; mean and SD (ddof=0) over the B images.
     Labels are compared as multisets (`label_accuracy`), so they are not reordered; label_acc
     is None unless both label lists are given. per_image lists follow the order of `truth`.
@@ -173,7 +177,8 @@ def score(
     Returns {"psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips": None,
     "per_image": {"psnr": [...], "ssim": [...], "mse": [...]}} with Python floats."""
     r, t = to_unit(recon, value_range), to_unit(truth, value_range)
-    r = r[match(r, t)]
+    if not matched:
+        r = r[match(r, t)]
     per = {"psnr": psnr(r, t), "ssim": ssim(r, t), "mse": mse(r, t)}
     psnr_m, psnr_sd = _mean_sd(per["psnr"])
     ssim_m, ssim_sd = _mean_sd(per["ssim"])

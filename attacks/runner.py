@@ -1,16 +1,18 @@
 """``fedsim attack``: set up (or load) an observation, run the attack, score it, write the results.
 
-Fresh exchange (default): ``trials`` times, pick ``batch-size`` test-split images (seeded),
-build the victim, let attacks/exchange.py compute the client's reply, apply the defense,
-filter it through the threat model, attack, score.
-Recorded observation (``--from-run DIR --client K --round R``): the observation a real
-``fedsim run`` stored (record-clients / record-rounds); the victim is rebuilt from the run's
-config.toml and the truth is the client's partition, each reconstruction matched to its best
-distinct true image.
+Each trial (attacks/trials.py): a fresh exchange (default; ``trials`` times, ``batch-size``
+test-split images, seeded) or one recorded observation (``--from-run DIR --client K --round R``),
+with the targets the update came from: the batch, the samples a simulated client recorded
+using, or (an older run without them) the client's partition. The reply goes through the
+defense, then the threat model, then the attack. Scoring (attacks/scoring.py) pairs
+reconstructions and targets by one Hungarian assignment and applies it to every per-sample
+metric; the trivial baselines (attacks/baselines.py: grey, the mean image, random training
+images) are scored the same way on the same targets.
 
-Writes to the output folder: config.toml, results.csv (one row per trial, appended as each
-finishes, so an interrupted run keeps its rows) and grid_<attack>.png (originals above
-reconstructions).
+Writes to the output folder: config.toml, results.csv (per trial the attack's row, then rows
+``baseline-grey``, ``baseline-mean``, ``baseline-random``; appended as each trial finishes, so
+an interrupted run keeps its rows; the ``truth`` column says what was scored against) and
+grid_<attack>.png (originals above reconstructions).
 """
 
 from __future__ import annotations
@@ -19,89 +21,27 @@ import csv
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from attacks import build_attack
-from attacks.base import Reconstruction, Victim
+from attacks.baselines import BASELINES, baseline_images
 from attacks.config import AttackRunConfig
 from attacks.defenses import compressed, dp_accounting, local_dp
-from attacks.exchange import client_exchange
-from attacks.metrics import best_truth, match, score, to_unit
+from attacks.metrics import to_unit
 from attacks.prior import prior_path
-from attacks.threat_model import Secrets, expose
-from attacks.victims import build_victim
-from fedsim.config import ConfigError, resolve
-from fedsim.data.clients import client_partition, dataset
-from fedsim.data.datasets import load_dataset
-from fedsim.models.train import make_task
-from fedsim.models.workspace import fresh_model
-from fedsim.records.observations import Observation, folder_of, load
+from attacks.scoring import score_against
+from attacks.threat_model import expose
+from attacks.trials import Trial, fresh_trial, recorded_trial
+from fedsim.config import resolve
 from fedsim.rng import derive
 
 COLUMNS = ["attack", "model", "dataset", "batch_size", "local_steps", "defense", "trial", "psnr", "psnr_sd",
            "ssim", "ssim_sd", "mse", "label_acc", "t_acc", "t_abs_err", "eps_cos", "lpips", "wall_s",
-           "iterations", "source", "threat", "dp_noise_multiplier", "dp_sigma", "dp_epsilon_spent"]
-
-
-@dataclass
-class Trial:
-    victim: Victim
-    obs: Observation
-    secrets: Secrets
-    truth: torch.Tensor  # (N, C, H, W) the client's images (>= batch for a recorded run)
-
-
-def _fresh(cfg: AttackRunConfig, trial: int) -> Trial:
-    data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None)
-    if cfg.batch_size > len(data):
-        raise ConfigError(f"batch-size {cfg.batch_size} > {len(data)} test images of '{cfg.dataset}'")
-    idx = np.sort(derive(cfg.seed, "attack-data", trial).choice(len(data), cfg.batch_size, replace=False))
-    images, labels = data.images[idx], torch.as_tensor(data.labels[idx].copy())
-    model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
-    g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack-client", trial).integers(2**62)))
-    obs, secrets = client_exchange(model, task, images, labels, mode="fedsgd" if cfg.local_steps == 1 else "fedavg",
-                                   lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g)
-    return Trial(Victim(model, task, data.shape, data.num_classes), obs, secrets, images)
-
-
-def _recorded(cfg: AttackRunConfig, run: Path, client: int, server_round: int) -> Trial:
-    config = run / "config.toml"
-    if not config.is_file():
-        raise ConfigError(f"--from-run {run}: no config.toml (is it a fedsim run folder?)")
-    rc = resolve(config, [])
-    path = folder_of(run, server_round, client)
-    if not (path / "meta.json").is_file():
-        have = sorted(p.relative_to(run).as_posix() for p in run.glob("observations/round_*/client_*"))
-        raise ConfigError(f"no observation for client {client} in round {server_round} under {run}; recorded: "
-                          + (", ".join(have[:8]) + (" ..." if len(have) > 8 else "") if have else
-                             "none (run with record-clients / record-rounds)"))
-    obs = load(path)
-    if obs.payload == "mask":
-        raise ConfigError(f"{path} is SalUn's saliency mask (bits, no update): nothing to reconstruct from")
-    train = dataset(rc, "train")
-    part = client_partition(rc, train.labels)[client]
-    model = fresh_model(rc, train)
-    task = make_task(rc.model, rc.timesteps, rc.beta_schedule)
-    labels = torch.as_tensor(train.labels[part].copy())
-    return Trial(Victim(model, task, train.shape, train.num_classes), obs, Secrets(labels=labels),
-                 train.images[part])
-
-
-def _noise_metrics(rec: Reconstruction, secrets: Secrets) -> dict:
-    out = {"t_acc": None, "t_abs_err": None, "eps_cos": None}
-    t_hat, e_hat = rec.extras.get("t"), rec.extras.get("eps")
-    if t_hat is not None and secrets.t is not None and secrets.t.shape == t_hat.shape:
-        out["t_acc"] = float((t_hat == secrets.t).float().mean())
-        out["t_abs_err"] = float((t_hat - secrets.t).abs().float().mean())
-    if e_hat is not None and secrets.eps is not None and secrets.eps.shape == e_hat.shape:
-        out["eps_cos"] = float(torch.nn.functional.cosine_similarity(
-            e_hat.flatten(1).double(), secrets.eps.flatten(1).double(), dim=1).mean())
-    return out
+           "iterations", "source", "truth", "threat", "dp_noise_multiplier", "dp_sigma", "dp_epsilon_spent"]
+METRICS = ("psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips", "t_acc", "t_abs_err", "eps_cos",
+           "truth")
 
 
 def save_grid(truth: torch.Tensor, recon: torch.Tensor, path: Path, title: str,
@@ -132,7 +72,9 @@ def save_grid(truth: torch.Tensor, recon: torch.Tensor, path: Path, title: str,
 def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None, client: int = 0,
                server_round: int = 1, progress: Callable[[int, dict], None] | None = None,
                results_name: str = "results.csv") -> list[dict]:
-    """All trials of one attack config; returns the result rows (also appended to results.csv)."""
+    """All trials of one attack config; returns the result rows (also appended to results.csv):
+    per trial the attack's row, then one per baseline (attack "baseline-grey" / "-mean" / "-random").
+    ``progress`` gets every row as it is written."""
     out.mkdir(parents=True, exist_ok=True)
     threat = cfg.threat_model()
     options = dict(cfg.options)
@@ -151,50 +93,59 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
     rows = []
     trials = 1 if from_run is not None else cfg.trials
     for trial in range(trials):
-        t = _recorded(cfg, from_run, client, server_round) if from_run is not None else _fresh(cfg, trial)
+        t = recorded_trial(from_run, client, server_round) if from_run is not None else fresh_trial(cfg, trial)
         obs = t.obs
         if cfg.defense == "dp":
             obs = local_dp(obs, clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta, releases=cfg.dp_releases,
                            seed=int(derive(cfg.seed, "dp", trial).integers(2**31)))
         elif cfg.codec() is not None and not obs.codec:  # a recorded compressed run is already compressed
             obs = compressed(obs, cfg.codec(), seed=int(derive(cfg.seed, "uplink", trial).integers(2**31)))
-        inp = expose(obs, threat, t.secrets)
+        inp = expose(obs, threat, t.targets.secrets)
         if from_run is not None and attack.cfg.batch_size is None and obs.payload == "gradient":
             # FedSGD: the gradient is of one batch, not of the whole partition
             batch = int(obs.config.get("batch-size", obs.num_examples))
             inp = dataclasses.replace(inp, num_samples=min(obs.num_examples, batch))
         g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack", trial).integers(2**62)))
         rec = attack.reconstruct(t.victim, inp, generator=g)
-        truth = t.truth
-        true_labels = t.secrets.labels
-        if truth.shape[0] > rec.images.shape[0]:
-            keep = best_truth(rec.images, truth)
-            truth, true_labels = truth[keep], true_labels[keep]
-        s = score(rec.images, truth, recon_labels=rec.labels if not t.victim.is_diffusion else None,
-                  true_labels=true_labels if not t.victim.is_diffusion else None, value_range=t.victim.value_range)
-        row = {"attack": cfg.attack, "model": cfg.model if from_run is None else "recorded",
-               "dataset": cfg.dataset if from_run is None else "recorded", "batch_size": rec.images.shape[0],
-               "local_steps": cfg.local_steps if from_run is None else int(obs.metrics.get("steps") or 1),
-               "defense": obs.codec or cfg.defense, "trial": trial, **{k: s[k] for k in ("psnr", "psnr_sd", "ssim", "ssim_sd",
-                                                                             "mse", "label_acc", "lpips")},
-               **_noise_metrics(rec, t.secrets), "wall_s": round(rec.wall_s, 3),
-               "iterations": rec.history[-1][0] + 1 if rec.history else 0,
-               "source": f"{from_run} client {client} round {server_round}" if from_run else "fresh",
-               "threat": json.dumps(threat.as_dict())}
+        vr = t.victim.value_range
+        s = score_against(rec.images, t.targets, value_range=vr, extras=rec.extras,
+                          labels=rec.labels if not t.victim.is_diffusion else None)
+        common = {"model": cfg.model if from_run is None else "recorded",
+                  "dataset": cfg.dataset if from_run is None else "recorded", "batch_size": rec.images.shape[0],
+                  "local_steps": cfg.local_steps if from_run is None else int(obs.metrics.get("steps") or 1),
+                  "defense": obs.codec or cfg.defense, "trial": trial,
+                  "source": f"{from_run} client {client} round {server_round}" if from_run else "fresh",
+                  "threat": json.dumps(threat.as_dict())}
+        row = {"attack": cfg.attack, **common, **{k: s[k] for k in METRICS}, "wall_s": round(rec.wall_s, 3),
+               "iterations": rec.history[-1][0] + 1 if rec.history else 0}
         if cfg.defense == "dp":
             row.update(dp_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                                      releases=cfg.dp_releases))
-        rows.append(row)
-        _append(out / results_name, row)
+        trial_rows = [row] + baseline_rows(t, rec.images.shape[0], common, seed=cfg.seed, trial=trial)
+        for r in trial_rows:
+            rows.append(r)
+            _append(out / results_name, r)
         if trial == 0:
-            r = to_unit(rec.images, t.victim.value_range)
-            perm = match(r, to_unit(truth, t.victim.value_range))
-            save_grid(truth, rec.images[perm], out / f"grid_{cfg.attack}.png",
-                      f"{cfg.attack}: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}", t.victim.value_range)
+            truth_idx, recon_idx = s["pairs"]
+            save_grid(t.targets.images[truth_idx], rec.images[recon_idx], out / f"grid_{cfg.attack}.png",
+                      f"{cfg.attack}: PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f} ({s['truth']})", vr)
             torch.save({"images": rec.images, "labels": rec.labels, "history": rec.history},
                        out / f"reconstruction_{cfg.attack}.pt")
         if progress is not None:
-            progress(trial, row)
+            for r in trial_rows:
+                progress(trial, r)
+    return rows
+
+
+def baseline_rows(t: Trial, n: int, common: dict, *, seed: int, trial: int) -> list[dict]:
+    """One row per trivial baseline of ``n`` images, scored as the attack was, on its targets."""
+    rows = []
+    for kind in BASELINES:
+        g = torch.Generator().manual_seed(int(derive(seed, f"baseline-{kind}", trial).integers(2**62)))
+        images = baseline_images(kind, n, t.pool, t.victim.value_range, generator=g)
+        s = score_against(images, t.targets, value_range=t.victim.value_range)
+        rows.append({"attack": f"baseline-{kind}", **common, **{k: s[k] for k in METRICS}, "wall_s": 0.0,
+                     "iterations": 0})
     return rows
 
 

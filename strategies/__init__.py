@@ -30,6 +30,7 @@ from strategies.unlearning.protocol import HolderSelector, Unlearning, Unlearnin
 from strategies.unlearning.reference_share import last_round_shares, original_weighting
 from strategies.wrappers.metered import Metered
 from strategies.wrappers.recording import Recording
+from strategies.wrappers.secrets import AskSecrets
 
 FINE_TUNING = ("gradient-ascent", "erasediff", "salun", "msgm")  # unlearning by local objectives
 
@@ -102,11 +103,13 @@ STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
 
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
-                   utility: Utility | None = None) -> Strategy:
-    """Metered(Recording?(Compressed?(Unlearning|Calibrated?(Ledgered?(named strategy))))):
+                   utility: Utility | None = None, *, secrets_root: Path | None = None) -> Strategy:
+    """AskSecrets?(Metered(Recording?(Compressed?(Unlearning|Calibrated?(Ledgered?(named strategy)))))):
     bytes are measured and observations recorded on what arrives, before any inner
     layer decodes it; unlearning protocols and the ledger see dense updates.
-    utility: score of global weights (the server's evaluation), for valuing selectors."""
+    utility: score of global weights (the server's evaluation), for valuing selectors.
+    secrets_root: the run folder, given only in simulation: recorded clients then write what
+    they trained on there (strategies/wrappers/secrets.py); None on a deployment."""
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[cfg.strategy](cfg, clients, log, utility)
@@ -126,7 +129,12 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
     if cfg.compression != "none":
         strategy = Compressed(strategy, settings, seed=cfg.seed, log_book=log, downlink=cfg.compress_downlink)
     partitions = parse_ids(cfg.record_clients)
-    if partitions is None or partitions:
+    recording = partitions is None or bool(partitions)
+    if recording:
         strategy = Recording(strategy, Path(cfg.out_dir or "."), clients, partitions=partitions,
                              rounds=parse_ids(cfg.record_rounds), codec_settings=settings)
-    return Metered(strategy, log)
+    strategy = Metered(strategy, log)
+    if recording and secrets_root is not None:  # outside the meter: not federated traffic
+        strategy = AskSecrets(strategy, secrets_root, clients, partitions=partitions,
+                              rounds=parse_ids(cfg.record_rounds))
+    return strategy

@@ -68,9 +68,12 @@ def test_fresh_exchange_writes_results_and_grid(tmp_path, capsys):
     code = cli.main(["attack", str(PRESETS / "dlg.toml"), "--set", "trials=2", "--set", "options.iterations=30",
                      "--out", str(out)])
     assert code == 0
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    written = list(csv.DictReader((out / "results.csv").open()))
+    rows = [r for r in written if r["attack"] == "dlg"]
     assert [r["trial"] for r in rows] == ["0", "1"]
-    assert all(float(r["psnr"]) > 40 and float(r["label_acc"]) == 1.0 for r in rows)
+    assert all(float(r["psnr"]) > 40 and float(r["label_acc"]) == 1.0 and r["truth"] == "batch" for r in rows)
+    baselines = [(r["trial"], r["attack"]) for r in written if r["attack"] != "dlg"]
+    assert baselines == [(t, f"baseline-{k}") for t in "01" for k in ("grey", "mean", "random")]
     assert (out / "grid_dlg.png").stat().st_size > 0
     assert read_toml(out / "config.toml")["attack"] == "dlg"
 
@@ -90,7 +93,8 @@ def test_dp_defense_changes_the_observation(tmp_path):
 
 @pytest.mark.slow
 def test_attack_on_recorded_run_end_to_end(tmp_path):
-    """fedsim run (FedSGD classifier, client 0 recorded in round 1), then fedsim attack --from-run."""
+    """fedsim run (FedSGD classifier, client 0 recorded in round 1), then fedsim attack --from-run,
+    scored against the batch the client wrote down."""
     exe = REPO / ".venv" / "bin" / "fedsim"
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -101,13 +105,15 @@ def test_attack_on_recorded_run_end_to_end(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "observations" / "round_001" / "client_0000" / "meta.json").is_file()
+    secrets = sorted(p.relative_to(run).as_posix() for p in (run / "secrets").rglob("*.safetensors"))
+    assert secrets == ["secrets/round_001/client_0000.safetensors"]  # the recorded client only, in simulation
     out = tmp_path / "attack"
     res = subprocess.run([str(exe), "attack", str(PRESETS / "ig.toml"), "--set", "options.iterations=100",
                           "--from-run", str(run), "--client", "0", "--round", "1", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     row = next(csv.DictReader((out / "results.csv").open()))
-    assert row["batch_size"] == "2" and row["source"].endswith("client 0 round 1")
+    assert row["batch_size"] == "2" and row["source"].endswith("client 0 round 1") and row["truth"] == "batch"
     assert float(row["psnr"]) > 5 and (out / "grid_ig.png").is_file()
     res = subprocess.run([str(exe), "attack", str(PRESETS / "ig.toml"), "--from-run", str(run), "--client", "3",
                           "--round", "1", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)

@@ -77,3 +77,30 @@ def test_parse_ids() -> None:
 def test_load_missing(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="meta.json"):
         load(tmp_path / "nope")
+
+
+def test_secrets_are_asked_of_recorded_clients_in_simulation_only(tmp_path) -> None:
+    """build_strategy(secrets_root=...) (the ServerApp passes it in simulation only) marks the TRAIN
+    messages of recorded clients in recorded rounds; the mark is not metered and not part of the
+    recorded observation; without secrets_root (a deployment) no message is marked."""
+    from fedsim.records.secrets import RECORD
+    from strategies.wrappers.secrets import AskSecrets
+
+    cfg = RunConfig(num_clients=4, clients_per_round=4, record_clients="1 3", record_rounds="1",
+                    out_dir=str(tmp_path))
+    logs = {True: RoundLog(), False: RoundLog()}
+    marked = {}
+    for simulated, log in logs.items():
+        strategy = build_strategy(cfg, CLIENTS, log, secrets_root=tmp_path if simulated else None)
+        assert isinstance(strategy, AskSecrets) == simulated
+        for rnd in (1, 2):
+            messages, _ = run_round(strategy, rnd)
+            marked[simulated, rnd] = sorted(CLIENTS[m.metadata.dst_node_id].partition_id for m in messages
+                                            if RECORD in m.content.config_records)
+            for m in messages:
+                if RECORD in m.content.config_records:
+                    assert m.content[RECORD]["dir"] == str(tmp_path)
+    assert marked == {(True, 1): [1, 3], (True, 2): [], (False, 1): [], (False, 2): []}
+    assert logs[True].get(1)["bytes_down"] == logs[False].get(1)["bytes_down"]  # instrumentation, not traffic
+    obs = load(list_observations(tmp_path)[0])
+    assert "dir" not in obs.config and RECORD not in obs.config

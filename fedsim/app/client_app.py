@@ -8,10 +8,16 @@
   ``num-examples`` and ``train-loss``.
 - EVALUATE: mean loss of the global model on the client's own data.
 
+In simulation, when the server marks a TRAIN message with a ``secrets`` record (a
+recorded client and round), the client also writes what it trained on into the run
+folder (fedsim/records/secrets.py): the ground truth attacks are scored against.
+
 Which data and client id: fedsim/app/node_data.py (node config data-dir or partition-id).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -19,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fedsim.app.compression_mod import compression_mod
 from fedsim.app.node_data import node_workspace
 from fedsim.models.train import batch_gradient, per_sample_losses, train_local
+from fedsim.records import secrets
 from fedsim.records.wire import to_array_record, to_state_dict
 from fedsim.rng import derive, torch_generator
 
@@ -57,6 +64,8 @@ def train(msg: Message, context: Context) -> Message:
     images, labels = ws.client_data(pid)
     gen = torch_generator(cfg.seed, "train", rnd, pid)
     objective = str(sent.get("objective", "train"))
+    secrets_root = _secrets_root(msg, context) if objective == "train" else None  # unlearning rounds: not traced
+    trace = [] if secrets_root is not None else None
     extra = {}
     if objective != "train":  # an unlearning round (strategies/unlearning/protocol.py)
         from fedsim.unlearning.local import run_objective
@@ -67,17 +76,28 @@ def train(msg: Message, context: Context) -> Message:
         extra["num-forget"] = int(len(ws.forget[pid]))  # every reply of the round: FedAvg needs the same keys
     elif cfg.mode == "fedsgd":
         grads, stats = batch_gradient(ws.model, ws.task, images, labels,
-                                      batch_size=batch_size, generator=gen)
+                                      batch_size=batch_size, generator=gen, trace=trace)
         arrays, payload = to_array_record(grads), "gradient"
     else:
         stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
                             batch_size=batch_size, lr=lr, optimizer=cfg.optimizer,
-                            momentum=cfg.momentum, grad_clip=cfg.grad_clip, generator=gen)
+                            momentum=cfg.momentum, grad_clip=cfg.grad_clip, generator=gen, trace=trace)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
+    if trace is not None:
+        secrets.save(secrets_root, rnd, pid, trace, ws.parts[pid], payload=payload,
+                     epochs=1 if payload == "gradient" else epochs)
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss, **extra})
     meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
+
+
+def _secrets_root(msg: Message, context: Context) -> Path | None:
+    """The run folder to write this round's secrets into, if the server asked (it does only in
+    simulation); never on a node with its own data (data-dir), whatever the message says."""
+    if secrets.RECORD not in msg.content.config_records or "data-dir" in context.node_config:
+        return None
+    return Path(str(msg.content[secrets.RECORD]["dir"]))
 
 
 @app.evaluate()

@@ -96,5 +96,9 @@ def _rebuild_global(content: RecordDict, context: Context, codec) -> RecordDict:
         delta = decode_update(codec, codes[key].tobytes(), layout)
         for k, d in delta.items():
             view[k] = (view[k] + d).astype(view[k].dtype) if np.issubdtype(d.dtype, np.floating) else np.array(d)
-    return RecordDict({"arrays": ArrayRecord({k: numpy_array(v) for k, v in view.items()}, keep_input=True),
-                       "config": config})
+    out = RecordDict({"arrays": ArrayRecord({k: numpy_array(v) for k, v in view.items()}, keep_input=True),
+                      "config": config})
+    for key, record in content.config_records.items():  # e.g. the simulation's secrets mark
+        if key != "config":
+            out[key] = record
+    return out

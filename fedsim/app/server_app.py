@@ -87,11 +87,12 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     log = RoundLog()
     evaluator = ServerEvaluator(cfg, folder.path)
     check_classes(clients, evaluator.test.num_classes)
-    strategy = build_strategy(cfg, clients, log,
-                              utility=lambda arrays: evaluator.utility(to_state_dict(arrays)))
+    simulated = in_simulation(grid)
+    strategy = build_strategy(cfg, clients, log, utility=lambda arrays: evaluator.utility(to_state_dict(arrays)),
+                              secrets_root=folder.path.resolve() if simulated else None)
     folder.start_metrics(evaluator.quality_columns + list(getattr(strategy, "metric_columns", [])))
     recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
-    window = cfg.max_in_flight or (SIMULATION_WINDOW if in_simulation(grid) else 0)
+    window = cfg.max_in_flight or (SIMULATION_WINDOW if simulated else 0)
     if window:
         grid = WindowedGrid(grid, window)
     initial = to_array_record(evaluator.model.state_dict())

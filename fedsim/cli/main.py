@@ -173,9 +173,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     console.print(f"fedsim attack: {cfg.attack} on {source} -> {out}")
 
     def progress(trial: int, row: dict) -> None:
+        if row["attack"].startswith("baseline-"):  # trivial guesses on the same targets, scored alike
+            console.print(f"    {row['attack']}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}")
+            return
         extra = "".join(f", {k} {row[k]:.3f}" for k in ("label_acc", "t_acc", "eps_cos") if row.get(k) is not None)
         console.print(f"  trial {trial}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}{extra}, "
-                      f"{row['wall_s']:.1f} s")
+                      f"{row['wall_s']:.1f} s, against the {row['truth']}")
 
     try:
         with console.status(f"running {cfg.attack} ..."):

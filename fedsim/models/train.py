@@ -8,6 +8,7 @@ plain PyTorch: no Flower, no Ray, testable in milliseconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,36 @@ class TrainStats:
     num_examples: int
 
 
+class Step(NamedTuple):
+    """What one local step used: ``indices`` (b,) into the images it was given, and for a
+    diffusion task the timesteps ``t`` (b,) and noise ``eps`` (b, C, H, W) drawn for them
+    (None for classifiers). Collected only when a caller passes ``trace`` (simulation secrets)."""
+
+    indices: torch.Tensor
+    t: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+
+
+def draw_noise(task: Task, x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The (t, eps) a diffusion step trains on, drawn from ``generator`` in the order and shapes
+    diffusion_loss would draw them (t: (b,) first, then eps: (b, C, H, W)), so drawing them here
+    leaves the random stream unchanged; on CPU. {} for a classifier."""
+    if not isinstance(task, DiffusionTask):
+        return {}
+    t = torch.randint(0, task.schedule.timesteps, (x.shape[0],), generator=generator)
+    return {"t": t, "eps": torch.randn(x.shape, generator=generator)}
+
+
+def _step_loss(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+               generator: torch.Generator, trace: list[Step] | None) -> torch.Tensor:
+    """Mean loss of one step on (x, y) = images[idx]; appends the step to ``trace`` if given."""
+    noise = draw_noise(task, x, generator)
+    if trace is not None:
+        trace.append(Step(idx.detach().cpu().clone(), noise.get("t"), noise.get("eps")))
+    kw = {k: v.to(x.device) for k, v in noise.items()}
+    return task.loss(model, x, y, generator=generator, **kw).mean()
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0):
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -60,10 +91,12 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
 
 def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
-                momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator) -> TrainStats:
+                momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator,
+                trace: list[Step] | None = None) -> TrainStats:
     """``epochs`` passes over (images (N, C, H, W), labels (N,)), shuffled by
     ``generator``; a fresh optimizer each call (clients keep no optimizer state);
-    ``grad_clip`` > 0 clips each step's gradient norm."""
+    ``grad_clip`` > 0 clips each step's gradient norm. ``trace``: a list that gets one
+    ``Step`` per local step (which images, and the diffusion noise), for simulation secrets."""
     model.train()
     opt = make_optimizer(model, optimizer, lr, momentum)
     device = next(model.parameters()).device
@@ -74,7 +107,7 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             x, y = images[idx].to(device), labels[idx].to(device)
-            loss = task.loss(model, x, y, generator=generator).mean()
+            loss = _step_loss(model, task, x, y, idx, generator, trace)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:
@@ -86,13 +119,15 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
 
 
 def batch_gradient(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
-                   batch_size: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], TrainStats]:
-    """FedSGD: the gradient of the mean loss on one random batch, per parameter."""
+                   batch_size: int, generator: torch.Generator, trace: list[Step] | None = None
+                   ) -> tuple[dict[str, torch.Tensor], TrainStats]:
+    """FedSGD: the gradient of the mean loss on one random batch, per parameter.
+    ``trace``: a list that gets the one ``Step`` (the batch's indices, in order, and its noise)."""
     model.train()
     device = next(model.parameters()).device
     idx = torch.randperm(images.shape[0], generator=generator)[:batch_size]
     model.zero_grad(set_to_none=True)
-    loss = task.loss(model, images[idx].to(device), labels[idx].to(device), generator=generator).mean()
+    loss = _step_loss(model, task, images[idx].to(device), labels[idx].to(device), idx, generator, trace)
     loss.backward()
     grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
              for name, p in model.named_parameters()}

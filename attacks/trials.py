@@ -1,0 +1,111 @@
+"""What one trial attacks and is scored against: a fresh exchange or a recorded observation.
+
+Fresh exchange: ``batch-size`` test-split images (seeded) go through attacks/exchange.py;
+the targets are that batch, in order, with its labels and noise.
+Recorded observation (``--from-run DIR --client K --round R``): the victim is rebuilt from
+the run's config.toml. If the client wrote what it trained on (a simulated run with
+record-clients, fedsim/records/secrets.py), the targets are exactly those samples, as the
+client held them (a backdoor's trigger included): FedSGD's one batch in its order, or for
+local training every sample used, in the order of first use (the first epoch's order), with
+the (t, eps) each was trained with. An older run without the file falls back to the client's
+whole partition (targets kind "partition", scored by best match).
+The baselines' pool is the training split without the targets (for a recorded run, without
+the client's whole partition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks.base import Victim
+from attacks.config import AttackRunConfig
+from attacks.exchange import client_exchange
+from attacks.scoring import Targets
+from attacks.threat_model import Secrets
+from attacks.victims import build_victim
+from fedsim.config import ConfigError, resolve
+from fedsim.data.clients import client_partition, dataset, with_backdoor
+from fedsim.data.datasets import load_dataset
+from fedsim.models.train import make_task
+from fedsim.models.workspace import fresh_model
+from fedsim.records import secrets as client_secrets
+from fedsim.records.observations import Observation, folder_of, load
+from fedsim.rng import derive
+
+
+@dataclass
+class Trial:
+    victim: Victim
+    obs: Observation
+    targets: Targets  # what the update came from; targets.secrets is what a threat model may grant
+    pool: torch.Tensor  # (M, C, H, W) training images outside the targets, for the baselines
+
+
+def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
+    data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None)
+    if cfg.batch_size > len(data):
+        raise ConfigError(f"batch-size {cfg.batch_size} > {len(data)} test images of '{cfg.dataset}'")
+    idx = np.sort(derive(cfg.seed, "attack-data", trial).choice(len(data), cfg.batch_size, replace=False))
+    images, labels = data.images[idx], torch.as_tensor(data.labels[idx].copy())
+    model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
+    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack-client", trial).integers(2**62)))
+    obs, secrets = client_exchange(model, task, images, labels, mode="fedsgd" if cfg.local_steps == 1 else "fedavg",
+                                   lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g)
+    pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None).images  # targets are test images
+    return Trial(Victim(model, task, data.shape, data.num_classes), obs, Targets(images, secrets, "batch"), pool)
+
+
+def per_target(sec: client_secrets.ClientSecrets, order: torch.Tensor, values: torch.Tensor | None
+               ) -> torch.Tensor | None:
+    """values (S, ...) per use -> (N, ...) per target (one epoch) or (E, N, ...) per epoch, the
+    targets in ``order``; None if some target was not used exactly once in every epoch."""
+    if values is None:
+        return None
+    pos = {int(i): k for k, i in enumerate(order.tolist())}
+    where = torch.tensor([pos[int(i)] for i in sec.indices.tolist()], dtype=torch.long)
+    epoch = sec.step // sec.steps_per_epoch
+    epochs, n = int(epoch.max()) + 1, len(order)
+    uses = torch.bincount(epoch * n + where, minlength=epochs * n)  # of each (epoch, target)
+    if not bool((uses == 1).all()):
+        return None
+    out = values.new_zeros((epochs, n, *values.shape[1:]))
+    out[epoch, where] = values
+    return out[0] if epochs == 1 else out
+
+
+def recorded_trial(run: Path, client: int, server_round: int) -> Trial:
+    config = run / "config.toml"
+    if not config.is_file():
+        raise ConfigError(f"--from-run {run}: no config.toml (is it a fedsim run folder?)")
+    rc = resolve(config, [])
+    path = folder_of(run, server_round, client)
+    if not (path / "meta.json").is_file():
+        have = sorted(p.relative_to(run).as_posix() for p in run.glob("observations/round_*/client_*"))
+        raise ConfigError(f"no observation for client {client} in round {server_round} under {run}; recorded: "
+                          + (", ".join(have[:8]) + (" ..." if len(have) > 8 else "") if have else
+                             "none (run with record-clients / record-rounds)"))
+    obs = load(path)
+    if obs.payload == "mask":
+        raise ConfigError(f"{path} is SalUn's saliency mask (bits, no update): nothing to reconstruct from")
+    train = dataset(rc, "train")
+    part = torch.from_numpy(client_partition(rc, train.labels)[client])
+    held = with_backdoor(rc, train)  # the images as the clients held them
+    sec = client_secrets.load(run, server_round, client)
+    if sec is None:  # an older run, or not a simulation: the best the runner can do is the partition
+        idx, kind, t, eps = part, "partition", None, None
+    else:
+        idx = sec.first_use()
+        kind = "batch" if sec.payload == "gradient" else "samples used"
+        t, eps = per_target(sec, idx, sec.t), per_target(sec, idx, sec.eps)
+    labels = torch.as_tensor(held.labels[idx.numpy()].copy())
+    outside = torch.ones(len(held), dtype=torch.bool)
+    outside[torch.cat([idx, part])] = False  # neither a target nor (for the fallback) the partition
+    model = fresh_model(rc, train)
+    task = make_task(rc.model, rc.timesteps, rc.beta_schedule)
+    return Trial(Victim(model, task, train.shape, train.num_classes), obs,
+                 Targets(held.images[idx], Secrets(labels=labels, eps=eps, t=t), kind), held.images[outside])
