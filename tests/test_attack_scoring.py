@@ -63,20 +63,20 @@ def recorded_run(tmp_path, cfg: RunConfig = FEDSGD, mark: bool = True):
 
 
 class Replay(Attack):
-    """A stand-in attack that 'reconstructs' given images (and extras): the scoring is under test."""
+    """A stand-in attack that returns the images it is given: the scoring is under test."""
 
     name = "replay"
-    images: torch.Tensor
-    extras: dict = {}
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__()
+        self.images = images
 
     def reconstruct(self, victim, inputs, *, generator):
-        return Reconstruction(images=self.images.clone(), extras=dict(self.extras))
+        return Reconstruction(images=self.images.clone())
 
 
 def replay(monkeypatch, tmp_path, run, images: torch.Tensor, name: str) -> list[dict]:
-    attack = Replay()
-    attack.images = images
-    monkeypatch.setitem(ATTACKS, "replay", lambda **_: attack)
+    monkeypatch.setitem(ATTACKS, "replay", lambda **_: Replay(images))
     return run_attack(load_attack_config({"attack": "replay"}), tmp_path / name, from_run=run, client=PID)
 
 
@@ -174,18 +174,21 @@ def test_fewer_reconstructions_than_targets_pick_their_best_and_say_so():
 
 
 def test_secrets_only_when_marked_and_deterministic(tmp_path):
+    """Only a message the server marked makes the client write (the run config names the run
+    folder on a deployment too, so the client must not write to it on its own); same seed, same file."""
     run = tmp_path / "run"
-    msg, _ = train_message(FEDSGD, run, rnd=2, mark=False)
-    client_app.train(msg, context(FEDSGD, PID))
+    cfg = FEDSGD.replace(out_dir=str(run), record_clients="all")
+    msg, _ = train_message(cfg, run, rnd=2, mark=False)
+    client_app.train(msg, context(cfg, PID))
     assert not (run / "secrets").exists()  # a deployment's message: nothing written
-    msg, _ = train_message(FEDSGD, run, rnd=2)
-    client_app.train(msg, context(FEDSGD, PID))
+    msg, _ = train_message(cfg, run, rnd=2)
+    client_app.train(msg, context(cfg, PID))
     first = secrets.load(run, 2, PID)
-    client_app.train(msg, context(FEDSGD, PID))
+    client_app.train(msg, context(cfg, PID))
     again = secrets.load(run, 2, PID)
     assert torch.equal(first.indices, again.indices) and torch.equal(first.step, again.step)
-    msg, _ = train_message(FEDSGD, run, rnd=3)  # another round: another draw
-    client_app.train(msg, context(FEDSGD, PID))
+    msg, _ = train_message(cfg, run, rnd=3)  # another round: another draw
+    client_app.train(msg, context(cfg, PID))
     assert not torch.equal(secrets.load(run, 3, PID).indices, first.indices)
     assert sorted(p.relative_to(run).as_posix() for p in (run / "secrets").rglob("*")) == [
         "secrets/round_002", f"secrets/round_002/client_{PID:04d}.safetensors",
