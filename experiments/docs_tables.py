@@ -46,7 +46,7 @@ def refresh(page: str, docs: Path = DOCS) -> str:
 
 
 def pages(docs: Path = DOCS) -> list[Path]:
-    return sorted(docs.glob("*.md"))
+    return sorted(docs.rglob("*.md"))  # includes name paths relative to docs/, from any page
 
 
 def main() -> int:
