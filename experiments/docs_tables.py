@@ -49,14 +49,18 @@ def pages(docs: Path = DOCS) -> list[Path]:
     return sorted(docs.rglob("*.md"))  # includes name paths relative to docs/, from any page
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, docs: Path = DOCS) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale pages (exit 1)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     stale = []
-    for page in pages():
+    for page in pages(docs):
         text = page.read_text()
-        new = refresh(text)
+        try:
+            new = refresh(text, docs)
+        except FileNotFoundError as err:
+            print(f"error: {page.relative_to(docs)}: {err}", file=sys.stderr)
+            return 1
         if new != text:
             stale.append(page.name)
             if not args.check:

@@ -88,6 +88,15 @@ def test_refresh_replaces_a_stale_table(tmp_path):
         tables.refresh(page.replace("r.csv", "gone.csv"), tmp_path)
 
 
+def test_a_missing_include_is_one_line_and_exit_1(tmp_path, capsys):
+    tables = _tables()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.md").write_text("<!-- include: gone.csv -->\n<!-- end include -->\n")
+    assert tables.main([], docs=tmp_path) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gone.csv" in err and "p.md" in err
+
+
 def _fedsim_commands() -> list[tuple[str, list[str]]]:
     found = []
     for doc in DOCS:

@@ -143,3 +143,10 @@ def test_a_cell_whose_reports_are_committed_is_skipped(exp, tmp_path, monkeypatc
     assert exp.run_cell(tmp_path, "req", spec, 0, {**methods, "salun": {}}, 10, print) == []
     assert calls[0] == ("run", "original")  # its status said done, but it had no model
     assert not (exp.folder(tmp_path, "req", 0, "original") / "status.json").exists()
+
+
+def test_the_report_before_any_run_finishes(exp, tmp_path):
+    rows = exp.summary.read_reports({("class-conditional", 0, "salun"): tmp_path / "none"})
+    agg = exp.summary.across_seeds(rows, ["salun"], {"class-conditional"})
+    md = exp.report.markdown(rows, agg, [0, 1, 2], 100, 2000, 30)
+    assert "No run has finished yet." in md and "Finished: 0 of 30" in md

@@ -85,6 +85,8 @@ def acceptance(summary: pd.DataFrame, rule: str) -> str:
 def markdown(rows: pd.DataFrame, summary: pd.DataFrame, seeds: list[int], tuning_seed: int, samples: int,
              planned: int, rule: str = "") -> str:
     parts = [header(rows, seeds, tuning_seed, samples, planned)]
+    if summary.empty:
+        return parts[0] + "\n\nNo run has finished yet.\n"
     for request in dict.fromkeys(summary.request):
         parts.append(f"**{request}**\n\n{table(summary, request)}")
     if text := acceptance(summary, rule):
