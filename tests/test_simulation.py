@@ -231,3 +231,46 @@ def test_a_run_where_every_client_failed_is_refused(tmp_path: Path, env: dict) -
     assert "Traceback" not in res.stderr
     assert json.loads((out / "status.json").read_text())["state"] == "failed"
     assert len(pd.read_csv(out / "metrics.csv")) == 1  # what was written stays
+
+
+def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: dict) -> None:
+    """`kill -9` of `fedsim run` gives it no chance to clean up: the watchdog it started beside the
+    SuperLink ends the SuperLink, flwr-simulation and Ray within 15 s."""
+    import psutil
+
+    out = tmp_path / "run"
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in [*SETTINGS[:4], "rounds=200", "eval-every=0", "seed=3"]:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach round 2"
+            time.sleep(0.5)
+        time.sleep(1.0)  # the watchdog polls every 0.5 s
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(p.name() for p in started)
+        assert "raylet" in names and "flwr-simulation" in names, names
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline, left = time.monotonic() + 15, ["?"]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = []
+            for p in started:
+                try:
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        left.append(f"{p.pid} {p.name()}")
+                except psutil.NoSuchProcess:
+                    pass
+    finally:
+        _stop_group(proc)
+    if left:  # a failed test must not leak the run either
+        for p in started:
+            try:
+                os.killpg(os.getpgid(p.pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    assert not left, f"still running 15 s after kill -9 of the CLI: {left}"

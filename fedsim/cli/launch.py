@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import tomli_w
 
+from fedsim.cli.proctree import end_tree, start_watchdog
 from fedsim.config import RunConfig
 
 FLOWER_ENV = {
@@ -45,48 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def end_tree(leader: subprocess.Popen, grace: float = 20.0) -> None:
-    """End ``leader`` (started with start_new_session) and every process it started: SIGTERM to
-    the process group of each, SIGKILL to what is left after ``grace`` seconds; reap the leader.
-    The SuperLink starts flwr-simulation in a process group of its own, and that process's Ray
-    GCS, raylet and workers share it; without this they outlive the SuperLink, reparented to
-    init. The groups are read before any signal, while they are still the leader's descendants."""
-    try:
-        tree = psutil.Process(leader.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        tree = []
-    groups = {leader.pid}
-    for proc in tree:
-        try:
-            groups.add(os.getpgid(proc.pid))
-        except ProcessLookupError:
-            pass
-    groups.discard(os.getpgrp())  # never this process's own group
-
-    def signal_all(sig: int) -> bool:
-        """Send ``sig`` to every group; whether any member was left to receive it."""
-        leader.poll()  # reap it: a zombie leader would keep its group alive
-        alive = False
-        for pgid in groups:
-            try:
-                os.killpg(pgid, sig)
-                alive = True
-            except ProcessLookupError:
-                pass
-        return alive
-
-    if not signal_all(signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not signal_all(0):
-            break
-        time.sleep(0.2)
-    else:
-        signal_all(signal.SIGKILL)
-    leader.wait()
 
 
 def flwr_bin(name: str) -> str:
@@ -118,6 +75,7 @@ class LocalFederation:
         self.logs = run_dir / "logs"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.watchdog: subprocess.Popen | None = None
         # The SuperLink starts flower-superexec / flwr-simulation by name: put this
         # interpreter's scripts first on PATH (works without an activated venv).
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -137,21 +95,33 @@ class LocalFederation:
         out = (self.logs / "simulation.log").open("ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.run_dir)
-        deadline = time.monotonic() + 60
+        self.watchdog = start_watchdog(self.proc)  # ends the tree if this process is killed outright
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.__exit__()  # `with` calls __exit__ only once __enter__ has returned
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LaunchError(f"flower-superlink exited with code {self.proc.returncode}; "
                                   f"see {self.logs / 'simulation.log'}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
-                    return self
+                    return
             except OSError:
                 time.sleep(0.2)
-        raise LaunchError(f"flower-superlink did not start within 60 s; see {self.logs}")
+        raise LaunchError(f"flower-superlink did not start within {timeout:.0f} s; see {self.logs}")
 
     def __exit__(self, *exc) -> None:
         if self.proc:
             end_tree(self.proc)  # the SuperLink's group: flwr-simulation and its Ray processes too
+        if self.watchdog:
+            self.watchdog.terminate()
+            self.watchdog.wait()
 
     def _flwr(self, *args: str, timeout: float = 120) -> dict:
         res = subprocess.run([flwr_bin("flwr"), *args, "--format", "json"], env=self.env,
