@@ -179,42 +179,6 @@ def test_ledger_lists_the_aggregated_clients(first_run: Path) -> None:
     assert set(ledger.initial()) == set(final)  # the replay's start is the same model
 
 
-def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -> None:
-    """`kill PID` of a running `fedsim run` ends its SuperLink, the flwr-simulation that the
-    SuperLink started and that process's Ray GCS, raylet and workers (they were left running,
-    reparented to init), and keeps the rounds already written."""
-    import psutil
-
-    out = tmp_path / "run"
-    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
-    for item in [*SETTINGS[:4], "rounds=200", "eval-every=0", "seed=3"]:
-        cmd += ["--set", item]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach round 2"
-            time.sleep(0.5)
-        started = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(p.name() for p in started)
-        assert "raylet" in names and "gcs_server" in names, names  # Ray is up: the case that leaked
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        _stop_group(proc)
-    assert proc.returncode != 0
-    left = []
-    for p in started:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            pass
-    assert not left, f"still running after the run ended: {left}"
-    assert len(pd.read_csv(out / "metrics.csv")) >= 2
-
-
 def test_a_run_where_every_client_failed_is_refused(tmp_path: Path, env: dict) -> None:
     """Nothing trained is not a finished run: one line, a non-zero exit, status failed."""
     import json
@@ -233,9 +197,9 @@ def test_a_run_where_every_client_failed_is_refused(tmp_path: Path, env: dict) -
     assert len(pd.read_csv(out / "metrics.csv")) == 1  # what was written stays
 
 
-def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: dict) -> None:
-    """`kill -9` of `fedsim run` gives it no chance to clean up: the watchdog it started beside the
-    SuperLink ends the SuperLink, flwr-simulation and Ray within 15 s."""
+def _running(tmp_path: Path, env: dict):
+    """A long `fedsim run` in a session of its own, once round 2 is written (Flower and Ray are up),
+    with the processes it has started by then."""
     import psutil
 
     out = tmp_path / "run"
@@ -244,33 +208,68 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: di
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach round 2"
-            time.sleep(0.5)
-        time.sleep(1.0)  # the watchdog polls every 0.5 s
-        started = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(p.name() for p in started)
-        assert "raylet" in names and "flwr-simulation" in names, names
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline, left = time.monotonic() + 15, ["?"]
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = []
-            for p in started:
-                try:
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                        left.append(f"{p.pid} {p.name()}")
-                except psutil.NoSuchProcess:
-                    pass
-    finally:
-        _stop_group(proc)
-    if left:  # a failed test must not leak the run either
+    deadline = time.monotonic() + 300
+    while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_group(proc)
+            raise AssertionError("the run did not reach round 2")
+        time.sleep(0.5)
+    time.sleep(1.0)  # the watchdog learns the process groups every 0.5 s
+    started = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(p.name() for p in started)
+    assert "raylet" in names and "flwr-simulation" in names, names  # Ray is up: the case that leaked
+    return proc, out, started
+
+
+def _still_running(started, within: float) -> list[str]:
+    """Which of ``started`` are still alive after up to ``within`` seconds (ended, if so, so a
+    failing test leaks nothing)."""
+    import psutil
+
+    deadline = time.monotonic() + within
+    while True:
+        left = []
         for p in started:
             try:
-                os.killpg(os.getpgid(p.pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
                 pass
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for p in left:
+        try:
+            os.killpg(os.getpgid(p.pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return [f"{p.pid} {p.name()}" for p in left]
+
+
+def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -> None:
+    """`kill PID` of a running `fedsim run` ends its SuperLink, the flwr-simulation that the
+    SuperLink started and that process's Ray GCS, raylet and workers (they were left running,
+    reparented to init), and keeps the rounds already written."""
+    proc, out, started = _running(tmp_path, env)
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        _stop_group(proc)
+    assert proc.returncode != 0
+    left = _still_running(started, within=0)
+    assert not left, f"still running after the run ended: {left}"
+    assert len(pd.read_csv(out / "metrics.csv")) >= 2
+
+
+def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: dict) -> None:
+    """`kill -9` of `fedsim run` gives it no chance to clean up: the watchdog it started beside the
+    SuperLink ends the SuperLink, flwr-simulation and Ray within 15 s."""
+    proc, _, started = _running(tmp_path, env)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        _stop_group(proc)
+    left = _still_running(started, within=15)
     assert not left, f"still running 15 s after kill -9 of the CLI: {left}"
