@@ -221,6 +221,15 @@ def _running(tmp_path: Path, env: dict):
     return proc, out, started
 
 
+def _kill(proc: subprocess.Popen, sig: int, wait: float) -> None:
+    """Send ``sig`` to the CLI alone (not its group), wait for it; its group is ended after, whatever happened."""
+    try:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=wait)
+    finally:
+        _stop_group(proc)
+
+
 def _still_running(started, within: float) -> list[str]:
     """Which of ``started`` are still alive after up to ``within`` seconds (ended, if so, so a
     failing test leaks nothing)."""
@@ -251,11 +260,7 @@ def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -
     SuperLink started and that process's Ray GCS, raylet and workers (they were left running,
     reparented to init), and keeps the rounds already written."""
     proc, out, started = _running(tmp_path, env)
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-    finally:
-        _stop_group(proc)
+    _kill(proc, signal.SIGTERM, wait=120)
     assert proc.returncode != 0
     left = _still_running(started, within=0)
     assert not left, f"still running after the run ended: {left}"
@@ -266,10 +271,6 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: di
     """`kill -9` of `fedsim run` gives it no chance to clean up: the watchdog it started beside the
     SuperLink ends the SuperLink, flwr-simulation and Ray within 15 s."""
     proc, _, started = _running(tmp_path, env)
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        _stop_group(proc)
+    _kill(proc, signal.SIGKILL, wait=30)
     left = _still_running(started, within=15)
     assert not left, f"still running 15 s after kill -9 of the CLI: {left}"
