@@ -17,10 +17,15 @@ from attacks.simulation import Simulation
 ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (DLG, IDLG, IG, Simulation, AGIC, GIDM, GIDMPlus)}
 
 
+def fusing_attacks() -> list[str]:
+    """The attacks that use several observations of one client together (``Attack.fuses``)."""
+    return [name for name, cls in ATTACKS.items() if cls.fuses]
+
+
 def build_attack(name: str, **options) -> Attack:
     if name not in ATTACKS:
         raise AttackError(f"unknown attack '{name}'; known: {', '.join(ATTACKS)}")
     return ATTACKS[name](**options)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackError", "Reconstruction", "Victim", "build_attack"]
+__all__ = ["ATTACKS", "Attack", "AttackError", "Reconstruction", "Victim", "build_attack", "fusing_attacks"]

@@ -6,9 +6,18 @@ details unverified, shared/papers/attacks.md):
    grad L(w_{e,k-1}; B_{e,k}) ~ grad L(w_0; B_{e,k}); with equal batches
    g~ = -Delta w / (lr E K) ~ grad L(w_0; D), the gradient of all N samples. One
    forward/backward of the N dummies per iteration instead of the simulation's E K.
+   That holds for plain SGD. With momentum beta (the observation's config) the T = E K steps
+   of a constant gradient move w by lr S g, S = sum_t (1 - beta^t) / (1 - beta) > T, and
+   g~ = -Delta w / (lr S) (attacks/objectives.py ``effective_steps``). With Adam the update
+   has no gradient scale (each coordinate moves about lr per step): the code still forms
+   -Delta w / (lr E K) and assumes only that its *direction* is the gradient's, which is all
+   the cosine distance below uses; the scale matters only to ``fusion = "weighted"``
+   and to the count label strategy. The batch order plays no part (all N samples at w_0).
 2. **Fusion.** Several updates over the same data are matched together,
        X* = argmin_X sum_r c_r D_w(grad L(w_0^(r); X, Y), g~^(r)) + a_TV TV(X),
-   where r runs over the observations given (FL rounds, ``fusion_points = "round"``) and,
+   where r runs over the observations given (FL rounds of one client: ``fedsim attack
+   --rounds 3,4,5``, or a list of AttackInputs; the N dummies stand for the samples the client
+   trained on in every one of them, e.g. its partition with full local epochs) and,
    within each, over evaluation points on the segment from w_0 to w_local: ``"epoch"`` reads
    each local epoch's gradient at its estimated start w_0 + (p / E) Delta w; ``"midpoint"``
    (default) reads the mean gradient along the path at w_0 + Delta w / 2 (midpoint rule;
@@ -49,6 +58,7 @@ class AGICConfig(IGConfig):
 class AGIC(IG):
     name = "agic"
     Config = AGICConfig
+    fuses = True
 
     def setup(self, victim, inputs: list[AttackInput]):
         terms = []

@@ -84,10 +84,13 @@ class AttackConfig:
 class Attack(ABC):
     """Gradient inversion: observation(s) -> Reconstruction.
 
-    Subclasses set ``name`` and ``Config`` and implement ``reconstruct``."""
+    Subclasses set ``name`` and ``Config`` and implement ``reconstruct``; ``fuses`` says
+    whether it uses every AttackInput of a list (several observations of one client, e.g.
+    several rounds) or only the first."""
 
     name: ClassVar[str]
     Config: ClassVar[type[AttackConfig]] = AttackConfig
+    fuses: ClassVar[bool] = False
 
     def __init__(self, cfg: AttackConfig | None = None, **options: Any) -> None:
         self.cfg = cfg if cfg is not None else make_config(self.Config, options)

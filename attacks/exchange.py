@@ -6,7 +6,8 @@ labels, and how the client trains; get back the ``Observation`` the server sees 
 
 Training follows fedsim's clients (fedsim/models/train.py) with two attack-relevant choices made
 explicit: plain SGD (the simulation attack and AGIC assume it), and a fixed batch
-assignment (step k of every epoch takes images [k b, (k+1) b)). Diffusion clients draw
+assignment (step k of every epoch takes images [k b, (k+1) b); the observation's config says
+optimizer "sgd", momentum 0, shuffle "fixed", and Secrets.batches holds that order). Diffusion clients draw
 fresh (eps, t) for every step from ``generator``; ``t_mode = "shared"`` gives one t per
 step for the whole minibatch (GIDM's setting), "per-sample" one t per image (fedsim's
 training). Secrets.eps is (E, N, C, H, W) and Secrets.t (E, N): the noise image i saw in
@@ -81,11 +82,14 @@ def client_exchange(model: nn.Module, task: Task, images: torch.Tensor, labels: 
         received, payload = grads, "gradient"
     else:
         received, payload = {k: v.detach().clone() for k, v in local.state_dict().items()}, "weights"
-    config = {"lr": lr, "local-epochs": epochs, "batch-size": b, "optimizer": "sgd"}
+    config = {"lr": lr, "local-epochs": epochs, "batch-size": b, "optimizer": "sgd", "momentum": 0.0,
+              "grad-clip": 0.0, "shuffle": "fixed"}
     obs = Observation(server_round=server_round, partition_id=partition_id, sent=sent, received=received,
                       payload=payload, num_examples=n, metrics={"steps": epochs * k_steps}, config=config)
-    secrets = Secrets(labels=labels.clone())
+    batches = tuple(torch.arange(k * b, min((k + 1) * b, n)) for _ in range(epochs) for k in range(k_steps))
+    secrets = Secrets(labels=labels.clone(), batches=batches)
     if isinstance(task, DiffusionTask):
         eps, t = torch.stack(eps_all), torch.stack(t_all)
-        secrets = Secrets(labels=labels.clone(), eps=eps[0] if epochs == 1 else eps, t=t[0] if epochs == 1 else t)
+        secrets = Secrets(labels=labels.clone(), eps=eps[0] if epochs == 1 else eps, t=t[0] if epochs == 1 else t,
+                          batches=batches)
     return obs, secrets

@@ -61,7 +61,7 @@ class IG(Attack):
             raise AttackError(f"{self.name} attacks classifiers; use gidm for diffusion models")
         clock = Clock(self.cfg.log_every)
         fn, target, distance = self.setup(victim, inputs)
-        batch = self.batch_size(inputs[0])
+        batch = max(self.batch_size(inp) for inp in inputs)  # fused observations: the largest
         labels = self.labels(fn, target, inputs[0], batch, generator)
         box = victim.value_range if self.cfg.box else None
         best_x, best = None, math.inf

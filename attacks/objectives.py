@@ -4,7 +4,8 @@
   function of dummy inputs (double backward: d/dx of a function of grad_theta L).
 - ``observed_gradient``: the target g* from an observation. A FedSGD reply is the
   gradient; a FedAvg reply gives Delta w = w_local - w_0 and the approximate gradient
-  g~ = -Delta w / (lr * E * K)  (shared/papers/attacks.md, "Sign and scale").
+  g~ = -Delta w / (lr * S), S = E * K for plain SGD (shared/papers/attacks.md, "Sign and
+  scale"), S = ``effective_steps`` for momentum SGD.
 - distances: plain L2 (DLG, GIDM), cosine with optional layer weights (IG, AGIC);
 - ``total_variation`` image prior; ``layer_weights`` increasing with depth (AGIC).
 """
@@ -109,12 +110,30 @@ def local_steps(inp: AttackInput) -> int:
     return int(h.epochs) * math.ceil(n / h.batch_size)
 
 
+def effective_steps(steps: int, momentum: float = 0.0) -> float:
+    """S = sum_{t=1..T} sum_{j<t} beta^j = (T - beta (1 - beta^T) / (1 - beta)) / (1 - beta).
+
+    Heavy-ball SGD as PyTorch runs it (b_t = beta b_{t-1} + g_t, w_t = w_{t-1} - lr b_t, b_0 = 0:
+    a fresh optimizer each round) moves w by -lr S g in T steps of a constant gradient g, so
+    -Delta w / (lr S) is g; S = T without momentum (beta = 0), and S -> T / (1 - beta) for T >> 1."""
+    if momentum == 0:
+        return float(steps)
+    b = float(momentum)
+    return (steps - b * (1 - b ** steps) / (1 - b)) / (1 - b)
+
+
 def observed_gradient(inp: AttackInput, names: Sequence[str], *, need_scale: bool = True) -> Grads:
     """g* per parameter, in ``names`` order.
 
-    FedSGD: the reply itself. FedAvg: g~ = -Delta w / (lr * E * K) (AGIC's approximation,
-    exact for one SGD step). With need_scale=False (cosine distances) an unknown lr or step
-    count falls back to -Delta w, whose direction is all a cosine distance uses."""
+    FedSGD: the reply itself. FedAvg: g~ = -Delta w / (lr * S) (AGIC's approximation, exact for
+    one SGD step): S = E * K local steps for plain SGD, ``effective_steps`` with the config's
+    momentum for momentum SGD (exact while the gradient stays constant). Adam's step
+    lr m^ / (sqrt(v^) + eps) has no gradient scale (about lr per coordinate): g~ = -Delta w / (lr E K)
+    is then the mean normalised step, whose direction stands for the gradient's; the scale is
+    not the gradient's, which the cosine distances (IG, AGIC, simulation) ignore and L2 (DLG,
+    GIDM) and the count label strategy do not. A grad clip likewise changes only the scale.
+    With need_scale=False (cosine distances) an unknown lr or step count falls back to -Delta w,
+    whose direction is all a cosine distance uses."""
     g = [inp.update[n].detach().float() for n in names]
     if inp.payload == "gradient":
         return g
@@ -122,7 +141,8 @@ def observed_gradient(inp: AttackInput, names: Sequence[str], *, need_scale: boo
         if need_scale:
             local_steps(inp)  # raises the one-line AttackError
         return [-x for x in g]
-    scale = inp.hparams.lr * local_steps(inp)
+    h = inp.hparams
+    scale = h.lr * effective_steps(local_steps(inp), h.momentum if h.optimizer == "sgd" else 0.0)
     return [-x / scale for x in g]
 
 

@@ -2,11 +2,24 @@
 
 The server sees the global weights it sent and one client's un-aggregated
 upload (fedsim/records/observations.py). Everything else -- labels, the number of
-examples, local hyper-parameters, the diffusion noise and timesteps -- is
-knowledge the experimenter grants explicitly here. ``expose`` applies the
-grant: it builds the AttackInput an attack receives, taking granted secrets
-from ``Secrets`` (ground truth held by the benchmark) and nothing else. Every
-result records the ThreatModel it ran under (``as_dict``).
+examples, local hyper-parameters, the batch order, the diffusion noise and
+timesteps -- is knowledge the experimenter grants explicitly here. ``expose``
+applies the grant: it builds the AttackInput an attack receives, taking granted
+secrets from ``Secrets`` (ground truth held by the benchmark) and nothing else.
+Every result records the ThreatModel it ran under (``as_dict``).
+
+The local hyper-parameters are read from the observation's config, what the
+server sent and the client trained with (fedsim/app/server_app.py train_config):
+lr, local epochs, batch size, optimizer (sgd | adam), momentum, grad clip and the
+shuffle policy ("per-epoch": fedsim's clients draw a fresh permutation of their
+samples every local epoch from a generator derived from (seed, "train", round,
+client), which the server does not know; "fixed": attacks/exchange.py's step k of
+every epoch takes samples [k B, (k+1) B)). An observation that does not state
+them (recorded before they were sent) is read as plain SGD in a fixed order, what
+the attacks assumed then. The batch order itself (which samples each local step
+used) is a secret: ``batch_order_known`` grants it where the benchmark holds it
+(a fresh exchange; a simulated run's secrets files), else attacks assume the
+fixed order.
 """
 
 from __future__ import annotations
@@ -24,9 +37,10 @@ from fedsim.records.observations import Observation
 class ThreatModel:
     labels: Literal["known", "recovered", "unknown"] = "recovered"
     num_samples: bool = True  # the reply's num-examples is trusted
-    local_hparams: bool = True  # lr, local epochs, steps per epoch, batch size
+    local_hparams: bool = True  # lr, local epochs, steps, batch size, optimizer, momentum, grad clip, shuffle policy
     eps_known: bool = False  # diffusion: the client's noise eps
     t_known: bool = False  # diffusion: the client's timesteps t
+    batch_order_known: bool = False  # which samples each local step used (simulation: from the secrets files)
     prior: str = ""  # path of a trained diffusion model of the same domain (GIDM)
 
     def as_dict(self) -> dict:
@@ -40,6 +54,7 @@ class Secrets:
     labels: torch.Tensor | None = None  # (B,)
     eps: torch.Tensor | None = None  # (B, C, H, W), or (E, B, C, H, W): the noise per local epoch
     t: torch.Tensor | None = None  # (B,), or (E, B)
+    batches: tuple[torch.Tensor, ...] | None = None  # per local step, (b,) positions of its samples among the targets
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class LocalHparams:
     epochs: int
     batch_size: int
     steps: int | None = None  # total local steps, when the reply says
+    optimizer: str = "sgd"  # sgd | adam (torch.optim defaults, a fresh optimizer each round)
+    momentum: float = 0.0  # sgd: heavy-ball momentum beta (dampening 0, no Nesterov)
+    grad_clip: float = 0.0  # > 0: each step's gradient norm clipped to it
+    shuffle: str = "fixed"  # per-epoch (fedsim's clients) | fixed (attacks/exchange.py)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,7 @@ class AttackInput:
     labels: torch.Tensor | None
     eps: torch.Tensor | None
     t: torch.Tensor | None
+    batches: tuple[torch.Tensor, ...] | None = None  # granted batch order: per step, positions among the dummies
 
 
 def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
@@ -69,10 +89,7 @@ def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
         return value if flag else None
 
     if hparams is None and threat.local_hparams and "lr" in obs.config:
-        steps = obs.metrics.get("steps")
-        hparams = LocalHparams(float(obs.config["lr"]), int(obs.config.get("local-epochs", 1)),
-                               int(obs.config.get("batch-size", obs.num_examples)),
-                               int(steps) if steps else None)
+        hparams = local_hparams(obs)
     return AttackInput(
         sent=obs.sent, update=obs.update(), payload=obs.payload,
         num_samples=granted(threat.num_samples, obs.num_examples),
@@ -80,4 +97,14 @@ def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
         labels=granted(threat.labels == "known", secrets.labels),
         eps=granted(threat.eps_known, secrets.eps),
         t=granted(threat.t_known, secrets.t),
+        batches=granted(threat.batch_order_known, secrets.batches),
     )
+
+
+def local_hparams(obs: Observation) -> LocalHparams:
+    """What the observation's config says the client ran (defaults: plain SGD, fixed order)."""
+    c, steps = obs.config, obs.metrics.get("steps")
+    return LocalHparams(float(c["lr"]), int(c.get("local-epochs", 1)), int(c.get("batch-size", obs.num_examples)),
+                        int(steps) if steps else None, optimizer=str(c.get("optimizer", "sgd")),
+                        momentum=float(c.get("momentum", 0.0)), grad_clip=float(c.get("grad-clip", 0.0)),
+                        shuffle=str(c.get("shuffle", "fixed")))

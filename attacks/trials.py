@@ -1,20 +1,28 @@
-"""What one trial attacks and is scored against: a fresh exchange or a recorded observation.
+"""What one trial attacks and is scored against: a fresh exchange or recorded observations.
 
 Fresh exchange: ``batch-size`` test-split images (seeded) go through attacks/exchange.py;
-the targets are that batch, in order, with its labels and noise.
-Recorded observation (``--from-run DIR --client K --round R``): the victim is rebuilt from
-the run's config.toml. If the client wrote what it trained on (a simulated run with
-record-clients, fedsim/records/secrets.py), the targets are exactly those samples, as the
-client held them (a backdoor's trigger included): FedSGD's one batch in its order, or for
-local training every sample used, in the order of first use (the first epoch's order), with
-the (t, eps) each was trained with. An older run without the file falls back to the client's
-whole partition (targets kind "partition", scored by best match).
+the targets are that batch, in order, with its labels, noise and batch order.
+Recorded observations (``--from-run DIR --client K --round R``, or ``--rounds R1,R2,...``:
+that client's observations of several rounds, for an attack that fuses them): the victim is
+rebuilt from the run's config.toml. If the client wrote what it trained on in every one of
+those rounds (a simulated run with record-clients, fedsim/records/secrets.py), the targets
+are exactly those samples, as the client held them (a backdoor's trigger included): FedSGD's
+one batch in its order, or for local training every sample used, in the order of first use
+(the first epoch's order), with the (t, eps) each was trained with; over several rounds, the
+union of the rounds' samples in the order of first use (round by round), which for a client
+that trains full epochs on a fixed partition is its partition. Each observation comes with
+what a threat model may grant of it (``Trial.granted``): the targets' labels, that round's
+(t, eps) per target where each target was used once per epoch, and its batch order as
+positions among the targets. A run without the files for every round (an older run, a
+deployment) falls back to the client's whole partition (targets kind "partition", scored
+by best match; no batch order).
 The baselines' pool is the training split without the targets (for a recorded run, without
 the client's whole partition).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +48,9 @@ from fedsim.rng import derive
 @dataclass
 class Trial:
     victim: Victim
-    obs: Observation
-    targets: Targets  # what the update came from; targets.secrets is what a threat model may grant
+    observations: list[Observation]  # one, or one per fused round (in the order asked)
+    granted: list[Secrets]  # per observation: what a threat model may grant of it
+    targets: Targets  # what the updates came from; for one observation targets.secrets == granted[0]
     pool: torch.Tensor  # (M, C, H, W) training images outside the targets, for the baselines
 
 
@@ -57,7 +66,8 @@ def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
     obs, secrets = client_exchange(model, task, images, labels, mode="fedsgd" if cfg.local_steps == 1 else "fedavg",
                                    lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g)
     pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None).images  # targets are test images
-    return Trial(Victim(model, task, data.shape, data.num_classes), obs, Targets(images, secrets, "batch"), pool)
+    return Trial(Victim(model, task, data.shape, data.num_classes), [obs], [secrets],
+                 Targets(images, secrets, "batch"), pool)
 
 
 def per_target(sec: client_secrets.ClientSecrets, order: torch.Tensor, values: torch.Tensor | None
@@ -78,11 +88,14 @@ def per_target(sec: client_secrets.ClientSecrets, order: torch.Tensor, values: t
     return out[0] if epochs == 1 else out
 
 
-def recorded_trial(run: Path, client: int, server_round: int) -> Trial:
-    config = run / "config.toml"
-    if not config.is_file():
-        raise ConfigError(f"--from-run {run}: no config.toml (is it a fedsim run folder?)")
-    rc = resolve(config, [])
+def step_batches(sec: client_secrets.ClientSecrets, order: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The batch order: per local step, the (b,) positions in ``order`` of the samples it used, in use order."""
+    pos = {int(i): k for k, i in enumerate(order.tolist())}
+    where = torch.tensor([pos[int(i)] for i in sec.indices.tolist()], dtype=torch.long)
+    return tuple(where[sec.step == k] for k in range(sec.steps))
+
+
+def _observation(run: Path, client: int, server_round: int) -> Observation:
     path = folder_of(run, server_round, client)
     if not (path / "meta.json").is_file():
         have = sorted(p.relative_to(run).as_posix() for p in run.glob("observations/round_*/client_*"))
@@ -92,20 +105,35 @@ def recorded_trial(run: Path, client: int, server_round: int) -> Trial:
     obs = load(path)
     if obs.payload == "mask":
         raise ConfigError(f"{path} is SalUn's saliency mask (bits, no update): nothing to reconstruct from")
+    return obs
+
+
+def recorded_trial(run: Path, client: int, rounds: int | Sequence[int]) -> Trial:
+    """The client's observations of ``rounds`` (one round, or several to fuse) and their targets."""
+    rounds = [rounds] if isinstance(rounds, int) else list(rounds)
+    config = run / "config.toml"
+    if not config.is_file():
+        raise ConfigError(f"--from-run {run}: no config.toml (is it a fedsim run folder?)")
+    rc = resolve(config, [])
+    observations = [_observation(run, client, r) for r in rounds]
     train = dataset(rc, "train")
     part = torch.from_numpy(client_partition(rc, train.labels)[client])
     held = with_backdoor(rc, train)  # the images as the clients held them
-    sec = client_secrets.load(run, server_round, client)
-    if sec is None:  # an older run, or not a simulation: the best the runner can do is the partition
-        idx, kind, t, eps = part, "partition", None, None
+    secs = [client_secrets.load(run, r, client) for r in rounds]
+    if any(sec is None for sec in secs):  # an older run, or not a simulation: the best the runner can do
+        idx, kind = part, "partition"
+        labels = torch.as_tensor(held.labels[idx.numpy()].copy())
+        granted = [Secrets(labels=labels) for _ in rounds]
     else:
-        idx = sec.first_use()
-        kind = "batch" if sec.payload == "gradient" else "samples used"
-        t, eps = per_target(sec, idx, sec.t), per_target(sec, idx, sec.eps)
-    labels = torch.as_tensor(held.labels[idx.numpy()].copy())
+        idx = torch.tensor(list(dict.fromkeys(i for sec in secs for i in sec.first_use().tolist())), dtype=torch.long)
+        kind = "batch" if len(secs) == 1 and secs[0].payload == "gradient" else "samples used"
+        labels = torch.as_tensor(held.labels[idx.numpy()].copy())
+        granted = [Secrets(labels=labels, eps=per_target(sec, idx, sec.eps), t=per_target(sec, idx, sec.t),
+                           batches=step_batches(sec, idx)) for sec in secs]
     outside = torch.ones(len(held), dtype=torch.bool)
     outside[torch.cat([idx, part])] = False  # neither a target nor (for the fallback) the partition
     model = fresh_model(rc, train)
     task = make_task(rc.model, rc.timesteps, rc.beta_schedule)
-    return Trial(Victim(model, task, train.shape, train.num_classes), obs,
-                 Targets(held.images[idx], Secrets(labels=labels, eps=eps, t=t), kind), held.images[outside])
+    scored = granted[0] if len(rounds) == 1 else Secrets(labels=labels)  # (t, eps) differ from round to round
+    return Trial(Victim(model, task, train.shape, train.num_classes), observations, granted,
+                 Targets(held.images[idx], scored, kind), held.images[outside])

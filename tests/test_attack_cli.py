@@ -18,6 +18,8 @@ from fedsim.cli import main as cli
 from fedsim.config import ConfigError, read_toml
 
 REPO = Path(__file__).resolve().parents[1]
+FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+          "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 PRESETS = REPO / "experiments" / "attacks"
 
 
@@ -56,6 +58,12 @@ def test_bad_config_names_the_key(mapping, needle):
     (["--set", "attack=magic"], "magic"),
     (["--from-run", "/nonexistent/run"], "config.toml"),
     (["--client", "3"], "--from-run"),
+    (["--rounds", "1,2"], "--from-run"),
+    (["--from-run", "/nonexistent/run", "--rounds", "a,b"], "--rounds 'a,b'"),
+    (["--from-run", "/nonexistent/run", "--rounds", "2,2"], "distinct"),
+    (["--from-run", "/nonexistent/run", "--rounds", "0,1"], ">= 1"),
+    (["--from-run", "/nonexistent/run", "--round", "1", "--rounds", "1,2"], "not both"),
+    (["--from-run", "/nonexistent/run", "--rounds", "1,2"], "ig attacks one observation and cannot fuse"),
 ])
 def test_cli_bad_input_one_line(capsys, tmp_path, argv, needle):
     code = cli.main(["attack", str(PRESETS / "ig.toml"), "--out", str(tmp_path / "o"), *argv])
@@ -139,3 +147,83 @@ def test_compression_defense_attacks_the_decoded_update(tmp_path):
     assert row["defense"] == "dhq(p=0.05,L=4)" and np.isfinite(float(row["psnr"]))
     with pytest.raises(ConfigError, match="keep-ratio"):
         load_attack_config({**base, "defense": "dhq", "keep-ratio": 2.0})
+
+
+@pytest.mark.usefixtures("task_identity", "one_thread")
+def test_rounds_fuse_one_clients_observations(tmp_path, capsys):
+    """--rounds 1,2,3 with AGIC: one row for three observations, scored against the union of the
+    samples the client's secrets name (full epochs on a fixed partition: the partition); a round or
+    client not recorded is one line and exit 2."""
+    from recorded_setup import recorded_run
+
+    from attacks.trials import recorded_trial
+    from fedsim.config import RunConfig
+    from fedsim.data.clients import dataset
+    from fedsim.records import secrets
+
+    cfg = RunConfig(model="cnn", dataset="digits", num_clients=20, clients_per_round=4, partition="iid",
+                    local_epochs=1, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9)
+    run = recorded_run(tmp_path, cfg, 1, rounds=(1, 2, 3))
+    out = tmp_path / "agic"
+    code = cli.main(["attack", str(PRESETS / "agic.toml"), "--set", "options.iterations=3", "--from-run", str(run),
+                     "--client", "1", "--rounds", "1,2,3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["attack"] for r in rows] == ["agic", "baseline-grey", "baseline-mean", "baseline-random"]
+    union = {i for r in (1, 2, 3) for i in secrets.load(run, r, 1).indices.tolist()}
+    assert all(r["observations"] == "3" and r["source"].endswith("client 1 rounds 1,2,3") for r in rows)
+    assert rows[0]["batch_size"] == str(len(union)) == "72" and rows[0]["truth"] == "samples used"
+    capsys.readouterr()
+    for argv, needle in ((["--client", "1", "--rounds", "1,4"], "round 4"), (["--client", "2", "--rounds", "1,2"],
+                                                                              "client 2")):
+        code = cli.main(["attack", str(PRESETS / "agic.toml"), "--from-run", str(run), *argv,
+                         "--out", str(tmp_path / "bad")])
+        assert code == 2 and needle in one_line(capsys.readouterr().err)
+    # FedSGD draws another batch every round: the targets are the union, in order of first use
+    fedsgd = tmp_path / "fedsgd"
+    fedsgd.mkdir()
+    run = recorded_run(fedsgd, cfg.replace(mode="fedsgd", batch_size=3), 1, rounds=(1, 2, 3))
+    trial = recorded_trial(run, 1, [1, 2, 3])
+    used = [secrets.load(run, r, 1).indices.tolist() for r in (1, 2, 3)]
+    order = list(dict.fromkeys(i for u in used for i in u))
+    assert len(order) > 3 and len(trial.observations) == 3
+    train = dataset(cfg, "train")
+    assert torch.equal(trial.targets.images, train.images[order])
+    for r, sec in enumerate(trial.granted):  # each round's batch, as positions among the union
+        assert [order[k] for k in sec.batches[0].tolist()] == used[r]
+    assert trial.pool.shape[0] == len(train) - 72  # the baselines' pool: outside the client's partition
+
+
+@pytest.mark.slow
+def test_fused_rounds_on_a_recorded_run_end_to_end(tmp_path, fedsim_cache):
+    """A real fedsim run (cnn, 4 clients each training every round, client 0 recorded in rounds 1-3),
+    then fedsim attack --rounds 1,2,3 with AGIC: one row, three observations, against the union of
+    the recorded samples (the client's partition); a round not recorded: one line, exit 2."""
+    import sys
+
+    from fedsim.records import secrets
+
+    env = {**os.environ, **FLOWER, "PYTHONPATH": str(REPO), "FEDSIM_CACHE": str(fedsim_cache)}
+    fedsim = [sys.executable, "-m", "fedsim.cli"]
+    run = tmp_path / "run"
+    sets = ["model='cnn'", "num-clients=4", "clients-per-round=4", "rounds=3", "local-epochs=1", "batch-size=32",
+            "optimizer='sgd'", "lr=0.05", "momentum=0.9", "record-clients='0'", "record-rounds='1 2 3'",
+            "eval-every=0", "partition='iid'"]
+    res = subprocess.run([*fedsim, "run", *sum((["--set", s] for s in sets), []), "--out", str(run)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = (run / "observations" / "round_002" / "client_0000" / "meta.json").read_text()
+    assert '"optimizer": "sgd"' in meta and '"momentum": 0.9' in meta and '"shuffle": "per-epoch"' in meta
+    out = tmp_path / "attack"
+    res = subprocess.run([*fedsim, "attack", str(PRESETS / "agic.toml"), "--set", "options.iterations=3",
+                          "--from-run", str(run), "--client", "0", "--rounds", "1,2,3", "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len([r for r in rows if r["attack"] == "agic"]) == 1
+    union = {i for r in (1, 2, 3) for i in secrets.load(run, r, 0).indices.tolist()}
+    assert rows[0]["observations"] == "3" and rows[0]["source"].endswith("client 0 rounds 1,2,3")
+    assert rows[0]["batch_size"] == str(len(union)) and rows[0]["truth"] == "samples used"
+    res = subprocess.run([*fedsim, "attack", str(PRESETS / "agic.toml"), "--from-run", str(run), "--client", "0",
+                          "--rounds", "2,4", "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "round 4" in one_line(res.stderr)

@@ -52,6 +52,27 @@ def test_train_reply_is_deterministic_and_changes_weights() -> None:
     assert a["meta"]["payload"] == "weights" and a["meta"]["partition-id"] == 2
 
 
+def test_train_uses_the_optimizer_the_server_sent() -> None:
+    """The run config says adam; the message says sgd with momentum 0.9 (server_app.train_config):
+    the client trains as the message says, so the recorded config is what it ran."""
+    from fedsim.app.server_app import train_config
+    from fedsim.models.train import ClassifierTask, train_local
+    from fedsim.rng import torch_generator
+
+    sent_cfg = CFG.replace(optimizer="sgd", momentum=0.9, lr=0.05)
+    config = dict(train_config(sent_cfg))
+    assert (config["optimizer"], config["momentum"], config["grad-clip"], config["shuffle"]) == (
+        "sgd", 0.9, 0.0, "per-epoch")
+    msg = instruction(CFG, MessageType.TRAIN, pid=2)
+    msg.content["config"] = ConfigRecord({**config, "server-round": 1})
+    got = to_state_dict(client_app.train(msg, context(CFG, 2)).content["arrays"])
+    model = fresh_model(CFG, dataset(CFG, "train"))
+    images, labels = workspace(CFG).client_data(2)
+    train_local(model, ClassifierTask(), images, labels, epochs=CFG.local_epochs, batch_size=CFG.batch_size,
+                lr=0.05, optimizer="sgd", momentum=0.9, generator=torch_generator(CFG.seed, "train", 1, 2))
+    assert all(torch.allclose(v, got[k], atol=1e-6) for k, v in model.state_dict().items())
+
+
 def test_worker_state_built_once() -> None:
     client_app.train(instruction(CFG, MessageType.TRAIN, pid=0), context(CFG, 0))
     before = workspace(CFG)

@@ -29,3 +29,17 @@ def test_grants() -> None:
 def test_recovered_labels_are_not_given() -> None:
     assert expose(OBS, ThreatModel(labels="recovered"), SECRETS).labels is None
     assert ThreatModel().as_dict()["labels"] == "recovered"
+
+
+def test_batch_order_only_when_granted_and_training_config_read() -> None:
+    batches = (torch.tensor([2, 0]), torch.tensor([1, 3]))
+    secrets = Secrets(labels=SECRETS.labels, batches=batches)
+    assert expose(OBS, ThreatModel(), secrets).batches is None
+    assert expose(OBS, ThreatModel(batch_order_known=True), secrets).batches is batches
+    # an observation from before the config carried them: plain SGD in a fixed order, as assumed then
+    h = expose(OBS, ThreatModel()).hparams
+    assert (h.optimizer, h.momentum, h.shuffle) == ("sgd", 0.0, "fixed")
+    said = Observation(**{**OBS.__dict__, "config": {**OBS.config, "optimizer": "adam", "momentum": 0.0,
+                                                     "grad-clip": 1.0, "shuffle": "per-epoch"}})
+    h = expose(said, ThreatModel()).hparams
+    assert (h.optimizer, h.grad_clip, h.shuffle) == ("adam", 1.0, "per-epoch")

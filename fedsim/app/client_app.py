@@ -2,7 +2,8 @@
 
 - QUERY: declare client id, data size and label histogram (once per run).
 - TRAIN: load the global weights, train locally with the lr / local-epochs /
-  batch-size the server sent (or, in FedSGD mode, compute one gradient of one
+  batch-size / optimizer / momentum / grad-clip the server sent (the run config's where it
+  sent none) (or, in FedSGD mode, compute one gradient of one
   batch; or, in an unlearning run, the ``objective`` the server names, see
   fedsim/unlearning/local.py) and reply with weights (or gradients),
   ``num-examples`` and ``train-loss``.
@@ -58,6 +59,8 @@ def train(msg: Message, context: Context) -> Message:
     lr = float(sent.get("lr", cfg.lr))
     epochs = int(sent.get("local-epochs", cfg.local_epochs))
     batch_size = int(sent.get("batch-size", cfg.batch_size))
+    optimizer = str(sent.get("optimizer", cfg.optimizer))
+    momentum, grad_clip = float(sent.get("momentum", cfg.momentum)), float(sent.get("grad-clip", cfg.grad_clip))
     if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
         raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
     ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
@@ -80,8 +83,8 @@ def train(msg: Message, context: Context) -> Message:
         arrays, payload = to_array_record(grads), "gradient"
     else:
         stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
-                            batch_size=batch_size, lr=lr, optimizer=cfg.optimizer,
-                            momentum=cfg.momentum, grad_clip=cfg.grad_clip, generator=gen, trace=trace)
+                            batch_size=batch_size, lr=lr, optimizer=optimizer,
+                            momentum=momentum, grad_clip=grad_clip, generator=gen, trace=trace)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
     if trace is not None:

@@ -15,6 +15,7 @@ from fedsim.app.windowed_grid import WindowedGrid, in_simulation
 from fedsim.config import load_config
 from fedsim.evaluation.server import ServerEvaluator
 from fedsim.models.networks import save_model
+from fedsim.models.train import SHUFFLE
 from fedsim.records.round_log import RoundLog
 from fedsim.records.run_folder import RunFolder
 from fedsim.records.wire import to_array_record, to_state_dict
@@ -38,9 +39,13 @@ def log_to_file(path: Path) -> None:
 
 
 def train_config(cfg) -> ConfigRecord:
-    """Local hyper-parameters travel with every TRAIN message (server-driven),
-    so a recorded observation holds what the client was told to do."""
-    return ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size})
+    """Local hyper-parameters travel with every TRAIN message (server-driven) and the client
+    trains with them, so a recorded observation holds what the client did: lr, local epochs,
+    batch size, optimizer, momentum, grad clip, and the shuffle policy (train_local's
+    per-epoch reshuffle; the permutations themselves come from the client's generator)."""
+    return ConfigRecord({"lr": cfg.lr, "local-epochs": cfg.local_epochs, "batch-size": cfg.batch_size,
+                         "optimizer": cfg.optimizer, "momentum": cfg.momentum, "grad-clip": cfg.grad_clip,
+                         "shuffle": SHUFFLE})
 
 
 class RoundRecorder:

@@ -146,7 +146,7 @@ def execute(cfg: RunConfig, console: Console) -> dict:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from attacks import build_attack
+    from attacks import build_attack, fusing_attacks
     from attacks.base import AttackError
     from attacks.config import dump, resolve_attack
     from attacks.runner import run_attack
@@ -157,18 +157,25 @@ def cmd_attack(args: argparse.Namespace) -> int:
     console = Console(stderr=False)
     cfg = resolve_attack(args.config, args.set)
     try:
-        build_attack(cfg.attack, **cfg.options)  # unknown attack or option: fail before any output
+        attack = build_attack(cfg.attack, **cfg.options)  # unknown attack or option: fail before any output
     except AttackError as err:
         raise ConfigError(str(err)) from None
-    if (args.client is not None or args.round is not None) and not args.from_run:
-        raise ConfigError("--client and --round select an observation of --from-run DIR")
+    if (args.client is not None or args.round is not None or args.rounds is not None) and not args.from_run:
+        raise ConfigError("--client, --round and --rounds select observations of --from-run DIR")
+    if args.round is not None and args.rounds is not None:
+        raise ConfigError("give --round R (one observation) or --rounds R1,R2,... (several, fused), not both")
+    rounds = parse_rounds(args.rounds) if args.rounds is not None else [args.round or 1]
+    if len(rounds) > 1 and not attack.fuses:
+        raise ConfigError(f"{cfg.attack} attacks one observation and cannot fuse rounds; --rounds needs "
+                          f"{' or '.join(fusing_attacks())} (or give --round R)")
     out = Path(args.out or Path("runs") / f"attack-{cfg.attack}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
     from_run = Path(args.from_run).resolve() if args.from_run else None
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.toml")
-    source = f"client {args.client or 0}, round {args.round or 1} of {from_run}" if from_run else \
+    where = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {','.join(map(str, rounds))} (fused)"
+    source = f"client {args.client or 0}, {where} of {from_run}" if from_run else \
         f"{cfg.trials} fresh exchange(s) of {cfg.model} on {cfg.dataset}"
     console.print(f"fedsim attack: {cfg.attack} on {source} -> {out}")
 
@@ -182,12 +189,23 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     try:
         with console.status(f"running {cfg.attack} ..."):
-            run_attack(cfg, out, from_run=from_run, client=args.client or 0, server_round=args.round or 1,
-                       progress=progress)
+            run_attack(cfg, out, from_run=from_run, client=args.client or 0, rounds=rounds, progress=progress)
     except (AttackError, DataError, ModelError, PartitionError) as err:
         raise ConfigError(str(err)) from None
     console.print(f"done: results.csv, grid_{cfg.attack}.png in {out}")
     return 0
+
+
+def parse_rounds(text: str) -> list[int]:
+    """``--rounds 3,4,5`` -> [3, 4, 5]: server rounds >= 1, distinct; ConfigError otherwise."""
+    items = [x for x in text.replace(",", " ").split()]
+    try:
+        rounds = [int(x) for x in items]
+    except ValueError:
+        rounds = []
+    if not rounds or min(rounds) < 1 or len(set(rounds)) < len(rounds):
+        raise ConfigError(f"--rounds '{text}': expected distinct server rounds >= 1 separated by commas, e.g. 3,4,5")
+    return rounds
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
@@ -292,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--from-run", metavar="DIR", help="attack an observation recorded by fedsim run")
     attack.add_argument("--client", type=int, help="partition id of the recorded client (default 0)")
     attack.add_argument("--round", type=int, help="server round of the recorded observation (default 1)")
+    attack.add_argument("--rounds", metavar="R1,R2,...",
+                        help="several server rounds of the client, fused by one attack (agic): e.g. 3,4,5")
     attack.set_defaults(func=cmd_attack)
     unlearn = sub.add_parser("unlearn", help="forget a client's or a class's data from a finished run")
     unlearn.add_argument("--run", required=True, metavar="DIR", help="the finished run (fedsim run --out DIR)")

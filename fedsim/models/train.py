@@ -83,6 +83,9 @@ def _step_loss(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, i
     return task.loss(model, x, y, generator=generator, **kw).mean()
 
 
+SHUFFLE = "per-epoch"  # train_local's batch order: a fresh torch.randperm of the samples every local epoch
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0):
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -93,8 +96,10 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
                 epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
                 momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator,
                 trace: list[Step] | None = None) -> TrainStats:
-    """``epochs`` passes over (images (N, C, H, W), labels (N,)), shuffled by
-    ``generator``; a fresh optimizer each call (clients keep no optimizer state);
+    """``epochs`` passes over (images (N, C, H, W), labels (N,)), reshuffled every epoch by
+    ``generator`` (``SHUFFLE``; a client's generator comes from (seed, "train", round, client)),
+    batches of ``batch_size`` in that order, the last one smaller; a fresh optimizer each call
+    (clients keep no optimizer state: momentum and Adam's moments start at zero every round);
     ``grad_clip`` > 0 clips each step's gradient norm. ``trace``: a list that gets one
     ``Step`` per local step (which images, and the diffusion noise), for simulation secrets."""
     model.train()
