@@ -34,13 +34,14 @@ and, with ``--retrain DIR3``, a retrained one (fedsim/unlearning/report.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from rich.console import Console
 
 from fedsim.config import ConfigError, RunConfig, load_config, parse_ids, parse_override, read_toml
 
-METHODS = ("retrain", "federaser", "gradient-ascent", "erasediff", "salun", "msgm", "fine-tune", "continue")
+# retrain, then every unlearn-method RunConfig accepts (one list: the config's Literal)
+METHODS = ("retrain", *(m for m in get_args(get_type_hints(RunConfig)["unlearn_method"]) if m))
 GA_NORMAL_ROUNDS = 2  # normal rounds after gradient ascent (Halimi et al.: a few)
 
 
