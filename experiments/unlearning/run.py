@@ -29,7 +29,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from fedsim.cli.sweep import fedsim_run, fedsim_unlearn, is_done, sibling
+from fedsim.cli.sweep import fedsim_run, fedsim_unlearn, sibling, unlearn_done
 
 HERE = Path(__file__).resolve().parent
 summary, report = sibling(__file__, "summary", "unlearning"), sibling(__file__, "report", "unlearning")
@@ -39,17 +39,12 @@ def folder(out: Path, request: str, seed: int, method: str) -> Path:
     return out / "runs" / request / f"seed{seed}" / method
 
 
-def finished(run: Path) -> bool:
-    """A method's run is finished once its folder says done and holds its report."""
-    return is_done(run) and (run / "unlearning" / "report.csv").is_file()
-
-
 def run_cell(out: Path, request: str, spec: dict, seed: int, methods: dict, samples: int, log,
              rounds: int = 0) -> list[str]:
     """The original run of one request and seed, retrain, then every other method; problems as lines.
     rounds > 0 overrides the original's rounds (smoke tests)."""
     original = folder(out, request, seed, "original")
-    if all(finished(folder(out, request, seed, m)) for m in methods):
+    if all(unlearn_done(folder(out, request, seed, m)) for m in methods):
         return []  # the whole cell is done (its reports may come from a commit, without models)
     if not (original / "model").is_dir():
         shutil.rmtree(original, ignore_errors=True)  # a committed status.json without its model: rerun

@@ -36,6 +36,11 @@ def is_done(folder: Path) -> bool:
         return False
 
 
+def unlearn_done(folder: Path) -> bool:
+    """A `fedsim unlearn` run is finished once its folder says done and holds its report."""
+    return is_done(folder) and (Path(folder) / "unlearning" / "report.csv").is_file()
+
+
 def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
     """One `fedsim run CONFIG --set k=v ... --out FOLDER`; '' on success (or already
     done), else the last line it printed (its error)."""
@@ -50,7 +55,7 @@ def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: di
     """One `fedsim unlearn --run RUN_DIR REQUEST --method M --set k=v ... --out FOLDER`;
     '' on success (or already done: the folder holds its report), else its last line."""
     folder = Path(folder)
-    if is_done(folder) and (folder / "unlearning" / "report.csv").is_file():
+    if unlearn_done(folder):
         return ""
     args = ["unlearn", "--run", str(run_dir), *request, "--method", method, "--samples", str(samples)]
     return _fedsim(args + (["--retrain", str(retrain)] if retrain is not None else []), overrides, folder)
