@@ -1,4 +1,4 @@
-"""Defenses applied to what the server observes: Flower's local DP, and update compression.
+"""Defenses applied to what the server observes: Flower's local DP, DP-SGD, and update compression.
 
 Compression ("topk", "stc", "dhq", "qsgd") runs the update through the codec a
 compressed fedsim run uses (fedsim/compression/codecs.py, as fedsim/app/compression_mod.py
@@ -17,6 +17,12 @@ We call the functions the mod calls (flwr.supercore.differential_privacy), on te
 instead of Messages. For a FedSGD reply the gradient itself is clipped (it is the update up
 to -lr). Flower draws the noise from NumPy's global generator; we seed it from the run's
 derived generator and restore its state, so a seed gives the same noise.
+
+"dp-sgd" is the client-side defence: Opacus's DP-SGD inside the client's local steps
+(attacks/exchange.py): per-sample gradients clipped to ``clip``, summed, N(0, (z clip)^2) noise
+added, divided by the batch size, z from the same RDP accountant for sample rate b / n and
+``releases`` x local steps steps (the batches are a shuffle, not Poisson samples: the usual
+approximation). ``dp_sgd_accounting`` gives its numbers.
 """
 
 from __future__ import annotations
@@ -46,13 +52,30 @@ def dp_noise_multiplier(epsilon: float, delta: float, releases: int = 1) -> floa
                                       accountant="rdp", epsilon_tolerance=0.005, alphas=DP_ALPHAS))
 
 
-def dp_spent(noise_multiplier: float, delta: float, releases: int = 1) -> float:
-    """Epsilon spent by ``releases`` Gaussian releases of multiplier z at sample rate 1 (RDP)."""
+def dp_spent(noise_multiplier: float, delta: float, releases: int = 1, sample_rate: float = 1.0) -> float:
+    """Epsilon spent by ``releases`` Gaussian releases of multiplier z at ``sample_rate`` (RDP)."""
     from opacus.accountants import RDPAccountant
 
     accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, 1.0, releases)]
+    accountant.history = [(noise_multiplier, sample_rate, releases)]
     return float(accountant.get_epsilon(delta, alphas=DP_ALPHAS))
+
+
+@functools.lru_cache(maxsize=64)
+def dp_sgd_noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """DP-SGD's z for ``steps`` noised steps at ``sample_rate`` within (epsilon, delta) (RDP)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005, alphas=DP_ALPHAS))
+
+
+def dp_sgd_accounting(*, clip: float, epsilon: float, delta: float, sample_rate: float,
+                      steps: int) -> dict[str, float]:
+    """{dp_noise_multiplier, dp_sigma (on the summed clipped gradients), dp_epsilon_spent} of DP-SGD."""
+    z = dp_sgd_noise_multiplier(epsilon, delta, sample_rate, steps)
+    return {"dp_noise_multiplier": z, "dp_sigma": z * clip,
+            "dp_epsilon_spent": dp_spent(z, delta, steps, sample_rate)}
 
 
 def dp_accounting(*, clip: float, epsilon: float, delta: float, releases: int = 1) -> dict[str, float]:

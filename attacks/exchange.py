@@ -12,6 +12,12 @@ fresh (eps, t) for every step from ``generator``; ``t_mode = "shared"`` gives on
 step for the whole minibatch (GIDM's setting), "per-sample" one t per image (fedsim's
 training). Secrets.eps is (E, N, C, H, W) and Secrets.t (E, N): the noise image i saw in
 epoch e (E = 1 for FedSGD, squeezed to (N, C, H, W) and (N,)).
+
+``dp_sgd = DpSgd(clip, z, seed)`` trains with Opacus's DP-SGD (attacks/defenses.py): its
+per-sample gradients come from torch.func (``force_functorch``): Opacus's hook mode gave wrong
+per-sample gradients for two convolutions of the diffusers UNet's mid block (relative error
+1.0, measured); FedSGD sends the privatised gradient (the optimizer's pre-step), FedAvg the
+weights after its privatised steps.
 """
 
 from __future__ import annotations
@@ -22,9 +28,30 @@ import math
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
 from attacks.threat_model import Secrets
 from fedsim.models.train import DiffusionTask, Task
 from fedsim.records.observations import Observation
+
+
+@dataclass(frozen=True)
+class DpSgd:
+    clip: float  # per-sample L2 clip norm
+    noise_multiplier: float  # z: noise sd on the summed clipped gradients is z * clip
+    seed: int  # of the noise generator
+
+
+def dp_sgd_wrap(model: nn.Module, opt: torch.optim.Optimizer, dp: DpSgd, batch: int):
+    """(GradSampleModule over ``model``, DPOptimizer over ``opt``)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    wrapped = GradSampleModule(model, force_functorch=True)
+    if hasattr(model, "config"):  # diffusers models: predict_eps reads model.config
+        wrapped.config = model.config
+    return wrapped, DPOptimizer(opt, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip,
+                                expected_batch_size=batch, generator=torch.Generator().manual_seed(dp.seed))
 
 
 def plan(num_images: int, local_steps: int) -> tuple[int, int, int]:
@@ -42,7 +69,8 @@ def plan(num_images: int, local_steps: int) -> tuple[int, int, int]:
 def client_exchange(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
                     mode: str = "fedsgd", lr: float = 0.05, local_steps: int = 1,
                     t_mode: str = "shared", generator: torch.Generator,
-                    server_round: int = 1, partition_id: int = 0) -> tuple[Observation, Secrets]:
+                    server_round: int = 1, partition_id: int = 0,
+                    dp_sgd: DpSgd | None = None) -> tuple[Observation, Secrets]:
     """The server's view of one client update on (images (N, C, H, W), labels (N,)).
 
     mode="fedsgd": the gradient of the mean loss over all N images (one step).
@@ -53,6 +81,9 @@ def client_exchange(model: nn.Module, task: Task, images: torch.Tensor, labels: 
     epochs, k_steps, b = plan(n, local_steps) if mode == "fedavg" else (1, 1, n)
     eps_all, t_all = [], []
     opt = torch.optim.SGD(local.parameters(), lr=lr)
+    trained = local
+    if dp_sgd is not None:
+        trained, opt = dp_sgd_wrap(local, opt, dp_sgd, b)
     grads = None
     for _ in range(epochs):
         eps_e = torch.empty_like(images)
@@ -69,10 +100,12 @@ def client_exchange(model: nn.Module, task: Task, images: torch.Tensor, labels: 
                     t = torch.randint(0, task.schedule.timesteps, (m,), generator=generator)
                 extra = {"eps": torch.randn(x.shape, generator=generator), "t": t}
                 eps_e[idx], t_e[idx] = extra["eps"], extra["t"]
-            loss = task.loss(local, x, y, generator=None, **extra).mean()
+            loss = task.loss(trained, x, y, generator=None, **extra).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if mode == "fedsgd":
+                if dp_sgd is not None:
+                    opt.pre_step()  # clip per sample, add noise, average: p.grad is what DP-SGD would apply
                 grads = {name: p.grad.detach().clone() for name, p in local.named_parameters()}
             else:
                 opt.step()

@@ -71,6 +71,10 @@ def ddim_generate(prior: nn.Module, schedule: NoiseSchedule, z: torch.Tensor, st
     return x0
 
 
+def _identity(v: torch.Tensor) -> torch.Tensor:
+    return v
+
+
 class GIDM(Attack):
     name = "gidm"
     Config = GIDMConfig
@@ -158,15 +162,21 @@ class GIDM(Attack):
         if self.cfg.phases != "latent":
             if x is None:
                 x = random_images(n, victim.shape, victim.value_range, generator)
-            x = x.detach().clone().requires_grad_(True)
-            (x_best, *free_best), _ = adam(
-                lambda: self.objective(fn, target, x, state), [x, *free],
+            v, image = self.pixel_variable(x.detach(), state, schedule)
+            (v_best, *free_best), _ = adam(
+                lambda: self.objective(fn, target, image(v), state), [v, *free],
                 iterations=self.cfg.pixel_iterations, lr=[self.cfg.lr, *free_lrs], signed=False, decay=False,
-                boxes=[box] + [None] * len(free), clock=clock, start=state["iteration"])
+                boxes=[box if image is _identity else None] + [None] * len(free), clock=clock,
+                start=state["iteration"])
             self._restore(free, free_best)
-            x = x_best
+            with torch.no_grad():
+                x = image(v_best)
         return Reconstruction(images=x.detach().clamp(lo, hi), labels=y, history=clock.history,
                               extras=self.extras(state), wall_s=clock.elapsed())
+
+    def pixel_variable(self, x: torch.Tensor, state: dict, schedule: NoiseSchedule):
+        """Phase 2's free tensor and its image: GIDM optimises the pixels themselves."""
+        return x.clone().requires_grad_(True), _identity
 
     @staticmethod
     def _restore(free: list[torch.Tensor], best: list[torch.Tensor]) -> None:

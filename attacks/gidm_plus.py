@@ -6,19 +6,25 @@ logits that get no gradient; this is our design (shared/papers/attacks.md, "GIDM
 - **eps**: a free tensor e ~ N(0, I) at init, optimised with x under the prior penalty
       R(e) = lambda_e mean_i [ (||e_i|| / sqrt(d) - 1)^2 + mean(e_i)^2 ]  (+ ||e_i||^2 / 2d with
   ``gaussian_nll``), which keeps e in the Gaussian typical set so it cannot absorb the gradient.
+- **t** (``t_mode = "analytic"``, the default): read off the time embedding's gradient
+  (attacks/timesteps.py: dL/dW1 of ``time_embedding.linear_1`` has rows in span{h(t_i)}, rank
+  one for one timestep), exact for a FedSGD gradient and for plain-SGD FedAvg updates, per
+  sample up to the width of time_proj; no iterations spent on t.
 - **t** (``t_mode = "enumerate"``): one t for the client's minibatch (GIDM's setting;
   attacks/exchange.py t_mode "shared"). Every candidate t runs a short (x, e) optimisation of
   ``probe_iterations`` from one shared init; successive halving keeps the best half by D + R
   and gives each survivor ``probe_iterations`` more, until one t remains (about 6,000 extra
   iterations for T = 16 at 200 per probe). The full GIDM schedule then continues from the
   winner's (x, e).
-- x: phase 1 in the prior's latent space, then phase 2 in pixels, as in GIDM; x and e take
+- x: phase 1 in the prior's latent space, then phase 2 in pixels, as in GIDM, or (``coordinates
+  = "input"``, the default with e free) in the network's input x_t and e, x = (x_t - b e) / a,
+  which makes e's subproblem convex (``pixel_variable``); x and e take
   simultaneous Adam steps with their own learning rates (the design's alternating n_x = n_e = 1
   updates would need a second double-backward per iteration).
 - **Granted secrets are used** (threat model eps_known / t_known): a granted t is taken as
   it is (no search, per-sample t included); a granted eps is fixed, not optimised, and has no
   penalty; with both granted GIDM+ is GIDM.
-Left out: the relaxed (softmax over t) mode and the pred_v rotation trick (fedsim predicts eps).
+Left out: the relaxed (softmax over t) mode (the analytic read makes it moot for diffusers UNets) and the pred_v rotation trick (fedsim predicts eps).
 With a FedAvg update of several local epochs, e models one noise draw per image (a mismatch
 the report shows). Extras: recovered ``t`` (B,), ``eps`` (B, C, H, W), ``t_trace`` (the
 candidates alive after each halving round).
@@ -34,16 +40,18 @@ import torch
 from attacks.base import AttackError
 from attacks.gidm import GIDM, GIDMConfig, ddim_generate
 from attacks.optimize import adam
+from attacks.timesteps import LAYER, recover_timesteps
 
 
 @dataclass(frozen=True)
 class GIDMPlusConfig(GIDMConfig):
-    t_mode: str = "enumerate"
+    t_mode: str = "analytic"  # analytic | enumerate
     probe_iterations: int = 200
     t_candidates: int = 0  # 0: every t when T <= 64, else 16 evenly spaced
     eps_lr: float = 0.01
     eps_penalty: float = 1.0  # lambda_e
     gaussian_nll: bool = False
+    coordinates: str = "input"  # phase 2 with eps free: input (x_t, e) | image (x, e)
 
 
 class GIDMPlus(GIDM):
@@ -55,8 +63,10 @@ class GIDMPlus(GIDM):
         return sorted({int(round(v)) for v in torch.linspace(0, timesteps - 1, min(n, timesteps)).tolist()})
 
     def start(self, fn, target, inp, batch, generator, prior, schedule, y, clock) -> dict:
-        if self.cfg.t_mode != "enumerate":
-            raise AttackError(f"unknown t_mode '{self.cfg.t_mode}'; implemented: enumerate")
+        if self.cfg.coordinates not in ("input", "image"):
+            raise AttackError(f"unknown coordinates '{self.cfg.coordinates}'; known: input, image")
+        if self.cfg.t_mode not in ("analytic", "enumerate"):
+            raise AttackError(f"unknown t_mode '{self.cfg.t_mode}'; implemented: analytic, enumerate")
         shape = fn.victim.shape
         d = math.prod(shape)
         e0 = torch.randn((batch, *shape), generator=generator)
@@ -86,6 +96,13 @@ class GIDMPlus(GIDM):
         iteration, trace = 0, []
         if inp.t is not None:  # granted: no search
             t_best, v, e = None, None, e0.clone()
+        elif self.cfg.t_mode == "analytic":
+            if LAYER not in fn.names:
+                raise AttackError(f"t-mode 'analytic' needs the victim's {LAYER}; use t-mode = 'enumerate'")
+            shape_t = tuple(e0.shape[:e0.dim() - len(shape)])
+            read = recover_timesteps(fn.victim.model, target[fn.names.index(LAYER)], schedule.timesteps,
+                                     math.prod(shape_t))
+            t_best, v, e = read.reshape(shape_t), None, e0.clone()
         else:
             alive = {t: (v0.clone().requires_grad_(True), e0.clone().requires_grad_(not eps_known))
                      for t in self.candidates(schedule.timesteps)}
@@ -111,7 +128,7 @@ class GIDMPlus(GIDM):
                 alive = {t: alive[t] for t in sorted(keep)}
                 trace.append(sorted(alive))
             (t_best, (v, e)), = alive.items()
-        t = inp.t.long() if inp.t is not None else t_of(t_best)
+        t = inp.t.long() if inp.t is not None else (t_best if torch.is_tensor(t_best) else t_of(t_best))
         e = e.detach().clone().requires_grad_(not eps_known)
         state = {"eps": e, "t": t, "y": y, "free": [] if eps_known else [e],
                  "free_lrs": [] if eps_known else [self.cfg.eps_lr], "penalty": penalty_of(e),
@@ -119,6 +136,21 @@ class GIDMPlus(GIDM):
         if v is not None:
             state["z" if latent else "x"] = v.detach()
         return state
+
+    def pixel_variable(self, x: torch.Tensor, state: dict, schedule):
+        """With e free and ``coordinates = "input"``, phase 2 optimises the network's input
+        u = x_t = a x + b e (a = sqrt(abar_t), b = sqrt(1 - abar_t)) and e, and the image is
+        x = (u - b e) / a. The client's gradient is linear in e for a fixed x_t (the loss is
+        ||eps_theta(x_t, t) - e||^2), so e's subproblem is a convex quadratic, where in (x, e)
+        every step on e also moves the input. The eps-prediction analogue of the design's
+        rotation for pred_v. The box option does not apply to u."""
+        e = state["eps"]
+        if self.cfg.coordinates == "image" or not state["free"] or e.dim() != x.dim():
+            return super().pixel_variable(x, state, schedule)
+        abar = schedule.alpha_bar[state["t"]].view(-1, *[1] * (x.dim() - 1))
+        a, b = abar.sqrt(), (1 - abar).sqrt()
+        u = (a * x + b * e.detach()).requires_grad_(True)
+        return u, lambda v: (v - b * e) / a
 
     def extras(self, state: dict) -> dict:
         return {"t": state["t"].clone(), "eps": state["eps"].detach().clone(), "t_trace": state["t_trace"],

@@ -15,13 +15,13 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 
+from attacks.pretrained import train_on_split
 from fedsim.data.datasets import load_dataset
 from fedsim.evaluation.evaluator import cache_dir
 from fedsim.models.diffusion import NoiseSchedule
 from fedsim.models.networks import build_model, save_model
-from fedsim.models.train import DiffusionTask, train_local
+from fedsim.models.train import DiffusionTask
 
 PRIOR_VERSION = 1
 
@@ -37,12 +37,7 @@ def prior_path(dataset: str, model: str, timesteps: int, beta_schedule: str, *, 
     data = load_dataset(dataset, "train", dataset_path)
     net = build_model(model, data.shape, data.num_classes, seed=seed)
     task = DiffusionTask(NoiseSchedule(timesteps, beta_schedule))
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(data.labels.copy())
-    for epoch in range(epochs):
-        stats = train_local(net, task, data.images, labels, epochs=1, batch_size=64, lr=2e-3, generator=g)
-        if progress is not None:
-            progress(epoch + 1, epochs, stats.loss)
+    train_on_split(net, task, dataset, epochs, seed, dataset_path=dataset_path, progress=progress)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_model(net, tmp)
     (tmp / "fedsim_prior.json").write_text(json.dumps(dict(zip(

@@ -37,7 +37,7 @@ from attacks.metrics import to_unit
 from attacks.prior import prior_path
 from attacks.scoring import score_against
 from attacks.threat_model import AttackInput, ThreatModel, expose
-from attacks.trials import Trial, fresh_trial, recorded_trial
+from attacks.trials import Trial, dp_sgd_accounting_of, fresh_trial, recorded_trial
 from fedsim.config import resolve
 from fedsim.rng import derive
 
@@ -88,6 +88,9 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
     threat = cfg.threat_model()
     options = dict(cfg.options)
     attack = build_attack(cfg.attack, **options)  # validates the options before any work
+    if from_run is not None and cfg.defense == "dp-sgd":
+        raise AttackError("defense 'dp-sgd' trains the client with DP-SGD, which a recorded run's clients did not; "
+                          "attack a fresh exchange, or a run trained with it")
     if len(rounds) > 1 and not attack.fuses:
         raise AttackError(f"{cfg.attack} attacks one observation; fusing rounds {','.join(map(str, rounds))} needs "
                           f"an attack that fuses them ({', '.join(fusing_attacks())}); give --round R instead")
@@ -127,6 +130,8 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         if cfg.defense == "dp":
             row.update(dp_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                                      releases=cfg.dp_releases))
+        elif cfg.defense == "dp-sgd":
+            row.update(dp_sgd_accounting_of(cfg))
         trial_rows = [row] + baseline_rows(t, rec.images.shape[0], common, seed=cfg.seed, trial=trial)
         for r in trial_rows:
             rows.append(r)

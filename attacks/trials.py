@@ -31,7 +31,9 @@ import torch
 
 from attacks.base import Victim
 from attacks.config import AttackRunConfig
-from attacks.exchange import client_exchange
+from attacks.defenses import dp_sgd_accounting
+from attacks.exchange import DpSgd, client_exchange, plan
+from attacks.pretrained import trained_state
 from attacks.scoring import Targets
 from attacks.threat_model import Secrets
 from attacks.victims import build_victim
@@ -54,17 +56,41 @@ class Trial:
     pool: torch.Tensor  # (M, C, H, W) training images outside the targets, for the baselines
 
 
+TRAINED_SEED = 1_000_000  # trained victims' init and shuffle seed: never a GIDM prior's (cfg.seed)
+
+
+def dp_sgd_accounting_of(cfg: AttackRunConfig) -> dict[str, float]:
+    """The accounted DP-SGD numbers of a fresh exchange under ``cfg`` (sample rate b / n per step)."""
+    _, _, b = plan(cfg.batch_size, cfg.local_steps)
+    return dp_sgd_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
+                             sample_rate=min(1.0, b / cfg.batch_size), steps=cfg.local_steps * cfg.dp_releases)
+
+
+def dp_sgd_of(cfg: AttackRunConfig, trial: int) -> DpSgd | None:
+    if cfg.defense != "dp-sgd":
+        return None
+    return DpSgd(cfg.dp_clip, dp_sgd_accounting_of(cfg)["dp_noise_multiplier"],
+                 int(derive(cfg.seed, "dp-sgd", trial).integers(2**62)))
+
+
 def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
     data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None)
     if cfg.batch_size > len(data):
         raise ConfigError(f"batch-size {cfg.batch_size} > {len(data)} test images of '{cfg.dataset}'")
     idx = np.sort(derive(cfg.seed, "attack-data", trial).choice(len(data), cfg.batch_size, replace=False))
     images, labels = data.images[idx], torch.as_tensor(data.labels[idx].copy())
-    model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
     task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    if cfg.victim_epochs > 0:  # one trained victim (the global model) for every trial and seed
+        model = build_victim(cfg.model, data.shape, data.num_classes, seed=TRAINED_SEED, init=cfg.init)
+        model.load_state_dict(trained_state(
+            model, task, [cfg.model, cfg.init, cfg.timesteps, cfg.beta_schedule], cfg.victim_epochs, TRAINED_SEED,
+            dataset=cfg.dataset, dataset_path=cfg.dataset_path or None))
+    else:
+        model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
     g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack-client", trial).integers(2**62)))
     obs, secrets = client_exchange(model, task, images, labels, mode="fedsgd" if cfg.local_steps == 1 else "fedavg",
-                                   lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g)
+                                   lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g,
+                                   dp_sgd=dp_sgd_of(cfg, trial))
     pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None).images  # targets are test images
     return Trial(Victim(model, task, data.shape, data.num_classes), [obs], [secrets],
                  Targets(images, secrets, "batch"), pool)

@@ -454,7 +454,8 @@ def test_gidm_plus_searches_t_and_updates_eps(diffusion_fedsgd):
     v, x, obs, secrets = diffusion_fedsgd
     inp = expose(obs, ThreatModel(), secrets)
     assert inp.eps is None and inp.t is None
-    r = GIDMPlus(phases="pixel", probe_iterations=2, pixel_iterations=10).reconstruct(v, inp, generator=gen(1))
+    r = GIDMPlus(phases="pixel", t_mode="enumerate", probe_iterations=2,
+                 pixel_iterations=10).reconstruct(v, inp, generator=gen(1))
     trace = r.extras["t_trace"]
     assert trace[0] == list(range(16)) and len(trace[-1]) == 1
     assert [len(c) for c in trace] == [16, 8, 4, 2, 1]
@@ -466,11 +467,11 @@ def test_gidm_plus_searches_t_and_updates_eps(diffusion_fedsgd):
     assert r.history[-1][1] < r.history[0][1]
     # eps is a free variable in both stages: the probes alone (no main phase) and the main phase
     # alone (one candidate t, no probe steps) each move it away from its init
-    probes = GIDMPlus(phases="pixel", t_candidates=2, probe_iterations=3, pixel_iterations=0)
+    probes = GIDMPlus(phases="pixel", t_mode="enumerate", t_candidates=2, probe_iterations=3, pixel_iterations=0)
     r = probes.reconstruct(v, inp, generator=gen(1))
     assert r.extras["t_trace"] == [[0, 15], [0]] or r.extras["t_trace"] == [[0, 15], [15]]
     assert not torch.allclose(r.extras["eps"], r.extras["eps_init"])
-    main = GIDMPlus(phases="pixel", t_candidates=1, probe_iterations=0, pixel_iterations=3)
+    main = GIDMPlus(phases="pixel", t_mode="enumerate", t_candidates=1, probe_iterations=0, pixel_iterations=3)
     r = main.reconstruct(v, inp, generator=gen(1))
     assert r.extras["t_trace"] == [[0]] and not torch.allclose(r.extras["eps"], r.extras["eps_init"])
     with pytest.raises(AttackError, match="t_mode"):
@@ -479,7 +480,7 @@ def test_gidm_plus_searches_t_and_updates_eps(diffusion_fedsgd):
 
 def test_gidm_plus_uses_what_the_threat_model_grants(diffusion_fedsgd):
     v, x, obs, secrets = diffusion_fedsgd
-    attack = GIDMPlus(phases="pixel", probe_iterations=2, pixel_iterations=4)
+    attack = GIDMPlus(phases="pixel", t_mode="enumerate", probe_iterations=2, pixel_iterations=4)
     # t granted: taken as it is, no search (no probe iterations, no trace); eps still free
     only_t = expose(obs, ThreatModel(t_known=True), secrets)
     assert only_t.t is not None and only_t.eps is None
@@ -495,3 +496,57 @@ def test_gidm_plus_uses_what_the_threat_model_grants(diffusion_fedsgd):
     plus = attack.reconstruct(v, both, generator=gen(1))
     assert torch.isfinite(plus.images).all() and plus.extras["t_trace"] == []
     assert torch.equal(plus.extras["t"], secrets.t.long()) and torch.equal(plus.extras["eps"], secrets.eps.float())
+
+
+@pytest.mark.parametrize("timesteps", [16, 1000])
+def test_gidm_plus_reads_every_timestep_off_the_time_embedding_gradient(digits, timesteps):
+    # batch 1, FedSGD: dL/dW1 of time_embedding.linear_1 is rank one along time_proj(t); every t of
+    # the schedule (16, or 40 of 1000) is read exactly, with no probe iterations
+    v = Victim(build_victim("ddpm-tiny", DIGIT, 10, seed=3),
+               DiffusionTask(NoiseSchedule(timesteps, "squaredcos_cap_v2")), DIGIT, 10)
+    x, y = batch(digits, [5])
+    ts = range(16) if timesteps == 16 else range(0, 1000, 25)
+    read = []
+    for t in ts:
+        eps = torch.randn(x.shape, generator=gen(t))
+        v.model.zero_grad()
+        v.task.loss(v.model, x, y, generator=None, eps=eps, t=torch.tensor([t])).mean().backward()
+        inp = AttackInput(sent={k: w.detach().clone() for k, w in v.model.state_dict().items()},
+                          update={n: p.grad.detach().clone() for n, p in v.model.named_parameters()},
+                          payload="gradient", num_samples=1, hparams=None, labels=None, eps=None, t=None)
+        r = GIDMPlus(phases="pixel", pixel_iterations=0).reconstruct(v, inp, generator=gen(1))
+        read.append(int(r.extras["t"][0]))
+    assert read == list(ts)
+
+
+def test_gidm_plus_reads_per_sample_timesteps(digits):
+    # batch 3 with three distinct t per sample: the row space holds three time_proj vectors; the
+    # read set is theirs (assigned in ascending order: the dummies are exchangeable)
+    v = diffusion_victim()
+    x, y = batch(digits, [0, 1, 2])
+    obs, secrets = client_exchange(v.model, v.task, x, y, t_mode="per-sample", generator=gen(4))
+    truth = sorted(secrets.t.tolist())
+    assert len(set(truth)) == 3
+    r = GIDMPlus(phases="pixel", pixel_iterations=0).reconstruct(v, expose(obs, ThreatModel(), secrets),
+                                                                 generator=gen(1))
+    assert r.extras["t"].tolist() == truth and r.extras["t_trace"] == []
+
+
+def test_gidm_plus_input_coordinates_hold_the_network_input_fixed_in_e(diffusion_fedsgd):
+    # coordinates = "input": phase 2's variable u is x_t itself; the image x = (u - b e) / a puts back
+    # exactly u as the network's input whatever e is, so e moves only the loss's target
+    schedule = NoiseSchedule(16, "squaredcos_cap_v2")
+    t = torch.tensor([2, 9, 14])
+    e = torch.randn(3, 1, 8, 8, generator=gen(0)).requires_grad_(True)
+    x0 = torch.rand(3, 1, 8, 8, generator=gen(1)) * 2 - 1
+    u, image = GIDMPlus(coordinates="input").pixel_variable(x0, {"eps": e, "t": t, "free": [e]}, schedule)
+    assert torch.allclose(schedule.add_noise(x0, e.detach(), t), u, atol=1e-6)  # starts at x0's input
+    x_t = schedule.add_noise(image(u), e, t)
+    assert torch.allclose(x_t, u, atol=1e-4)
+    (grad_e,) = torch.autograd.grad(x_t.sum(), e)
+    assert grad_e.abs().max() < 1e-3
+    v, same = GIDMPlus(coordinates="image").pixel_variable(x0, {"eps": e, "t": t, "free": [e]}, schedule)
+    assert torch.equal(same(v), x0)
+    with pytest.raises(AttackError, match="coordinates"):
+        v, _, obs, secrets = diffusion_fedsgd
+        GIDMPlus(phases="pixel", coordinates="latent").reconstruct(v, expose(obs, ThreatModel(), secrets), generator=gen(0))
