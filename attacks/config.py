@@ -44,11 +44,12 @@ class AttackRunConfig:
     batch_size: int = 1  # images the attacked client holds (reconstructed together)
     local_steps: int = 1  # 1: FedSGD gradient; > 1: FedAvg update of that many SGD steps
     lr: float = 0.05  # client SGD learning rate
-    defense: str = "none"  # none | dp (update clip + accounted noise) | dp-sgd (Opacus, per-sample) | topk | stc | dhq | qsgd
+    defense: str = "none"  # none | dp (update clip + noise) | dp-sgd (Opacus) | secagg (SecAgg+ aggregate) | topk | stc | dhq | qsgd
     dp_clip: float = 1.0  # the L2 clip norm (of the update; of each sample's gradient with dp-sgd): the sensitivity
     dp_epsilon: float = 8.0
     dp_delta: float = 1e-5
     dp_releases: int = 1  # the client's noised updates (dp-sgd: rounds of local steps) the budget covers
+    secagg_clients: int = 4  # defense secagg: clients in the round's SecAgg+ aggregate (the attacked one included)
     keep_ratio: float = 0.01  # defense topk / stc / dhq: the update is compressed as fedsim's codec sends it
     dhq_levels: int = 4
     qsgd_levels: int = 16
@@ -71,7 +72,7 @@ class AttackRunConfig:
 
     def codec(self):
         """The uplink codec of a compression defense (None for none / dp)."""
-        if self.defense in ("none", "dp", "dp-sgd"):
+        if self.defense in ("none", "dp", "dp-sgd", "secagg"):
             return None
         return make_codec(self.defense, keep_ratio=self.keep_ratio, levels=self.dhq_levels,
                           qsgd_levels=self.qsgd_levels)
@@ -84,7 +85,7 @@ class AttackRunConfig:
         return {k: v for k, v in out.items() if v != {} and v is not None}
 
 
-DEFENSES = ("none", "dp", "dp-sgd", "topk", "stc", "dhq", "qsgd")
+DEFENSES = ("none", "dp", "dp-sgd", "secagg", "topk", "stc", "dhq", "qsgd")
 
 
 def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
@@ -116,6 +117,8 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
     for key in ("batch_size", "local_steps", "trials", "timesteps", "dp_releases"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"'{key.replace('_', '-')}' must be >= 1")
+    if cfg.secagg_clients < 2:
+        raise ConfigError("'secagg-clients' must be >= 2 (secure aggregation of one client is its reply)")
     if cfg.victim_epochs < 0:
         raise ConfigError("'victim-epochs' must be >= 0 (0: the victim at initialisation)")
     if not (cfg.dp_epsilon > 0 and 0 < cfg.dp_delta < 1 and cfg.dp_clip > 0):

@@ -88,9 +88,9 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
     threat = cfg.threat_model()
     options = dict(cfg.options)
     attack = build_attack(cfg.attack, **options)  # validates the options before any work
-    if from_run is not None and cfg.defense == "dp-sgd":
-        raise AttackError("defense 'dp-sgd' trains the client with DP-SGD, which a recorded run's clients did not; "
-                          "attack a fresh exchange, or a run trained with it")
+    if from_run is not None and cfg.defense in ("dp-sgd", "secagg"):
+        raise AttackError(f"defense '{cfg.defense}' acts on the clients of a fresh exchange, which a recorded run's "
+                          "clients did not run; attack a fresh exchange")
     if len(rounds) > 1 and not attack.fuses:
         raise AttackError(f"{cfg.attack} attacks one observation; fusing rounds {','.join(map(str, rounds))} needs "
                           f"an attack that fuses them ({', '.join(fusing_attacks())}); give --round R instead")

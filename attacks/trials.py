@@ -35,6 +35,7 @@ from attacks.defenses import dp_sgd_accounting
 from attacks.exchange import DpSgd, client_exchange, plan
 from attacks.pretrained import trained_state
 from attacks.scoring import Targets
+from attacks.secagg import secure_aggregate
 from attacks.threat_model import Secrets
 from attacks.victims import build_victim
 from fedsim.config import ConfigError, resolve
@@ -74,10 +75,16 @@ def dp_sgd_of(cfg: AttackRunConfig, trial: int) -> DpSgd | None:
 
 
 def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
+    """One client's exchange on ``batch-size`` test images; with defense "secagg", the SecAgg+
+    aggregate of ``secagg-clients`` such clients (each its own images and noise), whose K x B
+    images are then the targets (the server cannot tell whose they are)."""
     data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None)
-    if cfg.batch_size > len(data):
-        raise ConfigError(f"batch-size {cfg.batch_size} > {len(data)} test images of '{cfg.dataset}'")
-    idx = np.sort(derive(cfg.seed, "attack-data", trial).choice(len(data), cfg.batch_size, replace=False))
+    k_clients = cfg.secagg_clients if cfg.defense == "secagg" else 1
+    if cfg.batch_size * k_clients > len(data):
+        raise ConfigError(f"batch-size {cfg.batch_size} x {k_clients} clients > {len(data)} test images of "
+                          f"'{cfg.dataset}'")
+    idx = np.sort(derive(cfg.seed, "attack-data", trial).choice(len(data), cfg.batch_size * k_clients,
+                                                                replace=False))
     images, labels = data.images[idx], torch.as_tensor(data.labels[idx].copy())
     task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
     if cfg.victim_epochs > 0:  # one trained victim (the global model) for every trial and seed
@@ -87,13 +94,41 @@ def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
             dataset=cfg.dataset, dataset_path=cfg.dataset_path or None))
     else:
         model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
-    g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack-client", trial).integers(2**62)))
-    obs, secrets = client_exchange(model, task, images, labels, mode="fedsgd" if cfg.local_steps == 1 else "fedavg",
-                                   lr=cfg.lr, local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g,
-                                   dp_sgd=dp_sgd_of(cfg, trial))
+    exchanges = []
+    for k in range(k_clients):
+        keys = (trial,) if k == 0 else (trial, k)
+        g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack-client", *keys).integers(2**62)))
+        part = slice(k * cfg.batch_size, (k + 1) * cfg.batch_size)
+        exchanges.append(client_exchange(model, task, images[part], labels[part],
+                                         mode="fedsgd" if cfg.local_steps == 1 else "fedavg", lr=cfg.lr,
+                                         local_steps=cfg.local_steps, t_mode=cfg.t_mode, generator=g,
+                                         dp_sgd=dp_sgd_of(cfg, trial)))
+    obs, secrets = exchanges[0] if k_clients == 1 else aggregated(exchanges, seed=int(
+        derive(cfg.seed, "secagg", trial).integers(2**31)))
     pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None).images  # targets are test images
     return Trial(Victim(model, task, data.shape, data.num_classes), [obs], [secrets],
                  Targets(images, secrets, "batch"), pool)
+
+
+def aggregated(exchanges: list[tuple[Observation, Secrets]], *, seed: int) -> tuple[Observation, Secrets]:
+    """The SecAgg+ aggregate of several clients' replies (attacks/secagg.py) as one observation of
+    their summed examples, with their secrets concatenated (noise per image; no batch order)."""
+    first = exchanges[0][0]
+    names = list(first.received)
+    arrays = secure_aggregate([[o.received[n].detach().double().numpy() for n in names] for o, _ in exchanges],
+                              [o.num_examples for o, _ in exchanges], seed=seed)
+    received = {n: torch.from_numpy(a).to(first.received[n].dtype) for n, a in zip(names, arrays)}
+    obs = Observation(server_round=first.server_round, partition_id=first.partition_id, sent=first.sent,
+                      received=received, payload=first.payload,
+                      num_examples=sum(o.num_examples for o, _ in exchanges), metrics=first.metrics,
+                      config={**first.config, "batch-size": sum(o.num_examples for o, _ in exchanges)})
+    secs = [s for _, s in exchanges]
+
+    def cat(values, dim):
+        return None if values[0] is None else torch.cat(values, dim=dim)
+    epochs = secs[0].t is not None and secs[0].t.dim() == 2
+    return obs, Secrets(labels=cat([s.labels for s in secs], 0), eps=cat([s.eps for s in secs], 1 if epochs else 0),
+                        t=cat([s.t for s in secs], 1 if epochs else 0), batches=None)
 
 
 def per_target(sec: client_secrets.ClientSecrets, order: torch.Tensor, values: torch.Tensor | None

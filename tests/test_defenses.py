@@ -100,3 +100,47 @@ def dp_spent_inverse(steps: int, rate: float) -> float:
     from opacus.accountants.utils import get_noise_multiplier
     return get_noise_multiplier(target_epsilon=8.0, target_delta=1e-5, sample_rate=rate, steps=steps,
                                 accountant="rdp", epsilon_tolerance=0.005)
+
+
+def test_secure_aggregate_is_flowers_weighted_mean_up_to_its_quantization():
+    # three clients, 1, 3 and 4 examples: the server's SecAgg+ result is sum_k r_k a_k / sum_k r_k with
+    # r_k = n_k / max_weight, off by at most K quantization steps of 2c / Q each (scaled back by 1 / sum r_k);
+    # an unweighted mean, or a missing offset -(K - 1) c, is far outside that
+    import numpy as np
+    from attacks.secagg import CLIPPING_RANGE, QUANTIZATION_RANGE, secure_aggregate
+    rng = np.random.default_rng(0)
+    replies = [[rng.normal(size=(50, 40)), rng.normal(size=7)] for _ in range(3)]
+    n = [1, 3, 4]
+    state = np.random.get_state()
+    out = secure_aggregate(replies, n, seed=11)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state()[1:2], state[1:2]))  # restored
+    q = [round(k / 1000 * QUANTIZATION_RANGE) for k in n]
+    bound = len(n) * 2 * CLIPPING_RANGE / sum(q) * 1.0001
+    for i in range(2):
+        want = sum(qk * r[i] for qk, r in zip(q, replies)) / sum(q)
+        err = out[i] - want
+        assert np.abs(err).max() <= bound
+        assert np.abs(np.mean([r[i] for r in replies], axis=0) - want).max() > 20 * bound  # weighting is visible
+    assert abs(float(np.concatenate([(out[0] - sum(qk * r[0] for qk, r in zip(q, replies)) / sum(q)).ravel()]).mean())) \
+        < 0.1 * bound  # stochastic rounding: unbiased
+    again = secure_aggregate(replies, n, seed=11)
+    assert all(np.array_equal(a, b) for a, b in zip(out, again))
+    with pytest.raises(ValueError, match="at least 2"):
+        secure_aggregate(replies[:1], n[:1], seed=0)
+
+
+def test_secagg_trial_attacks_the_aggregate_of_all_clients_images():
+    from attacks.trials import fresh_trial
+    cfg = load_attack_config({"attack": "ig", "model": "convnet", "dataset": "digits", "batch-size": 2,
+                              "defense": "secagg", "secagg-clients": 3})
+    t = fresh_trial(cfg, 0)
+    obs = t.observations[0]
+    assert obs.num_examples == 6 and t.targets.images.shape[0] == 6 and t.granted[0].labels.shape == (6,)
+    # the aggregate is the mean of the three clients' FedSGD gradients: the gradient of all 6 images
+    model = t.victim.model
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(t.targets.images), t.granted[0].labels).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(obs.received[name], p.grad, atol=2e-3)
+    with pytest.raises(ConfigError, match="secagg-clients"):
+        load_attack_config({"defense": "secagg", "secagg-clients": 1})
