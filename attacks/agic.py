@@ -63,7 +63,7 @@ class AGIC(IG):
     def setup(self, victim, inputs: list[AttackInput]):
         terms = []
         for inp in inputs:
-            fn = Functional(victim, inp.sent)
+            fn = Functional(victim, inp.sent, inp.bn_mode)
             delta = [inp.update[n].detach().float() for n in fn.names]
             target = observed_gradient(inp, fn.names, need_scale=inp.payload == "weights")
             if self.cfg.fusion_points not in ("round", "epoch", "midpoint"):

@@ -45,7 +45,7 @@ class DLG(Attack):
             raise AttackError(f"{self.name} attacks classifiers; use gidm (or gidm with phases = 'pixel') "
                               "for diffusion models")
         clock = Clock(self.cfg.log_every)
-        fn = Functional(victim, inp.sent)
+        fn = Functional(victim, inp.sent, inp.bn_mode)
         target = observed_gradient(inp, fn.names)
         batch = self.batch_size(inp)
         labels = self.labels(fn, target, inp, batch, generator)

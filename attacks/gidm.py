@@ -117,7 +117,7 @@ class GIDM(Attack):
         if self.cfg.phases not in ("both", "latent", "pixel"):
             raise AttackError(f"unknown phases '{self.cfg.phases}'; known: both, latent, pixel")
         clock = Clock(self.cfg.log_every)
-        fn = Functional(victim, inp.sent)
+        fn = Functional(victim, inp.sent, inp.bn_mode)
         target = observed_gradient(inp, fn.names)
         batch = self.batch_size(inp)
         prior = self.load_prior(victim, prior_path)
@@ -163,16 +163,23 @@ class GIDM(Attack):
             if x is None:
                 x = random_images(n, victim.shape, victim.value_range, generator)
             v, image = self.pixel_variable(x.detach(), state, schedule)
-            (v_best, *free_best), _ = adam(
-                lambda: self.objective(fn, target, image(v), state), [v, *free],
-                iterations=self.cfg.pixel_iterations, lr=[self.cfg.lr, *free_lrs], signed=False, decay=False,
-                boxes=[box if image is _identity else None] + [None] * len(free), clock=clock,
-                start=state["iteration"])
-            self._restore(free, free_best)
+            v_best = self.pixel_phase(fn, target, state, v, image, box, clock, self.cfg.pixel_iterations)
             with torch.no_grad():
                 x = image(v_best)
         return Reconstruction(images=x.detach().clamp(lo, hi), labels=y, history=clock.history,
                               extras=self.extras(state), wall_s=clock.elapsed())
+
+    def pixel_phase(self, fn, target, state, v, image, box, clock, iterations: int) -> torch.Tensor:
+        """Adam on phase 2's variable and the free tensors; returns the best variable (the free
+        tensors are left at their best)."""
+        free, free_lrs = state["free"], state.get("free_lrs", [])
+        (v_best, *free_best), _ = adam(
+            lambda: self.objective(fn, target, image(v), state), [v, *free],
+            iterations=iterations, lr=[self.cfg.lr, *free_lrs], signed=False, decay=False,
+            boxes=[box if image is _identity else None] + [None] * len(free), clock=clock, start=state["iteration"])
+        self._restore(free, free_best)
+        state["iteration"] += iterations
+        return v_best
 
     def pixel_variable(self, x: torch.Tensor, state: dict, schedule: NoiseSchedule):
         """Phase 2's free tensor and its image: GIDM optimises the pixels themselves."""

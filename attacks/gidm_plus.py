@@ -18,7 +18,9 @@ logits that get no gradient; this is our design (shared/papers/attacks.md, "GIDM
   winner's (x, e).
 - x: phase 1 in the prior's latent space, then phase 2 in pixels, as in GIDM, or (``coordinates
   = "input"``, the default with e free) in the network's input x_t and e, x = (x_t - b e) / a,
-  which makes e's subproblem convex (``pixel_variable``); x and e take
+  which makes e's subproblem convex (``pixel_variable``): e is then *solved* for the current
+  x_t every ``eps_solve_every`` steps (``solve_eps``: the gradient is linear in e, a least-squares
+  problem with n = B x C x H x W unknowns, up to SOLVE_MAX); x and e take
   simultaneous Adam steps with their own learning rates (the design's alternating n_x = n_e = 1
   updates would need a second double-backward per iteration).
 - **Granted secrets are used** (threat model eps_known / t_known): a granted t is taken as
@@ -38,9 +40,10 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import AttackError
-from attacks.gidm import GIDM, GIDMConfig, ddim_generate
+from attacks.gidm import GIDM, GIDMConfig, _identity, ddim_generate
 from attacks.optimize import adam
 from attacks.timesteps import LAYER, recover_timesteps
+from fedsim.models.diffusion import predict_eps
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,32 @@ class GIDMPlusConfig(GIDMConfig):
     eps_penalty: float = 1.0  # lambda_e
     gaussian_nll: bool = False
     coordinates: str = "input"  # phase 2 with eps free: input (x_t, e) | image (x, e)
+    eps_solve_every: int = 25  # input coordinates: e solved exactly for the current x_t every this many steps (0: off)
+
+
+SOLVE_MAX = 1024  # entries of e solved in closed form (the Jacobian is n x parameters)
+
+
+def solve_eps(fn, x_t: torch.Tensor, t: torch.Tensor, y, target) -> torch.Tensor:
+    """argmin_e || grad_theta mean (eps_theta(x_t, t) - e)^2 - g* ||^2 for a fixed input x_t:
+    with r = eps_theta(x_t) - e the gradient is M r, M = (2/n) J^T (parameters x n), so
+    r = lstsq(M, g*) and e = eps_theta(x_t) - r. J^T's n columns are n vector-Jacobian
+    products, batched (autograd's is_grads_batched) where every op has a batching rule."""
+    params = list(fn.params.values())
+    out = predict_eps(fn.bound(), x_t, t, y)
+    n = out.numel()
+    eye = torch.eye(n, dtype=out.dtype).view(n, *out.shape)
+    try:
+        cols = torch.autograd.grad(out, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        rows = torch.cat([c.reshape(n, -1) for c in cols], 1)
+    except RuntimeError:  # an op without a batching rule (e.g. channels-last queries under vmap): one by one
+        rows = torch.stack([torch.cat([c.flatten() for c in torch.autograd.grad(out, params, grad_outputs=eye[i],
+                                                                                retain_graph=True)])
+                            for i in range(n)])
+    m = rows.T.double() * (2.0 / n)
+    g = torch.cat([g.detach().flatten() for g in target]).double()
+    r = torch.linalg.lstsq(m, g.unsqueeze(1)).solution.squeeze(1)
+    return (out.detach().double() - r.view_as(out)).float()
 
 
 class GIDMPlus(GIDM):
@@ -151,6 +180,29 @@ class GIDMPlus(GIDM):
         a, b = abar.sqrt(), (1 - abar).sqrt()
         u = (a * x + b * e.detach()).requires_grad_(True)
         return u, lambda v: (v - b * e) / a
+
+    def pixel_phase(self, fn, target, state, v, image, box, clock, iterations: int) -> torch.Tensor:
+        """Input coordinates with e free: the client's gradient is linear in e for a fixed input
+        x_t (g = (2/n) J^T (eps_theta(x_t) - e), J the Jacobian of eps_theta in theta), so e is
+        the least-squares solution ``solve_eps``. Adam runs on (x_t, e) in chunks of
+        ``eps_solve_every`` steps, e set to its exact optimum before each chunk and after the
+        last (variable projection; the penalty on e is left out of the solve)."""
+        k = self.cfg.eps_solve_every
+        if k <= 0 or not state["free"] or image is _identity or state["eps"].numel() > SOLVE_MAX or state["eps"].dim() != v.dim():
+            return super().pixel_phase(fn, target, state, v, image, box, clock, iterations)
+        e = state["eps"]
+        done, v_best = 0, v.detach().clone()
+        while True:
+            solved = solve_eps(fn, v.detach(), state["t"], state["y"], target)
+            with torch.no_grad():
+                e.copy_(solved)
+            if done >= iterations:
+                return v.detach().clone()
+            step = min(k, iterations - done)
+            v_best = super().pixel_phase(fn, target, state, v, image, box, clock, step)
+            with torch.no_grad():
+                v.copy_(v_best)
+            done += step
 
     def extras(self, state: dict) -> dict:
         return {"t": state["t"].clone(), "eps": state["eps"].detach().clone(), "t_trace": state["t_trace"],

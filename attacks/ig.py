@@ -50,7 +50,7 @@ class IG(Attack):
     def setup(self, victim: Victim, inputs: list[AttackInput]):
         """(distance closure over x, reference Functional, labels-target) for this attack."""
         inp = inputs[0]
-        fn = Functional(victim, inp.sent)
+        fn = Functional(victim, inp.sent, inp.bn_mode)
         target = observed_gradient(inp, fn.names, need_scale=False)
         return fn, target, (lambda x, y: cosine_distance(fn.grads(fn.loss(x, y)), target))
 

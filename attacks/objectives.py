@@ -55,9 +55,13 @@ class Functional:
     The weights are constants; the gradient is differentiable in x, soft labels, eps (and
     continuous t), so an attack can back-propagate a distance between gradients to its dummies."""
 
-    def __init__(self, victim: Victim, sent: dict[str, torch.Tensor]) -> None:
+    def __init__(self, victim: Victim, sent: dict[str, torch.Tensor], bn_mode: str = "batch") -> None:
+        if bn_mode not in ("batch", "eval"):
+            raise AttackError(f"unknown bn_mode '{bn_mode}'; known: batch, eval")
         self.victim = victim
-        model = double_backward_ready(victim.model).eval()
+        # train mode: BatchNorm normalises by the batch (the client's training forward); the buffers it
+        # updates are copies. eval: by the sent running statistics. Other victims have no mode-dependent layer.
+        model = double_backward_ready(victim.model).train(bn_mode == "batch")
         self.names = [n for n, _ in model.named_parameters()]
         missing = [n for n in self.names if n not in sent]
         if missing:
@@ -65,7 +69,7 @@ class Functional:
                               f"{len(missing)} parameters missing (first: {missing[0]})")
         state = {k: v.detach().float() for k, v in sent.items()}
         self.params = {n: state[n].clone().requires_grad_(True) for n in self.names}
-        self.buffers = {k: v for k, v in state.items() if k not in self.params}
+        self.buffers = {k: v.clone() for k, v in state.items() if k not in self.params}
         self.model = model
 
     def bound(self, params: dict[str, torch.Tensor] | None = None) -> _Bound:

@@ -55,7 +55,7 @@ class Simulation(IG):
         if inp.hparams is None:
             raise AttackError("the simulation attack needs the local hyper-parameters "
                               "(threat model local_hparams = true)")
-        fn = Functional(victim, inp.sent)
+        fn = Functional(victim, inp.sent, inp.bn_mode)
         observed = [inp.update[n].detach().float() for n in fn.names]
         h = inp.hparams
         target = observed_gradient(inp, fn.names)  # -Delta w / (lr S): what labels are read from

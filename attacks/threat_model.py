@@ -20,6 +20,12 @@ the attacks assumed then. The batch order itself (which samples each local step
 used) is a secret: ``batch_order_known`` grants it where the benchmark holds it
 (a fresh exchange; a simulated run's secrets files), else attacks assume the
 fixed order.
+
+``bn_mode`` is the attacker's assumption about BatchNorm layers (victims with BN only):
+"batch" normalises the dummies by their own batch statistics, as the client's training
+forward did with its batch (exact at the truth); "eval" uses the running statistics the
+server sent (public), which a client in training mode did not use. Not implemented: using
+the running-statistics buffers a FedAvg client sends back as a statistics prior.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class ThreatModel:
     t_known: bool = False  # diffusion: the client's timesteps t
     batch_order_known: bool = False  # which samples each local step used (simulation: from the secrets files)
     prior: str = ""  # path of a trained diffusion model of the same domain (GIDM)
+    bn_mode: Literal["batch", "eval"] = "batch"  # BatchNorm in the attacker's forward: see below
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,6 +87,7 @@ class AttackInput:
     eps: torch.Tensor | None
     t: torch.Tensor | None
     batches: tuple[torch.Tensor, ...] | None = None  # granted batch order: per step, positions among the dummies
+    bn_mode: str = "batch"  # the threat model's BatchNorm assumption
 
 
 def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
@@ -98,6 +106,7 @@ def expose(obs: Observation, threat: ThreatModel, secrets: Secrets = Secrets(),
         eps=granted(threat.eps_known, secrets.eps),
         t=granted(threat.t_known, secrets.t),
         batches=granted(threat.batch_order_known, secrets.batches),
+        bn_mode=threat.bn_mode,
     )
 
 

@@ -514,7 +514,7 @@ def test_gidm_plus_reads_every_timestep_off_the_time_embedding_gradient(digits, 
         inp = AttackInput(sent={k: w.detach().clone() for k, w in v.model.state_dict().items()},
                           update={n: p.grad.detach().clone() for n, p in v.model.named_parameters()},
                           payload="gradient", num_samples=1, hparams=None, labels=None, eps=None, t=None)
-        r = GIDMPlus(phases="pixel", pixel_iterations=0).reconstruct(v, inp, generator=gen(1))
+        r = GIDMPlus(phases="pixel", pixel_iterations=0, eps_solve_every=0).reconstruct(v, inp, generator=gen(1))
         read.append(int(r.extras["t"][0]))
     assert read == list(ts)
 
@@ -527,8 +527,8 @@ def test_gidm_plus_reads_per_sample_timesteps(digits):
     obs, secrets = client_exchange(v.model, v.task, x, y, t_mode="per-sample", generator=gen(4))
     truth = sorted(secrets.t.tolist())
     assert len(set(truth)) == 3
-    r = GIDMPlus(phases="pixel", pixel_iterations=0).reconstruct(v, expose(obs, ThreatModel(), secrets),
-                                                                 generator=gen(1))
+    r = GIDMPlus(phases="pixel", pixel_iterations=0, eps_solve_every=0).reconstruct(
+        v, expose(obs, ThreatModel(), secrets), generator=gen(1))
     assert r.extras["t"].tolist() == truth and r.extras["t_trace"] == []
 
 
@@ -550,3 +550,42 @@ def test_gidm_plus_input_coordinates_hold_the_network_input_fixed_in_e(diffusion
     with pytest.raises(AttackError, match="coordinates"):
         v, _, obs, secrets = diffusion_fedsgd
         GIDMPlus(phases="pixel", coordinates="latent").reconstruct(v, expose(obs, ThreatModel(), secrets), generator=gen(0))
+
+
+def test_bn_mode_batch_matches_the_clients_batchnorm_forward(digits):
+    # resnet-bn, a FedSGD gradient: at the true images the attacker's gradient
+    # equals the client's with bn_mode "batch" (batch statistics, as the client trained), not with "eval"
+    # (the sent running statistics); the sent buffers are left as they were
+    v = classifier("resnet-bn")
+    x, y = batch(digits, range(4))
+    obs, secrets = client_exchange(v.model, v.task, x, y, generator=gen(0), mode="fedsgd")
+    sent = {k: t.clone() for k, t in obs.sent.items()}
+    rel = {}
+    for mode in ("batch", "eval"):
+        inp = expose(obs, ThreatModel(bn_mode=mode), secrets)
+        fn = Functional(v, inp.sent, inp.bn_mode)
+        g = fn.grads(fn.loss(x, y), create_graph=False)
+        target = [inp.update[n] for n in fn.names]
+        rel[mode] = float(sum((a - b).pow(2).sum() for a, b in zip(g, target)).sqrt()
+                          / sum(b.pow(2).sum() for b in target).sqrt())
+    assert rel["batch"] < 1e-4 and rel["eval"] > 0.05
+    assert all(torch.equal(sent[k], obs.sent[k]) for k in sent)
+    with pytest.raises(AttackError, match="bn_mode"):
+        Functional(v, obs.sent, "buffers")
+
+
+def test_solve_eps_recovers_the_clients_noise_at_its_input(digits):
+    # the FedSGD gradient is linear in eps for a fixed input x_t: at the client's x_t the least-squares
+    # solve returns its eps (per-sample t, batch 2); at a perturbed input it stays close
+    from attacks.gidm_plus import solve_eps
+    v = diffusion_victim()
+    x, y = batch(digits, [0, 1])
+    obs, secrets = client_exchange(v.model, v.task, x, y, t_mode="per-sample", generator=gen(2))
+    inp = expose(obs, ThreatModel(), secrets)
+    fn = Functional(v, inp.sent)
+    target = [inp.update[n] for n in fn.names]
+    x_t = v.task.schedule.add_noise(x, secrets.eps, secrets.t)
+    e = solve_eps(fn, x_t, secrets.t, None, target)
+    assert F.cosine_similarity(e.flatten(), secrets.eps.flatten(), dim=0) > 0.999
+    near = solve_eps(fn, x_t + 0.05 * torch.randn(x_t.shape, generator=gen(3)), secrets.t, None, target)
+    assert F.cosine_similarity(near.flatten(), secrets.eps.flatten(), dim=0) > 0.9
