@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from fedsim.config import resolve
 from fedsim.rng import derive
 
 COLUMNS = ["attack", "model", "dataset", "batch_size", "local_steps", "defense", "trial", "psnr", "psnr_sd",
-           "ssim", "ssim_sd", "mse", "label_acc", "t_acc", "t_abs_err", "eps_cos", "lpips", "wall_s",
+           "ssim", "ssim_sd", "mse", "label_acc", "t_acc", "t_abs_err", "eps_cos", "lpips", "wall_s", "cpu_s",
            "iterations", "observations", "source", "truth", "threat", "dp_noise_multiplier", "dp_sigma",
            "dp_epsilon_spent"]
 METRICS = ("psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips", "t_acc", "t_abs_err", "eps_cos",
@@ -113,7 +114,9 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         inputs = [attack_input(obs, threat, sec, recorded=from_run is not None and attack.cfg.batch_size is None)
                   for obs, sec in zip(observations, t.granted)]
         g = torch.Generator().manual_seed(int(derive(cfg.seed, "attack", trial).integers(2**62)))
+        cpu0 = time.process_time()
         rec = attack.reconstruct(t.victim, inputs if len(inputs) > 1 else inputs[0], generator=g)
+        cpu_s = time.process_time() - cpu0  # every thread of this process: the speed ratios' measure
         vr = t.victim.value_range
         s = score_against(rec.images, t.targets, value_range=vr, extras=rec.extras,
                           labels=rec.labels if not t.victim.is_diffusion else None)
@@ -125,7 +128,7 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
                   "defense": obs.codec or cfg.defense, "trial": trial, "observations": len(observations),
                   "source": f"{from_run} client {client} {where}" if from_run else "fresh",
                   "threat": json.dumps(threat.as_dict())}
-        row = {"attack": cfg.attack, **common, **{k: s[k] for k in METRICS}, "wall_s": round(rec.wall_s, 3),
+        row = {"attack": cfg.attack, **common, **{k: s[k] for k in METRICS}, "wall_s": round(rec.wall_s, 3), "cpu_s": round(cpu_s, 3),
                "iterations": rec.history[-1][0] + 1 if rec.history else 0}
         if cfg.defense == "dp":
             row.update(dp_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
