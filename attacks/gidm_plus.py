@@ -26,7 +26,8 @@ logits that get no gradient; this is our design (shared/papers/attacks.md, "GIDM
 - **Granted secrets are used** (threat model eps_known / t_known): a granted t is taken as
   it is (no search, per-sample t included); a granted eps is fixed, not optimised, and has no
   penalty; with both granted GIDM+ is GIDM.
-Left out: the relaxed (softmax over t) mode (the analytic read makes it moot for diffusers UNets) and the pred_v rotation trick (fedsim predicts eps).
+Left out: the relaxed (softmax over t) mode (the analytic read makes it moot for diffusers
+UNets); the pred_v rotation is replaced by its eps-prediction analogue (input coordinates).
 With a FedAvg update of several local epochs, e models one noise draw per image (a mismatch
 the report shows). Extras: recovered ``t`` (B,), ``eps`` (B, C, H, W), ``t_trace`` (the
 candidates alive after each halving round).
