@@ -67,6 +67,8 @@ def attacks_of(df: pd.DataFrame) -> pd.DataFrame:
 
 def cpu_per_iteration(rows: pd.DataFrame) -> float:
     a = attacks_of(rows)
+    if "cpu_s" not in a:
+        raise SystemExit("error: equal-cpu needs the CPU time of the variant before it (rerun that variant)")
     return float((a.cpu_s / a.iterations.clip(lower=1)).median())
 
 
@@ -92,9 +94,9 @@ def run(spec: dict, out: Path, seed: int, trials: int) -> pd.DataFrame:
             rows.to_csv(done, index=False)
         frames.append(rows.assign(variant=label))
         att = attacks_of(rows)
+        cpu = f"{att.cpu_s.median():.0f} CPU s" if "cpu_s" in att else "CPU time not recorded"
         print(f"[{i + 1}/{len(variants)}] {label}: PSNR {att.psnr.mean():.2f} dB, t acc {att.t_acc.mean():.2f}, "
-              f"cos(e, eps) {att.eps_cos.mean():.3f}, {att.cpu_s.median():.0f} CPU s "
-              f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+              f"cos(e, eps) {att.eps_cos.mean():.3f}, {cpu} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     return pd.concat(frames, ignore_index=True)
 
 
