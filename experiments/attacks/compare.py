@@ -104,6 +104,13 @@ def fmt(iv, digits: int = 3) -> str:
     return iv.fmt(digits) if iv is not None and iv.n else "–"
 
 
+def proportion(iv) -> str:
+    """'5/5 [0.57, 1.00]': a Wilson interval is not symmetric, so no ± here."""
+    if iv is None or not iv.n:
+        return "–"
+    return f"{round(iv.mean * iv.n)}/{iv.n} [{iv.low:.2f}, {iv.high:.2f}]"
+
+
 def check_lines(spec: dict, stats: dict) -> list[str]:
     lines = []
     for label, wants in spec.get("checks", {}).items():
@@ -140,13 +147,14 @@ def table(df: pd.DataFrame, seed: int, spec: dict) -> list[str]:
         tacc = wilson(int(t_ok.sum()), len(t_ok)) if len(t_ok) else None
         cos = t_interval(g.eps_cos.dropna())
         cpu_it = float((g.cpu_s / g.iterations.clip(lower=1)).median()) if "cpu_s" in g else float("nan")
-        speed = t_interval([ref_cpu_it / cpu_it]) if cpu_it > 0 else None
+        measured = cpu_it > 0 and ref_cpu_it > 0  # NaN (not recorded) compares false
+        speed = t_interval([ref_cpu_it / cpu_it]) if measured else None
         stats[label] = {"t-acc": tacc, "eps-cos": cos, "psnr-vs-reference": diff, "speedup": speed}
         cpu = f"{g.cpu_s.median():.1f}" if "cpu_s" in g and g.cpu_s.notna().any() else "–"
         lines.append(f"| {label} | {int(g.iterations.median())} | {fmt(t_interval(g.psnr))} | "
                      f"{fmt(diff) if diff else 'reference'} | {fmt(t_interval(g.ssim))} | "
-                     f"{fmt(tacc, 2) if tacc else '–'} | {fmt(t_interval(g.t_abs_err.dropna()), 2)} | {fmt(cos)} | "
-                     f"{cpu} | {f'{ref_cpu_it / cpu_it:.2f}x' if cpu_it > 0 else '–'} |")
+                     f"{proportion(tacc)} | {fmt(t_interval(g.t_abs_err.dropna()), 2)} | {fmt(cos)} | "
+                     f"{cpu} | {f'{ref_cpu_it / cpu_it:.2f}x' if measured else '–'} |")
     for kind in ("grey", "mean", "random"):
         g = base[(base.attack == f"{BASELINE}{kind}") & (base.variant == reference)]
         lines.append(f"| {kind} image (same targets) | | {fmt(t_interval(g.psnr))} | | {fmt(t_interval(g.ssim))} "
