@@ -192,7 +192,7 @@ class GIDMPlus(GIDM):
         if k <= 0 or not state["free"] or image is _identity or state["eps"].numel() > SOLVE_MAX or state["eps"].dim() != v.dim():
             return super().pixel_phase(fn, target, state, v, image, box, clock, iterations)
         e = state["eps"]
-        done, v_best = 0, v.detach().clone()
+        done = 0
         while True:
             solved = solve_eps(fn, v.detach(), state["t"], state["y"], target)
             with torch.no_grad():

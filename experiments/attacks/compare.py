@@ -66,15 +66,17 @@ def attacks_of(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def cpu_per_iteration(rows: pd.DataFrame) -> float:
+    """Median CPU seconds per iteration of the attack rows; NaN when CPU time was not recorded."""
     a = attacks_of(rows)
-    if "cpu_s" not in a:
-        raise SystemExit("error: equal-cpu needs the CPU time of the variant before it (rerun that variant)")
-    return float((a.cpu_s / a.iterations.clip(lower=1)).median())
+    return float((a.cpu_s / a.iterations.clip(lower=1)).median()) if "cpu_s" in a else float("nan")
 
 
 def equal_cpu_iterations(frames: list[pd.DataFrame]) -> int:
     """Iterations that fit in the reference's median CPU time at the previous variant's cost per iteration."""
-    return max(1, round(float(attacks_of(frames[0]).cpu_s.median()) / cpu_per_iteration(frames[-1])))
+    per_iteration = cpu_per_iteration(frames[-1])
+    if "cpu_s" not in attacks_of(frames[0]) or not per_iteration > 0:
+        raise SystemExit("error: equal-cpu needs the CPU time of the reference and of the variant before it")
+    return max(1, round(float(attacks_of(frames[0]).cpu_s.median()) / per_iteration))
 
 
 def run(spec: dict, out: Path, seed: int, trials: int) -> pd.DataFrame:
@@ -132,7 +134,7 @@ def table(df: pd.DataFrame, seed: int, spec: dict) -> list[str]:
     labels = list(dict.fromkeys(att.variant))
     reference = labels[0]
     ref = att[att.variant == reference].set_index("trial")
-    ref_cpu_it = float((ref.cpu_s / ref.iterations.clip(lower=1)).median()) if "cpu_s" in ref else float("nan")
+    ref_cpu_it = cpu_per_iteration(ref)
     lines = [f"Seed {seed}, {att.trial.nunique()} trials per variant (the same targets in every variant); "
              "means with 95 % t-intervals, t accuracy with its Wilson interval; CPU time of the attack's "
              "process (all its threads), median.", "",
@@ -146,7 +148,7 @@ def table(df: pd.DataFrame, seed: int, spec: dict) -> list[str]:
         t_ok = g.t_acc.dropna()
         tacc = wilson(int(t_ok.sum()), len(t_ok)) if len(t_ok) else None
         cos = t_interval(g.eps_cos.dropna())
-        cpu_it = float((g.cpu_s / g.iterations.clip(lower=1)).median()) if "cpu_s" in g else float("nan")
+        cpu_it = cpu_per_iteration(g)
         measured = cpu_it > 0 and ref_cpu_it > 0  # NaN (not recorded) compares false
         speed = t_interval([ref_cpu_it / cpu_it]) if measured else None
         stats[label] = {"t-acc": tacc, "eps-cos": cos, "psnr-vs-reference": diff, "speedup": speed}
