@@ -99,7 +99,9 @@ class RunConfig:
     max_in_flight: int = 0
     """Messages in flight at once; 0: 16 in simulation, all at once deployed."""
     client_failure_rate: float = 0.0
-    """Chaos: probability that a selected client raises instead of training."""
+    """Chaos: probability that a selected client fails (drawn per round and client from the seed)."""
+    fault_kind: Literal["raise", "kill", "hang", "nan", "wrong-keys", "huge", "oom", "mixed"] = "raise"
+    """How a failing client fails: raises, its process is SIGKILLed, hangs past round-timeout, replies NaN / wrong keys / a huge array, runs out of memory, or a mix (kill aside)."""
     record_clients: str = ""
     """Observations for attacks: "" none, "all", or partition ids "0 7 12"."""
     record_rounds: str = "all"
@@ -226,6 +228,12 @@ class RunConfig:
     """Existing Ray cluster, e.g. "127.0.0.1:6379"; "" starts a local one."""
     out_dir: str = ""
     """Run folder; fedsim run sets it from --out."""
+    checkpoint_every: int = 1
+    """Checkpoint the server (and the clients' state) every N rounds and after the last; 0: never (no --resume)."""
+    checkpoint_keep: int = 2
+    """Checkpoints kept (the newest); an older one is used when the newest is corrupt."""
+    resume: bool = False
+    """Continue from the run folder's last good checkpoint; fedsim run --resume DIR sets it."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -246,6 +254,8 @@ class RunConfig:
             (self.num_samples >= 2, "num-samples must be >= 2"),
             (self.client_cpus >= 1 and self.client_gpus >= 0, "client-cpus must be >= 1 and client-gpus >= 0"),
             (self.max_in_flight >= 0, "max-in-flight must be >= 0"),
+            (self.checkpoint_every >= 0 and self.checkpoint_keep >= 1,
+             "checkpoint-every must be >= 0 and checkpoint-keep >= 1"),
             (self.fedemd_alpha >= 0 and self.fedemd_beta >= 0, "fedemd-alpha and fedemd-beta must be >= 0"),
             (0 <= self.shapley_decay < 1, "shapley-decay must be in [0, 1)"),
             (self.shapley_temperature > 0, "shapley-temperature must be > 0"),

@@ -87,6 +87,8 @@ def _common_metric_keys(replies: list[Message]) -> tuple[list[Message], list[Mes
 
 
 class FedAvg(FlowerFedAvg):
+    checkpointed = ("_times_selected", "selector")  # what outlives a round (fedsim/records/checkpoint.py)
+
     def __init__(self, clients: dict[int, ClientInfo], clients_per_round: int, *, seed: int,
                  log_book: RoundLog | None = None, mode: str = "fedavg", server_lr: float = 1.0,
                  selector: Selector | None = None, weighting: str = "samples",
@@ -173,8 +175,8 @@ class FedAvg(FlowerFedAvg):
                 continue
             failed += reply.has_error()
             rejected += not reply.has_error()
-            log(WARNING, "round %d: reply from node %d not aggregated: %s",
-                server_round, reply.metadata.src_node_id, problem)
+            log(WARNING, "round %d: reply of client %d (node %d) not aggregated: %s",
+                server_round, self._partition_of(reply), reply.metadata.src_node_id, problem)
         sampled = self.log_book.get(server_round).get("clients_sampled", len(replies))
         missing = max(sampled - len(replies), 0)  # timed out
         valid, odd = _common_metric_keys(valid)

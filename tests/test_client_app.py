@@ -13,7 +13,6 @@ from fedsim.config import RunConfig
 from fedsim.data.clients import dataset
 from fedsim.models.workspace import fresh_model, workspace
 from fedsim.records.wire import to_array_record, to_state_dict
-from fedsim.rng import derive
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
@@ -87,16 +86,6 @@ def test_fedsgd_replies_one_gradient() -> None:
     assert reply["meta"]["payload"] == "gradient"
     assert reply["metrics"]["num-examples"] == min(cfg.batch_size, len(workspace(cfg).parts[1]))
     assert set(reply["arrays"].keys()) == set(msg.content["arrays"].keys())
-
-
-def test_injected_failure_raises_for_the_drawn_clients() -> None:
-    cfg = CFG.replace(client_failure_rate=0.5)
-    fails = [p for p in range(20) if derive(cfg.seed, "fault", 1, p).random() < 0.5]
-    assert fails and len(fails) < 20
-    with pytest.raises(client_app.InjectedClientFailure):
-        client_app.train(instruction(cfg, MessageType.TRAIN, pid=fails[0]), context(cfg, fails[0]))
-    ok = next(p for p in range(20) if p not in fails)
-    client_app.train(instruction(cfg, MessageType.TRAIN, pid=ok), context(cfg, ok))
 
 
 def test_evaluate_reports_loss() -> None:

@@ -24,17 +24,17 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.app.compression_mod import compression_mod
+from fedsim.app.fault_mod import fault_mod
 from fedsim.app.node_data import node_workspace
+from fedsim.app.state_mod import state_mod
 from fedsim.models.train import batch_gradient, per_sample_losses, train_local
 from fedsim.records import secrets
 from fedsim.records.wire import to_array_record, to_state_dict
-from fedsim.rng import derive, torch_generator
+from fedsim.rng import torch_generator
 
-app = ClientApp(mods=[compression_mod])  # acts only when the server asks for compression
-
-
-class InjectedClientFailure(RuntimeError):
-    """Raised on purpose when ``client-failure-rate`` > 0 (fault-tolerance studies)."""
+# state_mod outermost: it restores a resumed node's context before compression_mod reads it, and
+# saves it after compression_mod has updated it; each acts only when the server's message asks
+app = ClientApp(mods=[state_mod, fault_mod, compression_mod])  # fault_mod: fault-tolerance studies
 
 
 def _setup(context: Context):
@@ -61,8 +61,6 @@ def train(msg: Message, context: Context) -> Message:
     batch_size = int(sent.get("batch-size", cfg.batch_size))
     optimizer = str(sent.get("optimizer", cfg.optimizer))
     momentum, grad_clip = float(sent.get("momentum", cfg.momentum)), float(sent.get("grad-clip", cfg.grad_clip))
-    if cfg.client_failure_rate and derive(cfg.seed, "fault", rnd, pid).random() < cfg.client_failure_rate:
-        raise InjectedClientFailure(f"client {pid} failed on purpose in round {rnd}")
     ws.model.load_state_dict(to_state_dict(msg.content["arrays"]))
     images, labels = ws.client_data(pid)
     gen = torch_generator(cfg.seed, "train", rnd, pid)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
 
+from fedsim.app.run_state import RunState
 from fedsim.app.windowed_grid import WindowedGrid, in_simulation
 from fedsim.config import load_config
 from fedsim.evaluation.server import ServerEvaluator
@@ -21,6 +23,8 @@ from fedsim.records.run_folder import RunFolder
 from fedsim.records.wire import to_array_record, to_state_dict
 from strategies import build_strategy
 from strategies.client_registry import check_classes, discover_clients
+from strategies.wrappers.client_state import KeepClientState
+from strategies.wrappers.resumed import Resumed
 
 app = ServerApp()
 SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
@@ -56,8 +60,14 @@ class RoundRecorder:
         self.t_round = time.perf_counter()
         self.initial: dict[str, float] = {}
         self.last: dict[str, float] = {}
+        self.offset = 0  # rounds already run before a resume: Flower's round k is the run's k + offset
+        self.state: RunState | None = None  # checkpoints after the rounds it says are due
 
-    def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord:
+    def __call__(self, rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if self.offset and rnd == 0:  # resumed: round 0 was scored in the first part of the run
+            self.t_round = time.perf_counter()
+            return None
+        rnd += self.offset
         t_eval = time.perf_counter()
         scores = self.evaluator(rnd, to_state_dict(arrays))
         scores["eval_s"] = time.perf_counter() - t_eval
@@ -68,6 +78,8 @@ class RoundRecorder:
                    "wall_s": time.perf_counter() - self.t_round}
             self.folder.append_row(row)
             self.last = row
+            if self.state is not None and self.state.due(rnd):
+                self.state.save(rnd, arrays)
             self.folder.status("running", round=rnd, rounds=self.rounds, last=row)
         self.t_round = time.perf_counter()
         return MetricRecord({k: v for k, v in scores.items() if isinstance(v, float)})
@@ -95,15 +107,28 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     simulated = in_simulation(grid)
     strategy = build_strategy(cfg, clients, log, utility=lambda arrays: evaluator.utility(to_state_dict(arrays)),
                               secrets_root=folder.path.resolve() if simulated else None)
-    folder.start_metrics(evaluator.quality_columns + list(getattr(strategy, "metric_columns", [])))
     recorder = RoundRecorder(folder, evaluator, log, cfg.rounds)
+    state = RunState(folder, cfg, strategy, evaluator, recorder)
+    if cfg.checkpoint_every and simulated:  # the clients' context state, for a resume (simulation only)
+        strategy = KeepClientState(strategy, state.client_dir, state.oldest_kept)
+    recorder.state = state if cfg.checkpoint_every else None
     window = cfg.max_in_flight or (SIMULATION_WINDOW if simulated else 0)
     if window:
         grid = WindowedGrid(grid, window)
-    initial = to_array_record(evaluator.model.state_dict())
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds,
-                            timeout=cfg.round_timeout, train_config=train_config(cfg),
-                            evaluate_fn=recorder)
+    columns = evaluator.quality_columns + list(getattr(strategy, "metric_columns", []))
+    initial, done = to_array_record(evaluator.model.state_dict()), 0
+    if cfg.resume:
+        done, initial = state.restore(warn=lambda line: logging.getLogger("flwr").warning(line))
+        folder.continue_metrics(columns)
+        recorder.offset = done
+        strategy = Resumed(strategy, done)
+    else:
+        folder.start_metrics(columns)
+    result = Result(arrays=initial)
+    if done < cfg.rounds:
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.rounds - done,
+                                timeout=cfg.round_timeout, train_config=train_config(cfg),
+                                evaluate_fn=recorder)
     if folder.nothing_aggregated():
         raise RuntimeError(f"every client failed in every round: nothing was trained; the clients' errors are in "
                            f"{folder.path / 'logs'}")

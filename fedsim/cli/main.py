@@ -108,10 +108,29 @@ def _wait_finished(fed: LocalFederation, run_id: str, timeout: float = 60) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     console = Console(stderr=False)
+    if args.resume:
+        return _resume(args, console)
     cfg = resolve(args.config, args.set)
     out = Path(args.out or cfg.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     check_out(out)
     execute(cfg.replace(out_dir=str(out)), console)
+    return 0
+
+
+def _resume(args: argparse.Namespace, console: Console) -> int:
+    from fedsim.cli.resume import resume_config
+
+    if args.config or args.out:
+        raise ConfigError("--resume DIR continues DIR with its own config.toml: give no CONFIG or --out "
+                          "(change safe keys such as rounds with --set)")
+    run_dir = Path(args.resume).resolve()
+    cfg, left = resume_config(run_dir, args.set)
+    if not left:
+        console.print(f"{run_dir}: the run finished all {cfg.rounds} rounds; nothing to resume "
+                      "(--set rounds=N extends it)")
+        return 0
+    RunFolder(run_dir).status("resuming", rounds=cfg.rounds)  # not the failed/running state of the last try
+    execute(cfg, console)
     return 0
 
 
@@ -127,10 +146,11 @@ def execute(cfg: RunConfig, console: Console) -> dict:
     out = Path(cfg.out_dir)
     preflight(cfg)
     folder = RunFolder(out)
-    write_toml(cfg, out / "config.toml")
+    write_toml(cfg.replace(resume=False), out / "config.toml")  # the run's config, resumed or not
     codec = "" if cfg.compression == "none" else f", {cfg.compression} uplink"
     console.print(f"fedsim: {cfg.num_clients} clients, {cfg.clients_per_round}/round, {cfg.rounds} rounds, "
-                  f"{cfg.model} on {cfg.dataset} ({cfg.partition}){codec} -> {out}")
+                  f"{cfg.model} on {cfg.dataset} ({cfg.partition}){codec} -> {out}"
+                  + (" (resuming from its last checkpoint)" if cfg.resume else ""))
     with LocalFederation(out, cfg) as fed:
         run_id = fed.submit()
         status = monitor(fed, run_id, folder, cfg, console)
@@ -301,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or `fedsim keys [PATTERN]`.")
     _config_args(run, "TOML file with kebab-case keys (docs/configuration.md)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last good checkpoint")
     run.set_defaults(func=cmd_run)
     attack = sub.add_parser("attack", help="run a gradient-inversion attack (fresh exchange or recorded run)")
     attack.add_argument("config", nargs="?", help="attack TOML (see experiments/attacks/)")

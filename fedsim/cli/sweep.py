@@ -1,20 +1,28 @@
 """Many `fedsim run`s (and `fedsim unlearn`s) from an experiment script: one subprocess each, resumable.
 
-A run whose folder says ``done`` (status.json) is kept; a folder left by an
-interrupted attempt is removed and the run starts again. Each run is a real
-``fedsim run`` (its own SuperLink and Ray), so a failing one cannot take the
-script down with it.
+A run whose folder says ``done`` (status.json) is kept. A `fedsim run` left by an
+interrupted attempt continues from its last checkpoint (``fedsim run --resume``) when
+its config.toml is the one this script would write; otherwise (another config, no
+checkpoint, an unlearning run) its folder is removed and it starts again. Each run is a
+real ``fedsim`` subprocess (its own SuperLink and Ray), so a failing one cannot take the
+script down with it, and each gets SIGTERM when the script dies, however it dies (a
+parent-death signal), so a killed script leaves no run behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from fedsim.config import ConfigError, read_toml, resolve
+from fedsim.records.checkpoint import Checkpoints
 
 
 def sibling(script: str, name: str, prefix: str):
@@ -47,7 +55,25 @@ def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
     folder = Path(folder)
     if is_done(folder):
         return ""
+    if _resumable(config, overrides, folder):
+        error = _call([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(folder)])
+        if not error:
+            return ""
+        print(f"could not resume {folder} ({error}); starting it again", file=sys.stderr)
     return _fedsim(["run", str(config)], overrides, folder)
+
+
+def _resumable(config: Path, overrides: dict[str, Any], folder: Path) -> bool:
+    """Whether the folder holds a checkpoint of exactly this run."""
+    if not (folder / "config.toml").is_file() or not Checkpoints(folder).rounds():
+        return False
+    try:
+        wanted = resolve(config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]).to_flwr()
+        held = read_toml(folder / "config.toml")
+    except (ConfigError, OSError, ValueError):
+        return False
+    wanted.pop("out-dir"), held.pop("out-dir", None)
+    return wanted == held
 
 
 def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: dict[str, Any], folder: Path,
@@ -70,8 +96,26 @@ def _fedsim(args: list[str], overrides: dict[str, Any], folder: Path) -> str:
     cmd = [sys.executable, "-m", "fedsim.cli", *args, "--out", str(folder)]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        return lines[-1] if lines else f"exit code {res.returncode}"
+    return _call(cmd)
+
+
+def _call(cmd: list[str]) -> str:
+    """Run a child that dies with this process; '' or the last line it printed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        lines = (err.strip() or out.strip()).splitlines()
+        return lines[-1] if lines else f"exit code {proc.returncode}"
     return ""
+
+
+def die_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG; the child's own SIGTERM handling then ends what it started).
+    Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -40,6 +40,8 @@ def _save(tensors: dict[str, np.ndarray], path: Path, half: bool) -> int:
 
 
 class LedgerWriter:
+    checkpointed = ("stored_bytes", "doc")  # fedsim/records/checkpoint.py
+
     def __init__(self, run_dir: Path, *, seed: int, every: int, max_bytes: float,
                  full_precision: bool = False) -> None:
         """every: store updates every that many rounds (0: participants only)."""

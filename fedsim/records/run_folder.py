@@ -30,6 +30,14 @@ class RunFolder:
         with self.metrics_path.open("w", newline="") as f:
             csv.writer(f).writerow(self.columns)
 
+    def continue_metrics(self, extra_columns: list[str]) -> None:
+        """Append to the metrics.csv of a resumed run, whose columns must be this run's."""
+        self.columns = BASE_COLUMNS + extra_columns + ["selected"]
+        with self.metrics_path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != self.columns:
+            raise ValueError(f"{self.metrics_path} has columns {header}, this run writes {self.columns}")
+
     def append_row(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c)) for c in self.columns])

@@ -76,6 +76,8 @@ def decode_reply(codec: Codec, content: RecordDict, layout, reference: dict[str,
 
 
 class Compressed(StrategyWrapper):
+    checkpointed = ("_view", "_server_residual", "_codes", "_synced")  # the downlink's state
+
     def __init__(self, inner: Strategy, settings: dict, *, seed: int, log_book: RoundLog,
                  downlink: bool = False) -> None:
         """settings: the codec keys of the run config (fedsim.compression.codecs.codec_settings)."""
@@ -90,7 +92,9 @@ class Compressed(StrategyWrapper):
         self._view: dict[str, np.ndarray] | None = None  # w~: what clients rebuild
         self._server_residual: dict[str, np.ndarray] = {}
         self._codes: dict[int, bytes] = {}  # round -> code of w~_r - w~_{r-1}
-        self._synced: dict[int, int] = {}  # node id -> round r whose w~_r it holds
+        # partition id -> round r whose w~_r that client holds (partition ids, not node ids: they
+        # are what a resumed run's fresh nodes share with the checkpoint)
+        self._synced: dict[int, int] = {}
 
     @property
     def metric_columns(self) -> list[str]:
@@ -112,9 +116,9 @@ class Compressed(StrategyWrapper):
         return [self._downlink_message(m, server_round, dense_size) for m in messages]
 
     def _downlink_message(self, message: Message, server_round: int, dense_size: int) -> Message:
-        node = message.metadata.dst_node_id
-        base = self._synced.get(node)
-        self._synced[node] = server_round - 1
+        client = self._partition_of(message.metadata.dst_node_id)
+        base = self._synced.get(client)
+        self._synced[client] = server_round - 1
         if base is None or base >= server_round - 1:
             return message  # never synced: the dense model (already up to date: idem)
         rounds = [r for r in range(base + 1, server_round) if r in self._codes]
@@ -127,6 +131,10 @@ class Compressed(StrategyWrapper):
         config["downlink-base"] = base
         message.content = RecordDict({DOWNLINK: codes, "config": config})
         return message
+
+    def _partition_of(self, node_id: int) -> int:
+        info = self.clients.get(node_id)  # the registry of the strategy inside
+        return info.partition_id if info is not None else -node_id - 1
 
     def _compress_global(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """w~_t = w~_{t-1} + C(w_t - w~_{t-1} + e), e <- the rest."""
@@ -157,7 +165,7 @@ class Compressed(StrategyWrapper):
         encode_s = []
         for reply in replies:
             if self.downlink and reply.has_error():
-                self._synced.pop(reply.metadata.src_node_id, None)  # its copy may be stale: resend dense
+                self._synced.pop(self._partition_of(reply.metadata.src_node_id), None)  # its copy may be stale: resend dense
             if reply.has_error() or COMPRESSED not in reply.content.array_records:
                 continue
             size = payload_bytes(reply.content)

@@ -51,6 +51,7 @@ class Selector:
 
     name = "base"
     needs_contributions = False  # True: observe() gets RoundContributions after aggregation
+    checkpointed: tuple[str, ...] = ()  # state that outlives a round (fedsim/records/checkpoint.py)
 
     def probabilities(self, server_round: int, candidates: Sequence[ClientInfo]) -> np.ndarray:
         raise NotImplementedError
@@ -90,6 +91,7 @@ class RandomSelector(Selector):
 
 class FedEMDSelector(Selector):
     name = "fedemd"
+    checkpointed = ("cum",)
 
     def __init__(self, clients: Sequence[ClientInfo], *, alpha: float = 0.41, beta: float = 0.41 / 110,
                  distance: str = "categorical-l1", cum_init: Sequence[float] | None = None) -> None:

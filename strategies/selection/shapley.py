@@ -100,6 +100,7 @@ class RoundContributions:
 class ShapleySelector(Selector):
     name = "shapley"
     needs_contributions = True
+    checkpointed = ("values", "last_phi")
 
     def __init__(self, *, decay: float = 0.75, temperature: float = 0.01, explore: float = 0.1, seed: int = 0,
                  exact_up_to: int = 8, permutations: int = 50) -> None:

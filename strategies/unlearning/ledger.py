@@ -24,6 +24,7 @@ from strategies.wrappers.base import StrategyWrapper
 
 class Ledgered(StrategyWrapper):
     """inner: a strategy that exposes ``aggregated_replies`` (strategies.fedavg.FedAvg)."""
+    checkpointed = ("writer",)
 
     def __init__(self, inner: Strategy, writer: LedgerWriter, clients: dict[int, ClientInfo]) -> None:
         super().__init__(inner)

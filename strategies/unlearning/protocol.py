@@ -103,6 +103,7 @@ class UnlearningPlan:
 
 class HolderSelector(Selector):
     """Wraps the run's selector with who must take part in unlearning rounds."""
+    checkpointed = ("base",)
 
     def __init__(self, base: Selector, plan: UnlearningPlan) -> None:
         self.base, self.plan = base, plan
@@ -143,6 +144,7 @@ class HolderSelector(Selector):
 class Unlearning(StrategyWrapper):
     """inner: a strategy with FedAvg's validation and aggregation (strategies.fedavg.FedAvg),
     possibly wrapped (the ledger); it sees dense replies (this sits inside any decoder)."""
+    checkpointed = ("mask",)  # SalUn's combined mask, made in the saliency round
 
     def __init__(self, inner: Strategy, plan: UnlearningPlan, *, mask_ratio: float, lr: float = 0.0,
                  weighting: str = "samples", seed: int = 0, log_book: RoundLog | None = None,

@@ -15,6 +15,8 @@ from flwr.serverapp.strategy import Strategy
 
 
 class StrategyWrapper(Strategy):
+    checkpointed = ("inner",)  # a layer's own state: fedsim/records/checkpoint.py
+
     def __init__(self, inner: Strategy) -> None:
         self.inner = inner
 

@@ -28,6 +28,8 @@ def wire_bytes(message: Message) -> int:
 
 
 class Metered(StrategyWrapper):
+    checkpointed = ("total_up", "total_down")
+
     def __init__(self, inner: Strategy, log: RoundLog) -> None:
         super().__init__(inner)
         self.log = log
