@@ -24,6 +24,7 @@ from fedsim.records.checkpoint import CheckpointError, Checkpoints, load_state, 
 from fedsim.records.round_log import RoundLog
 from fedsim.records.run_folder import RunFolder
 from fedsim.records.wire import to_numpy_dict
+from fedsim.unlearning.mask import pack_each
 from strategies import build_strategy
 from strategies.client_registry import ClientInfo
 from strategies.wrappers.client_state import KeepClientState
@@ -37,8 +38,12 @@ W0 = {k: np.random.default_rng(1).normal(size=s).astype(np.float32) for k, s in 
 HISTS = [np.eye(3, dtype=np.int64)[p % 3] * (5 + p) + 1 for p in range(N)]  # FedEMD needs distinct histograms
 
 
+HOLDERS = (1, 4)  # clients holding data an unlearning request forgets
+
+
 def clients(node_base: int) -> dict[int, ClientInfo]:
-    return {node_base + 7 * p: ClientInfo(node_base + 7 * p, p, int(HISTS[p].sum()), HISTS[p]) for p in range(N)}
+    return {node_base + 7 * p: ClientInfo(node_base + 7 * p, p, int(HISTS[p].sum()), HISTS[p],
+                                          num_forget=3 * (p in HOLDERS)) for p in range(N)}
 
 
 class FakeGrid:
@@ -54,6 +59,12 @@ def fake_train(msg: Message, context: Context) -> Message:
     rnd = int(msg.content["config"]["server-round"])
     rng = np.random.default_rng(1000 * rnd + pid)
     sent = to_numpy_dict(msg.content["arrays"])
+    if str(msg.content["config"].get("objective", "train")) == "saliency":  # SalUn's mask round
+        mask = pack_each({k: rng.random(s) < 0.5 for k, s in SHAPES.items()})
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in mask.items()}),
+                              "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.0}),
+                              "meta": ConfigRecord({"partition-id": pid, "payload": "mask"})})
+        return Message(content, reply_to=msg)
     local = {k: sent[k] + (0.1 * rng.standard_t(3, size=s)).astype(np.float32) for k, s in SHAPES.items()}
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
                           "metrics": MetricRecord({"num-examples": 10, "train-loss": float(rnd)}),
@@ -102,6 +113,8 @@ CASES = {
                             clients_per_round=2),
     "fedemd": dict(selector="fedemd", clients_per_round=2, record_clients="all", partition="exclusive-1",
                    fedemd_alpha=4.0, fedemd_beta=0.5),  # strong scores: FedEMD's state decides the draws
+    "salun": dict(unlearn_method="salun", forget_class=1, unlearn_rounds=4, clients_per_round=3,
+                  model="ddpm-tiny", salun_mask_ratio=0.3),  # resumed inside its masked rounds (2-5)
     "exponential-sampling-ledger": dict(sampling="exponential", sampling_decay=0.3, clients_per_round=4,
                                         ledger_every=2),
 }
