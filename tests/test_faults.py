@@ -106,3 +106,27 @@ def test_mixed_draws_every_kind_but_kill():
             kinds[MIXED[int(draw.integers(len(MIXED)))]] += 1
     assert set(kinds) == set(MIXED) and "kill" not in MIXED
     assert np.all(np.array(list(kinds.values())) > 10)
+
+
+def test_a_dead_simulation_worker_is_replaced(monkeypatch):
+    """fedsim/app/actor_restart.py on Flower's own pool class: the task's error still reaches
+    Flower, and the actor that goes back in the pool is a new one, not the dead one."""
+    import ray
+    from flwr.simulation.ray_transport import ray_actor
+
+    from fedsim.app import actor_restart
+
+    assert actor_restart.install() and actor_restart.install()  # idempotent
+    pool = object.__new__(ray_actor.BasicActorPool)
+    pool.pool, pool._future_to_actor = [], {"future": "dead actor"}
+    pool.create_actor_fn = lambda: "new actor"
+
+    def died(future):
+        raise ray.exceptions.RayActorError()
+
+    monkeypatch.setattr(ray_actor.ray, "get", died)
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart: None)
+    with pytest.raises(ray.exceptions.RayActorError):
+        pool.fetch_result_and_return_actor_to_pool("future")
+    pool.add_actor_back_to_pool("future")  # what Flower's RayBackend does after any failure
+    assert pool.pool == ["new actor"]

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
+from fedsim.app import actor_restart
 from fedsim.app.run_state import RunState
 from fedsim.app.windowed_grid import WindowedGrid, in_simulation
 from fedsim.config import load_config
@@ -27,6 +28,7 @@ from strategies.wrappers.client_state import KeepClientState
 from strategies.wrappers.resumed import Resumed
 
 app = ServerApp()
+actor_restart.install()  # a killed simulation worker is replaced (actor_restart.py)
 SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
 
 
