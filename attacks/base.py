@@ -54,6 +54,7 @@ class Reconstruction:
     images: torch.Tensor  # (B, C, H, W) in the victim's value_range
     labels: torch.Tensor | None = None  # (B,) recovered labels (classifiers)
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (iteration, objective, seconds)
+    iterations: int | None = None  # run in all (None: unknown; the history is thinned)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. recovered t and eps (GIDM+)
     wall_s: float = 0.0
 
@@ -63,10 +64,17 @@ class Clock:
 
     def __init__(self, every: int = 10) -> None:
         self.start, self.every, self.history = time.perf_counter(), every, []
+        self.iterations = 0  # iterations run so far (every one, not only the logged ones)
 
     def log(self, iteration: int, objective: float) -> None:
+        """Iteration ``iteration`` (from 0) ended with ``objective``."""
+        self.advance_to(iteration + 1)
         if iteration % self.every == 0:
             self.history.append((iteration, float(objective), self.elapsed()))
+
+    def advance_to(self, iterations: int) -> None:
+        """Count iterations run without a clock (e.g. GIDM+'s probes)."""
+        self.iterations = max(self.iterations, iterations)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

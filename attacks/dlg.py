@@ -67,4 +67,4 @@ class DLG(Attack):
         out_labels = labels if labels is not None else best[1].argmax(1)
         lo, hi = victim.value_range
         return Reconstruction(images=best[0].clamp(lo, hi), labels=out_labels, history=clock.history,
-                              wall_s=clock.elapsed())
+                              iterations=clock.iterations, wall_s=clock.elapsed())

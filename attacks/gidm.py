@@ -167,7 +167,7 @@ class GIDM(Attack):
             with torch.no_grad():
                 x = image(v_best)
         return Reconstruction(images=x.detach().clamp(lo, hi), labels=y, history=clock.history,
-                              extras=self.extras(state), wall_s=clock.elapsed())
+                              iterations=clock.iterations, extras=self.extras(state), wall_s=clock.elapsed())
 
     def pixel_phase(self, fn, target, state, v, image, box, clock, iterations: int) -> torch.Tensor:
         """Adam on phase 2's variable and the free tensors; returns the best variable (the free

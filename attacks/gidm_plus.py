@@ -152,6 +152,7 @@ class GIDMPlus(GIDM):
                     scores[t] = value
                     iteration += self.cfg.probe_iterations
                     clock.log(iteration - iteration % clock.every, value)
+                    clock.advance_to(iteration)
                 if len(alive) == 1:
                     break
                 keep = sorted(scores, key=scores.get)[:max(len(alive) // 2, 1)]

@@ -78,4 +78,4 @@ class IG(Attack):
                 best_x, best = x_best, value
         lo, hi = victim.value_range
         return Reconstruction(images=best_x.clamp(lo, hi), labels=labels, history=clock.history,
-                              extras={"objective": best}, wall_s=clock.elapsed())
+                              iterations=clock.iterations, extras={"objective": best}, wall_s=clock.elapsed())

@@ -129,7 +129,8 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
                   "source": f"{from_run} client {client} {where}" if from_run else "fresh",
                   "threat": json.dumps(threat.as_dict())}
         row = {"attack": cfg.attack, **common, **{k: s[k] for k in METRICS}, "wall_s": round(rec.wall_s, 3), "cpu_s": round(cpu_s, 3),
-               "iterations": rec.history[-1][0] + 1 if rec.history else 0}
+               "iterations": rec.iterations if rec.iterations is not None else
+               (rec.history[-1][0] + 1 if rec.history else 0)}
         if cfg.defense == "dp":
             row.update(dp_accounting(clip=cfg.dp_clip, epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                                      releases=cfg.dp_releases))

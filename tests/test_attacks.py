@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.agic import AGIC
-from attacks.base import AttackError, Victim, random_images
+from attacks.base import AttackError, Clock, Victim, random_images
 from attacks.dlg import DLG
 from attacks.exchange import client_exchange, plan
 from attacks.gidm import GIDM
@@ -392,6 +392,18 @@ def test_same_seed_same_reconstruction(digits):
     a = run(1, 100)
     assert torch.equal(a, run(1, 200))
     assert not torch.equal(a, run(2, 100))
+
+
+def test_the_iterations_run_are_counted_not_the_last_logged(digits):
+    """The clock logs every 10th iteration; the results' iterations column is what ran (25, not 21)."""
+    v = classifier("convnet")
+    x, y = batch(digits, [0, 1])
+    rec = IG(iterations=25).reconstruct(v, exchange(v, x, y), generator=gen(1))
+    assert rec.iterations == 25 and rec.history[-1][0] == 20
+    clock = Clock(every=10)
+    clock.log(0, 1.0)
+    clock.advance_to(37)
+    assert clock.iterations == 37 and len(clock.history) == 1
 
 
 def test_registry_builds_by_name():
