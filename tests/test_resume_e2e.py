@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from processes import still_running
 
 pytestmark = pytest.mark.slow
 
@@ -58,28 +59,8 @@ def _kill_after_round(out: Path, rnd: int, env: dict) -> None:
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        gone = time.monotonic() + 30  # the watchdog ends the SuperLink, simulation and Ray
-        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in _alive(started)):
-            if time.monotonic() > gone:
-                break
-            time.sleep(0.5)
     finally:
-        for p in _alive(started):
-            try:
-                os.killpg(os.getpgid(p.pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _alive(procs):
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+        still_running(started, within=30)  # the watchdog ends the SuperLink, simulation and Ray; else we do
 
 
 def _rounds_written(out: Path) -> int:

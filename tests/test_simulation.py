@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from fedsim.rng import derive
+from processes import still_running
 
 pytestmark = pytest.mark.slow
 
@@ -230,31 +231,6 @@ def _kill(proc: subprocess.Popen, sig: int, wait: float) -> None:
         _stop_group(proc)
 
 
-def _still_running(started, within: float) -> list[str]:
-    """Which of ``started`` are still alive after up to ``within`` seconds (ended, if so, so a
-    failing test leaks nothing)."""
-    import psutil
-
-    deadline = time.monotonic() + within
-    while True:
-        left = []
-        for p in started:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    left.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    for p in left:
-        try:
-            os.killpg(os.getpgid(p.pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return [f"{p.pid} {p.name()}" for p in left]
-
-
 def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -> None:
     """`kill PID` of a running `fedsim run` ends its SuperLink, the flwr-simulation that the
     SuperLink started and that process's Ray GCS, raylet and workers (they were left running,
@@ -262,7 +238,7 @@ def test_sigterm_ends_every_process_the_run_started(tmp_path: Path, env: dict) -
     proc, out, started = _running(tmp_path, env)
     _kill(proc, signal.SIGTERM, wait=120)
     assert proc.returncode != 0
-    left = _still_running(started, within=0)
+    left = still_running(started, within=0)
     assert not left, f"still running after the run ended: {left}"
     assert len(pd.read_csv(out / "metrics.csv")) >= 2
 
@@ -272,5 +248,5 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: di
     SuperLink ends the SuperLink, flwr-simulation and Ray within 15 s."""
     proc, _, started = _running(tmp_path, env)
     _kill(proc, signal.SIGKILL, wait=30)
-    left = _still_running(started, within=15)
+    left = still_running(started, within=15)
     assert not left, f"still running 15 s after kill -9 of the CLI: {left}"
