@@ -101,7 +101,7 @@ class RunConfig:
     client_failure_rate: float = 0.0
     """Chaos: probability that a selected client fails (drawn per round and client from the seed)."""
     fault_kind: Literal["raise", "kill", "hang", "nan", "wrong-keys", "huge", "oom", "mixed"] = "raise"
-    """How a failing client fails: raises, its process is SIGKILLed, hangs past round-timeout, replies NaN / wrong keys / a huge array, runs out of memory, or a mix (kill aside)."""
+    """How a failing client fails: raises, its process is SIGKILLed, hangs past round-timeout, replies NaN / wrong keys / a huge array, runs out of memory, or a mix of these."""
     record_clients: str = ""
     """Observations for attacks: "" none, "all", or partition ids "0 7 12"."""
     record_rounds: str = "all"

@@ -11,8 +11,8 @@ probability, drawn from (seed, "fault", round, client), so a seed says who fails
 - ``nan`` / ``wrong-keys`` / ``huge``: a reply of garbage: NaN weights; arrays under names
   that are not the model's; one array 16x the size of the model's largest.
 - ``oom``: the client asks for 1 TiB; numpy's MemoryError is reported with the client id.
-- ``mixed``: each failing client draws one of the kinds above (``kill`` aside: each kill
-  costs a Ray worker start, see fedsim/app/actor_restart.py) from the same generator.
+- ``mixed``: each failing client draws one of the kinds above from the same generator
+  (a killed Ray worker is replaced: fedsim/app/actor_restart.py).
 
 The server's side (fedsim.strategies.fedavg.reply_problem) rejects what is unsound and
 counts it; a hang counts as failed once the round's timeout passes.
@@ -31,7 +31,7 @@ from fedsim.app.node_data import client_id
 from fedsim.rng import derive
 
 KINDS = ("raise", "kill", "hang", "nan", "wrong-keys", "huge", "oom")
-MIXED = tuple(k for k in KINDS if k != "kill")
+MIXED = KINDS
 
 
 class InjectedClientFailure(RuntimeError):
