@@ -268,3 +268,18 @@ def test_resume_without_checkpoint_is_one_line(tmp_path):
     write_toml(RunConfig(out_dir=str(tmp_path)), tmp_path / "config.toml")
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         resume_config(tmp_path, [])
+
+
+def test_resume_reports_a_corrupt_checkpoint_before_starting(tmp_path):
+    from fedsim.cli.resume import resume_config
+
+    _finished_run(tmp_path)
+    Checkpoints(tmp_path).save(3, {"round": 3})
+    path = Checkpoints(tmp_path).path(3)
+    path.write_bytes(path.read_bytes()[:-4])
+    lines = []
+    assert resume_config(tmp_path, [], warn=lines.append)[1]
+    assert len(lines) == 1 and "round-000003" in lines[0]
+    Checkpoints(tmp_path).path(2).write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="no usable checkpoint"):
+        resume_config(tmp_path, [], warn=lines.append)

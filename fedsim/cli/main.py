@@ -124,7 +124,7 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--resume DIR continues DIR with its own config.toml: give no CONFIG or --out "
                           "(change safe keys such as rounds with --set)")
     run_dir = Path(args.resume).resolve()
-    cfg, left = resume_config(run_dir, args.set)
+    cfg, left = resume_config(run_dir, args.set, warn=lambda line: console.print(line, style="yellow"))
     if not left:
         console.print(f"{run_dir}: the run finished all {cfg.rounds} rounds; nothing to resume "
                       "(--set rounds=N extends it)")

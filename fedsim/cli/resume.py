@@ -12,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedsim.config import ConfigError, RunConfig, load_config, read_toml, resolve
-from fedsim.records.checkpoint import Checkpoints
+from fedsim.records.checkpoint import CheckpointError, Checkpoints
 from fedsim.records.run_folder import RunFolder
 
 SAFE = {"rounds", "checkpoint-every", "checkpoint-keep", "round-timeout", "max-in-flight", "out-dir", "resume"}
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, bool]:
-    """(config to continue with, whether there is anything left to run)."""
+def resume_config(run_dir: Path, overrides: list[str], warn=print) -> tuple[RunConfig, bool]:
+    """(config to continue with, whether there is anything left to run); ``warn`` gets one line
+    per corrupt checkpoint skipped."""
     path = run_dir / "config.toml"
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no run there (config.toml missing)")
@@ -35,7 +36,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, bool]
     status = RunFolder(run_dir).read_status()
     if status.get("state") == "done" and int(status.get("round", 0)) >= cfg.rounds:
         return cfg, False
-    if not Checkpoints(run_dir).rounds():
+    checkpoints = Checkpoints(run_dir)
+    if not checkpoints.rounds():
         raise ConfigError(f"--resume: {run_dir} holds no checkpoint (checkpoint-every = 0, or it stopped "
                           "before its first round ended); start it again with another --out")
+    try:  # read and checked here too, so a corrupt one is reported before anything starts
+        checkpoints.latest(warn=warn)
+    except CheckpointError as err:
+        raise ConfigError(f"--resume: {err}") from None
     return cfg.replace(resume=True), True
