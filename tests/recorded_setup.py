@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from client_messages import context
 
 from fedsim.app import client_app
 from fedsim.app.server_app import train_config
@@ -20,11 +21,6 @@ from fedsim.models.workspace import fresh_model
 from fedsim.records import secrets
 from fedsim.records.observations import Observation, save
 from fedsim.records.wire import to_array_record, to_state_dict
-
-
-def context(cfg: RunConfig, pid: int) -> Context:
-    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-                   state=RecordDict(), run_config=cfg.to_flwr())
 
 
 def recorded_run(root: Path, cfg: RunConfig, pid: int, rounds=(1,)) -> Path:

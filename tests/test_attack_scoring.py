@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from client_messages import context
 
 from attacks import ATTACKS
 from attacks.base import Attack, Reconstruction
@@ -34,11 +35,6 @@ pytestmark = pytest.mark.usefixtures("task_identity", "one_thread")
 FEDSGD = RunConfig(model="cnn", dataset="digits", num_clients=4, clients_per_round=4, partition="iid",
                   mode="fedsgd", batch_size=3)
 PID = 1
-
-
-def context(cfg: RunConfig, pid: int) -> Context:
-    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-                   state=RecordDict(), run_config=cfg.to_flwr())
 
 
 def train_message(cfg: RunConfig, run, rnd: int = 1, mark: bool = True) -> tuple[Message, dict]:

@@ -6,29 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from client_messages import context, instruction
 
 from fedsim.app import client_app
 from fedsim.config import RunConfig
 from fedsim.data.clients import dataset
 from fedsim.models.workspace import fresh_model, workspace
-from fedsim.records.wire import to_array_record, to_state_dict
+from fedsim.records.wire import to_state_dict
 
 pytestmark = pytest.mark.usefixtures('task_identity')
 
 CFG = RunConfig(num_clients=20, partition="iid", local_epochs=1, batch_size=8, model="cnn")
-
-
-def context(cfg: RunConfig, pid: int) -> Context:
-    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-                   state=RecordDict(), run_config=cfg.to_flwr())
-
-
-def instruction(cfg: RunConfig, kind: str, rnd: int = 1, pid: int = 0) -> Message:
-    model = fresh_model(cfg, dataset(cfg, "train"))
-    content = RecordDict({"arrays": to_array_record(model.state_dict()),
-                          "config": ConfigRecord({"server-round": rnd})})
-    return Message(content, dst_node_id=100 + pid, message_type=kind)
 
 
 def test_query_declares_partition_and_histogram() -> None:

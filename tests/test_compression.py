@@ -145,7 +145,6 @@ def test_downlink_client_out_of_sync_fails_cleanly_and_gets_the_dense_model_next
     strategy = build_strategy(cfg, CLIENTS, log)
     ctx = {n: Context(1, n, {"partition-id": c.partition_id}, RecordDict(), cfg.to_flwr()) for n, c in CLIENTS.items()}
     arrays = ArrayRecord({k: Array(v) for k, v in W0.items()})
-    from flwr.clientapp.typing import ClientAppCallable  # noqa: F401  (signature documentation)
     for rnd in (1, 2):
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), FakeGrid()))
         if rnd == 2:

@@ -10,14 +10,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
+from client_messages import context, instruction
 
 from fedsim.app import client_app
 from fedsim.app.fault_mod import MIXED, ClientOutOfMemory, InjectedClientFailure, fault_mod
 from fedsim.config import RunConfig
-from fedsim.data.clients import dataset
-from fedsim.models.workspace import fresh_model
-from fedsim.records.wire import to_array_record
 from fedsim.rng import derive
 from strategies.fedavg import reply_problem
 
@@ -26,24 +24,12 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 CFG = RunConfig(num_clients=20, partition="iid", local_epochs=1, batch_size=8, model="cnn", client_failure_rate=0.5)
 
 
-def context(cfg: RunConfig, pid: int) -> Context:
-    return Context(run_id=1, node_id=100 + pid, node_config={"partition-id": pid, "num-partitions": cfg.num_clients},
-                   state=RecordDict(), run_config=cfg.to_flwr())
-
-
-def instruction(cfg: RunConfig, pid: int, rnd: int = 1) -> Message:
-    model = fresh_model(cfg, dataset(cfg, "train"))
-    content = RecordDict({"arrays": to_array_record(model.state_dict()),
-                          "config": ConfigRecord({"server-round": rnd})})
-    return Message(content, dst_node_id=100 + pid, message_type=MessageType.TRAIN)
-
-
 def failing(cfg: RunConfig, rnd: int = 1) -> list[int]:
     return [p for p in range(cfg.num_clients) if derive(cfg.seed, "fault", rnd, p).random() < cfg.client_failure_rate]
 
 
 def train(cfg: RunConfig, pid: int) -> Message:
-    return fault_mod(instruction(cfg, pid), context(cfg, pid), client_app.train)
+    return fault_mod(instruction(cfg, MessageType.TRAIN, pid=pid), context(cfg, pid), client_app.train)
 
 
 def test_who_fails_is_drawn_from_the_seed():
@@ -52,7 +38,7 @@ def test_who_fails_is_drawn_from_the_seed():
     with pytest.raises(InjectedClientFailure, match=f"client {fails[0]} in round 1"):
         train(CFG, fails[0])
     ok = next(p for p in range(CFG.num_clients) if p not in fails)
-    msg = instruction(CFG, ok)
+    msg = instruction(CFG, MessageType.TRAIN, pid=ok)
     assert reply_problem(train(CFG, ok), msg.content["arrays"]) is None
 
 
@@ -60,7 +46,7 @@ def test_who_fails_is_drawn_from_the_seed():
 def test_garbage_replies_are_rejected_by_the_server(kind, why):
     cfg = CFG.replace(fault_kind=kind)
     pid = failing(cfg)[0]
-    msg = instruction(cfg, pid)
+    msg = instruction(cfg, MessageType.TRAIN, pid=pid)
     reply = fault_mod(msg, context(cfg, pid), client_app.train)
     problem = reply_problem(reply, msg.content["arrays"])
     assert problem is not None and why in problem

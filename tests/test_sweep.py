@@ -62,3 +62,56 @@ def test_only_a_checkpointed_run_of_the_same_config_is_resumed(tmp_path):
     assert not sweep._resumable(base, {"seed": 3}, folder)  # the script now wants another run
     (folder / "config.toml").write_text((folder / "config.toml").read_text().replace("rounds = 4", "rounds = 5"))
     assert not sweep._resumable(base, {"seed": 2}, folder)
+
+
+def test_a_cell_may_grow_its_rounds_when_resumed(tmp_path):
+    base, folder = _cell(tmp_path, seed=2)
+    Checkpoints(folder).save(2, {"round": 2})
+    assert sweep._resumable(base, {"seed": 2}, folder) == 4
+    assert sweep._resumable(base, {"seed": 2, "rounds": 6}, folder) == 6  # resumed with --set rounds=6
+    assert sweep._resumable(base, {"seed": 2, "rounds": 3}, folder) == 0  # rounds only grow
+
+
+def test_an_interrupted_unlearn_cell_is_handed_to_fedsim_unlearn_and_started_again_if_refused(tmp_path, monkeypatch):
+    answers, calls = [], []  # what each `fedsim unlearn` call answers; (did the folder still hold "keep")
+
+    def call(cmd):
+        calls.append((folder / "keep").exists())
+        return answers.pop(0)
+
+    monkeypatch.setattr(sweep, "_call", call)
+    _, folder = _cell(tmp_path, seed=2)
+    (folder / "keep").write_text("x")
+    answers[:] = [""]  # no checkpoint: a fresh start, the folder removed first
+    assert sweep.fedsim_unlearn(tmp_path / "orig", "salun", ["--class", "1"], {}, folder) == ""
+    assert calls == [False]
+
+    for answers[:], want in ((["", ""], [True]), (["refused", ""], [True, False])):
+        folder.mkdir(exist_ok=True)  # an interrupted run with a checkpoint
+        write_toml(RunConfig(rounds=4, out_dir=str(folder)), folder / "config.toml")
+        Checkpoints(folder).save(1, {"round": 1})
+        (folder / "keep").write_text("x")
+        calls.clear()
+        assert sweep.fedsim_unlearn(tmp_path / "orig", "salun", ["--class", "1"], {}, folder) == ""
+        assert calls == want  # handed over as it is; refused: removed and run from scratch
+
+
+def test_fedsim_unlearn_continues_only_its_own_run(tmp_path):
+    from fedsim.cli.unlearn import continued
+    from fedsim.config import ConfigError
+    from fedsim.records.run_folder import RunFolder
+
+    cfg = RunConfig(rounds=4, unlearn_method="salun", forget_class=1, out_dir=str(tmp_path))
+    assert continued(tmp_path, cfg, warn=print) == (cfg, True)  # a fresh folder
+    write_toml(cfg, tmp_path / "config.toml")
+    RunFolder(tmp_path).start_metrics(["x"])
+    Checkpoints(tmp_path).save(2, {"round": 2})
+    again, left = continued(tmp_path, cfg, warn=print)
+    assert left and again.resume
+    try:
+        continued(tmp_path, cfg.replace(unlearn_lr=0.1), warn=print)
+        raise AssertionError("another run's folder was continued")
+    except ConfigError as err:
+        assert "unlearn-lr" in str(err) and "\n" not in str(err)
+    RunFolder(tmp_path).status("done", round=4)
+    assert continued(tmp_path, cfg, warn=print)[1] is False  # finished: scored only

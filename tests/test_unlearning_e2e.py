@@ -1,16 +1,24 @@
 """``fedsim unlearn`` end to end: a small run through Flower's simulation engine, then
 SalUn on a class request, the two controls (fine-tune, continue) on it and FedEraser on
 a client request, each a real run plus its report, and a replay of the run's ledger
-with nothing forgotten, which must reproduce the run exactly. Slow (about 5 minutes)."""
+with nothing forgotten, which must reproduce the run exactly. SalUn is also killed with
+SIGKILL after its third round and continued (``fedsim run --resume``, then the same
+``fedsim unlearn`` again, which only scores): it must end where the uninterrupted run
+ended, bit for bit. Slow (about 7 minutes)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from processes import kill_after_round, rounds_written
 from safetensors.torch import load_file
 
 from fedsim.cli.main import main
@@ -31,21 +39,54 @@ def trained(tmp_path_factory):
     return out
 
 
-def test_salun_on_a_class_request_runs_its_phases_and_reports(trained, tmp_path):
-    out = tmp_path / "salun"
-    code = main(["unlearn", "--run", str(trained), "--class", "3", "--method", "salun", "--samples", "40",
-                 "--set", "unlearn-rounds=2", "--out", str(out)])
-    assert code == 0
-    metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["phase"].tolist() == ["saliency", "salun", "salun"]
+def salun_args(trained: Path, out: Path) -> list[str]:
+    return ["unlearn", "--run", str(trained), "--class", "3", "--method", "salun", "--samples", "40",
+            "--set", "unlearn-rounds=5", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def salun(trained):
+    out = trained.parent / "salun"
+    assert main(salun_args(trained, out)) == 0
+    return out
+
+
+def test_salun_on_a_class_request_runs_its_phases_and_reports(salun):
+    metrics = pd.read_csv(salun / "metrics.csv")
+    assert metrics["phase"].tolist() == ["saliency"] + ["salun"] * 5
     assert metrics["bytes_down_total"].iloc[-1] > 0
-    report = pd.read_csv(out / "unlearning" / "report.csv")
+    report = pd.read_csv(salun / "unlearning" / "report.csv")
     assert report["model"].tolist() == ["original", "salun"]
-    assert report.loc[0, "rounds"] == 4 and report.loc[1, "rounds"] == 3
+    assert report.loc[0, "rounds"] == 4 and report.loc[1, "rounds"] == 6
     assert report["unrecognised"].between(0, 1).all() and report["mia_auc"].between(0, 1).all()
     assert (report["forget_rate"].isna() | report["forget_rate"].between(0, 1)).all()  # NaN: none recognised
-    assert "Membership attack on the original model" in (out / "unlearning" / "report.md").read_text()
-    assert (out / "unlearning" / "grids.png").is_file()
+    assert "Membership attack on the original model" in (salun / "unlearning" / "report.md").read_text()
+    assert (salun / "unlearning" / "grids.png").is_file()
+
+
+def test_salun_killed_after_round_3_continues_to_the_uninterrupted_result(trained, salun, tmp_path):
+    fedsim = str(Path(sys.executable).parent / "fedsim")
+    cut = tmp_path / "cut"
+    kill_after_round([fedsim, *salun_args(trained, cut)], cut, 3, dict(os.environ))
+    assert 3 <= rounds_written(cut) < 6 and not (cut / "unlearning" / "report.csv").exists()
+    res = subprocess.run([fedsim, "run", "--resume", str(cut)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    timing = ["wall_s", "eval_s"]
+    pd.testing.assert_frame_equal(pd.read_csv(cut / "metrics.csv").drop(columns=timing),
+                                  pd.read_csv(salun / "metrics.csv").drop(columns=timing))
+    names = sorted(p.name for p in (salun / "model").glob("*.safetensors"))
+    assert names and [(cut / "model" / n).read_bytes() == (salun / "model" / n).read_bytes() for n in names] == \
+        [True] * len(names)
+
+    # the same `fedsim unlearn` again: the run is there, so it only scores it
+    res = subprocess.run([fedsim, *salun_args(trained, cut)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "scoring only" in " ".join(res.stdout.split()), res.stderr[-2000:]
+    scores = ["forget_rate", "unrecognised", "mia_auc"]
+    got, want = (pd.read_csv(d / "unlearning" / "report.csv") for d in (cut, salun))
+    pd.testing.assert_frame_equal(got[["model", *scores]], want[["model", *scores]])
+    other = subprocess.run([fedsim, *salun_args(trained, cut)[:-2], "--set", "unlearn-lr=0.1", "--out", str(cut)],
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "unlearn-lr" in other.stderr and "Traceback" not in other.stderr
 
 
 @pytest.mark.parametrize("method", ["fine-tune", "continue"])

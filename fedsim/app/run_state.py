@@ -51,7 +51,7 @@ class RunState:
         ema = self.evaluator.ema
         self.checkpoints.save(rnd, {
             "round": rnd,
-            "arrays": {k: v.copy() for k, v in to_numpy_dict(arrays).items()},
+            "arrays": to_numpy_dict(arrays),  # views: save() pickles them at once
             "strategy": state_of(self.strategy),
             "ema": None if ema is None else _to_cpu(ema.state_dict()),
             "recorder": {"initial": self.recorder.initial, "last": self.recorder.last},

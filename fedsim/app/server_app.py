@@ -75,15 +75,16 @@ class RoundRecorder:
         scores["eval_s"] = time.perf_counter() - t_eval
         if rnd == 0:
             self.initial = scores
+            self.t_round = time.perf_counter()
         else:
             row = {"round": rnd, **self.log.get(rnd), **scores,
                    "wall_s": time.perf_counter() - self.t_round}
             self.folder.append_row(row)
+            self.t_round = time.perf_counter()  # the checkpoint below counts in the next round's wall_s
             self.last = row
             if self.state is not None and self.state.due(rnd):
                 self.state.save(rnd, arrays)
             self.folder.status("running", round=rnd, rounds=self.rounds, last=row)
-        self.t_round = time.perf_counter()
         return MetricRecord({k: v for k, v in scores.items() if isinstance(v, float)})
 
 

@@ -65,7 +65,8 @@ def _saved_rounds(folder: Path) -> list[int]:
 
 
 def _state(context: Context) -> dict:
-    return {"arrays": {k: {n: a.copy() for n, a in to_numpy_dict(r).items()}
+    """The context's records as plain dicts of views (pickled at once, so nothing is copied first)."""
+    return {"arrays": {k: to_numpy_dict(r)
                        for k, r in context.state.array_records.items()},
             "configs": {k: dict(r) for k, r in context.state.config_records.items() if k != RESTORED}}
 

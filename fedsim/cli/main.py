@@ -23,7 +23,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-
 from fedsim.cli.launch import LaunchError, LocalFederation, app_pyproject
 from fedsim.config import ConfigError, RunConfig, resolve, to_toml, write_toml
 from fedsim.records.run_folder import RunFolder
@@ -134,10 +133,10 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def check_out(out: Path) -> None:
+def check_out(out: Path, held_ok: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
-    if (out / "metrics.csv").exists():
+    if (out / "metrics.csv").exists() and not held_ok:
         raise ConfigError(f"{out} already holds a run (metrics.csv); choose another --out")
 
 
@@ -238,17 +237,20 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     run_dir = Path(args.run).resolve()
     what = f"client {args.client}" if args.client is not None else f"class {args.klass}"
     out = Path(args.out or Path("runs") / f"unlearn-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    check_out(out)
+    check_out(out, held_ok=True)  # a folder holding this very run continues it
     retrain = driver.check_retrain(args.retrain)
     try:
         request = driver.request_keys(driver.original_config(run_dir), args.client, args.klass)
         cfg = driver.unlearn_config(run_dir, args.method, request, args.set, out)
+        cfg, left = driver.continued(out, cfg, warn=lambda line: console.print(line, style="yellow"))
     except (DataError, ModelError, PartitionError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(str(err)) from None
-    console.print(f"fedsim unlearn: {args.method}, forget {what} of {run_dir}")
-    execute(cfg, console)
+    done = "" if left else f" (its {cfg.rounds} rounds are in {out}: scoring only)"
+    console.print(f"fedsim unlearn: {args.method}, forget {what} of {run_dir}{done}")
+    if left:
+        execute(cfg, console)
     target = driver.report(run_dir, out, args.method, retrain, args.samples, console)
     console.print(f"report: {target / 'report.md'} (table), {target / 'grids.png'} (samples before/after)")
     return 0

@@ -1,9 +1,10 @@
 """Many `fedsim run`s (and `fedsim unlearn`s) from an experiment script: one subprocess each, resumable.
 
-A run whose folder says ``done`` (status.json) is kept. A `fedsim run` left by an
-interrupted attempt continues from its last checkpoint (``fedsim run --resume``) when
-its config.toml is the one this script would write; otherwise (another config, no
-checkpoint, an unlearning run) its folder is removed and it starts again. Each run is a
+A run whose folder says ``done`` (status.json) is kept. A run left by an interrupted
+attempt continues from its last checkpoint when its config.toml is the one this script
+would write (``fedsim run --resume``; ``fedsim unlearn`` continues its own folder, then
+writes its report); otherwise (another config, no checkpoint) its folder is removed and
+it starts again. Each run is a
 real ``fedsim`` subprocess (its own SuperLink and Ray), so a failing one cannot take the
 script down with it, and each gets SIGTERM when the script dies, however it dies (a
 parent-death signal), so a killed script leaves no run behind.
@@ -21,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import ConfigError, read_toml, resolve
+from fedsim.cli.resume import continue_config
+from fedsim.config import ConfigError, resolve
 from fedsim.records.checkpoint import Checkpoints
 
 
@@ -55,42 +57,51 @@ def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
     folder = Path(folder)
     if is_done(folder):
         return ""
-    if _resumable(config, overrides, folder):
-        error = _call([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(folder)])
+    rounds = _resumable(config, overrides, folder)
+    if rounds:
+        error = _call([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(folder), "--set",
+                       f"rounds={rounds}"])
         if not error:
             return ""
         print(f"could not resume {folder} ({error}); starting it again", file=sys.stderr)
     return _fedsim(["run", str(config)], overrides, folder)
 
 
-def _resumable(config: Path, overrides: dict[str, Any], folder: Path) -> bool:
-    """Whether the folder holds a checkpoint of exactly this run."""
+def _resumable(config: Path, overrides: dict[str, Any], folder: Path) -> int:
+    """The rounds to run when the folder holds a checkpoint of exactly this run, else 0."""
     if not (folder / "config.toml").is_file() or not Checkpoints(folder).rounds():
-        return False
+        return 0
     try:
-        wanted = resolve(config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]).to_flwr()
-        held = read_toml(folder / "config.toml")
+        wanted = resolve(config, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+        cfg, left = continue_config(folder, wanted, warn=lambda line: None)
     except (ConfigError, OSError, ValueError):
-        return False
-    wanted.pop("out-dir"), held.pop("out-dir", None)
-    return wanted == held
+        return 0
+    return cfg.rounds if left else 0
 
 
 def fedsim_unlearn(run_dir: Path, method: str, request: list[str], overrides: dict[str, Any], folder: Path,
                    retrain: Path | None = None, samples: int = 500) -> str:
     """One `fedsim unlearn --run RUN_DIR REQUEST --method M --set k=v ... --out FOLDER`;
-    '' on success (or already done: the folder holds its report), else its last line."""
+    '' on success (or already done: the folder holds its report), else its last line. A
+    folder with a checkpoint is handed to `fedsim unlearn`, which continues it if it is this
+    run (else it is removed and the run starts again)."""
     folder = Path(folder)
     if unlearn_done(folder):
         return ""
     args = ["unlearn", "--run", str(run_dir), *request, "--method", method, "--samples", str(samples)]
-    return _fedsim(args + (["--retrain", str(retrain)] if retrain is not None else []), overrides, folder)
+    args += ["--retrain", str(retrain)] if retrain is not None else []
+    if (folder / "config.toml").is_file() and Checkpoints(folder).rounds():
+        error = _fedsim(args, overrides, folder, fresh=False)
+        if not error:
+            return ""
+        print(f"could not continue {folder} ({error}); starting it again", file=sys.stderr)
+    return _fedsim(args, overrides, folder)
 
 
-def _fedsim(args: list[str], overrides: dict[str, Any], folder: Path) -> str:
+def _fedsim(args: list[str], overrides: dict[str, Any], folder: Path, fresh: bool = True) -> str:
     """`fedsim ARGS --set k=v ... --out FOLDER` in a subprocess, into a fresh folder (an
-    interrupted earlier attempt is removed); '' or the last line it printed."""
-    if folder.exists():
+    interrupted earlier attempt is removed) unless not ``fresh``; '' or the last line it printed."""
+    if fresh and folder.exists():
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fedsim.cli", *args, "--out", str(folder)]

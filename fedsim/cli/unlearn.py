@@ -70,7 +70,7 @@ def request_keys(original: RunConfig, client: int | None, klass: int | None) -> 
 def unlearn_config(run_dir: Path, method: str, request: dict[str, Any], overrides: list[str],
                    out: Path) -> RunConfig:
     """The run config of method ``method`` (``out``: the unlearning run folder, where
-    FedEraser's start model is written)."""
+    FedEraser's start model is written unless ``out`` already holds a run)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
     original = original_config(run_dir)
@@ -117,10 +117,22 @@ def _federaser(cfg: RunConfig, run_dir: Path, out: Path, user: dict[str, Any]) -
     model = fresh_model(original.replace(pretrained=str(run_dir / "model")), dataset(original, "train"))
     model.load_state_dict(start_model(ledger, forgotten, client_level=bool(forgotten)))
     start = out / "unlearning" / "start_model"
-    save_model(model, start)
+    if not (out / "metrics.csv").exists():  # else continued() decides: this run's own start model, or refused
+        save_model(model, start)
     epochs = max(1, round(cfg.federaser_ratio * original.local_epochs))
     changes = {"pretrained": str(start), "rounds": len(rounds), "local_epochs": epochs}
     return cfg.replace(**{k: v for k, v in changes.items() if k.replace("_", "-") not in user})
+
+
+def continued(out: Path, cfg: RunConfig, warn) -> tuple[RunConfig, bool]:
+    """(config to run into ``out``, whether any round is left). A fresh folder runs ``cfg``; one
+    that holds this same run continues it from its last checkpoint (or, finished, is only
+    scored again); one holding another run is refused (fedsim/cli/resume.py)."""
+    if not (out / "metrics.csv").exists():
+        return cfg, True
+    from fedsim.cli.resume import continue_config
+
+    return continue_config(out, cfg, warn, flag=f"--out {out} holds a run")
 
 
 def report(run_dir: Path, out: Path, method: str, retrain: Path | None, num_samples: int,

@@ -20,7 +20,6 @@ Flower has no checkpointing of a server's state.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -39,16 +38,18 @@ class CheckpointError(RuntimeError):
 
 def state_of(obj: Any) -> dict[str, Any]:
     """{name: value} of the attributes ``obj``'s classes list in ``checkpointed``
-    (walked into values that declare their own), deep-copied."""
+    (walked into values that declare their own). The values themselves, not copies:
+    pickle them before ``obj`` changes again, as :meth:`Checkpoints.save` does."""
     out = {}
     for name in _names(obj):
         value = getattr(obj, name)
-        out[name] = {"__state__": state_of(value)} if _declares(value) else copy.deepcopy(value)
+        out[name] = {"__state__": state_of(value)} if _declares(value) else value
     return out
 
 
 def load_state(obj: Any, state: dict[str, Any]) -> None:
-    """Inverse of :func:`state_of` on an object built the same way."""
+    """Inverse of :func:`state_of` on an object built the same way; ``obj`` takes over the values
+    (a checkpoint's payload, unpickled for it alone)."""
     names = set(_names(obj))
     if set(state) != names:
         raise CheckpointError(f"checkpoint holds {sorted(state)} for {type(obj).__name__}, "
@@ -57,7 +58,7 @@ def load_state(obj: Any, state: dict[str, Any]) -> None:
         if isinstance(value, dict) and set(value) == {"__state__"}:
             load_state(getattr(obj, name), value["__state__"])
         else:
-            setattr(obj, name, copy.deepcopy(value))
+            setattr(obj, name, value)
 
 
 def _declares(obj: Any) -> bool:
@@ -76,7 +77,7 @@ def _names(obj: Any) -> list[str]:
 @dataclass
 class Checkpoint:
     round: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None  # None when loaded without unpickling
     path: Path
 
 
@@ -113,7 +114,9 @@ class Checkpoints:
             self.path(old).unlink(missing_ok=True)
         return final
 
-    def load(self, server_round: int) -> Checkpoint:
+    def load(self, server_round: int, unpickle: bool = True) -> Checkpoint:
+        """The checkpoint of ``server_round``, checksum checked; without ``unpickle`` its payload
+        is None (a check that it would load, without building its objects)."""
         path = self.path(server_round)
         try:
             raw = path.read_bytes()
@@ -125,14 +128,14 @@ class Checkpoints:
             raise CheckpointError(f"{path.name} is not a {FORMAT} file")
         if len(body) != header.get("bytes") or hashlib.sha256(body).hexdigest() != header.get("sha256"):
             raise CheckpointError(f"{path.name} is corrupt (size or checksum does not match)")
-        return Checkpoint(int(header["round"]), pickle.loads(body), path)
+        return Checkpoint(int(header["round"]), pickle.loads(body) if unpickle else None, path)
 
-    def latest(self, warn=print) -> Checkpoint:
+    def latest(self, warn=print, unpickle: bool = True) -> Checkpoint:
         """The newest checkpoint that passes its checksum; ``warn`` gets one line per one skipped."""
         problems = []
         for rnd in self.rounds():
             try:
-                return self.load(rnd)
+                return self.load(rnd, unpickle)
             except CheckpointError as err:
                 problems.append(str(err))
                 warn(f"fedsim: checkpoint {err}; using the one before it")

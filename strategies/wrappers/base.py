@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+
+def add_record(message: Message, key: str, record: ConfigRecord) -> None:
+    """Add ``record`` under ``key`` to this message alone: a broadcast's messages share one
+    RecordDict, so the message gets a copy with the record added."""
+    content = RecordDict(dict(message.content))
+    content[key] = record
+    message.content = content
 
 
 class StrategyWrapper(Strategy):

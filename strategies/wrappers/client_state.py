@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.wrappers.base import StrategyWrapper
+from strategies.wrappers.base import StrategyWrapper, add_record
 
 RECORD = "client-state"
 
@@ -38,7 +38,5 @@ class KeepClientState(StrategyWrapper):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         mark = ConfigRecord({"dir": str(self.root), "keep-from": int(self.keep_from())})
         for m in messages:
-            content = RecordDict(dict(m.content))  # a broadcast shares one RecordDict: add to a copy
-            content[RECORD] = mark
-            m.content = content
+            add_record(m, RECORD, mark)
         return messages

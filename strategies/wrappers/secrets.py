@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.records.secrets import RECORD
 from strategies.client_registry import ClientInfo
-from strategies.wrappers.base import StrategyWrapper
+from strategies.wrappers.base import StrategyWrapper, add_record
 
 
 class AskSecrets(StrategyWrapper):
@@ -42,7 +42,5 @@ class AskSecrets(StrategyWrapper):
             info = self.registry.get(m.metadata.dst_node_id)
             if info is None or (self.partitions is not None and info.partition_id not in self.partitions):
                 continue
-            content = RecordDict(dict(m.content))  # a broadcast shares one RecordDict: add to a copy
-            content[RECORD] = ConfigRecord({"dir": str(self.root)})
-            m.content = content
+            add_record(m, RECORD, ConfigRecord({"dir": str(self.root)}))
         return messages
