@@ -56,6 +56,7 @@ class AttackRunConfig:
     trials: int = 1
     seed: int = 0
     prior_epochs: int = 60  # GIDM prior training when no prior path is given
+    lpips_backbone: str = ""  # torchvision's AlexNet checkpoint (alexnet-owt-7be5be79.pth): LPIPS; "": n/a
     threat: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +124,9 @@ def load_attack_config(mapping: dict[str, Any]) -> AttackRunConfig:
         raise ConfigError("'victim-epochs' must be >= 0 (0: the victim at initialisation)")
     if not (cfg.dp_epsilon > 0 and 0 < cfg.dp_delta < 1 and cfg.dp_clip > 0):
         raise ConfigError("dp-epsilon and dp-clip must be > 0 and dp-delta in (0, 1)")
+    if cfg.lpips_backbone and not Path(cfg.lpips_backbone).expanduser().is_file():
+        raise ConfigError(f"lpips-backbone {cfg.lpips_backbone}: no such file (torchvision's AlexNet checkpoint, "
+                          "alexnet-owt-7be5be79.pth)")
     cfg.threat_model()
     try:
         cfg.codec()

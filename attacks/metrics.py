@@ -6,7 +6,8 @@ true images and labels (STYLE rule 6); attacks return a reconstruction, `score` 
 with the truth. Conventions follow docs "Metrics conventions" (shared/papers/attacks.md): per
 image, on denormalised images clamped to [0, 1], after a Hungarian match, then mean and SD
 over the images.
-LPIPS needs local backbone weights, which this project does not ship, so it is "n/a" (None).
+LPIPS (attacks/lpips.py) needs a local AlexNet checkpoint (config key ``lpips-backbone``); without
+one it is "n/a" (None).
 """
 
 from collections.abc import Sequence
@@ -93,13 +94,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def lpips_available() -> bool:
-    """LPIPS (Zhang et al. 2018) needs pretrained backbone weights (AlexNet for lpips v0.1). None are
-    provided locally and downloads are not allowed, so LPIPS is reported as "n/a" (None).
-    Importing `lpips` or torchvision's pretrained models could fetch weights, so we never do."""
-    return False
-
-
 def label_accuracy(pred: Sequence[int] | torch.Tensor, true: Sequence[int] | torch.Tensor) -> float:
     """Permutation-invariant label accuracy (breaching): 1 - 0.5 * ||bincount(pred) - bincount(true)||_1 / B.
 
@@ -135,11 +129,11 @@ def match(recon: torch.Tensor, truth: torch.Tensor, cost: str = "mse") -> torch.
     """Hungarian assignment of a batch: perm minimising sum_i cost(recon[perm[i]], truth[i]).
 
     A batch is recovered as an unordered set, so each true image i is paired with the
-    reconstruction perm[i] before scoring (`assign` on equally many images). Only cost="mse";
-    LPIPS is unavailable. recon, truth: (B, C, H, W) on one scale; returns (B,) int64 indices,
+    reconstruction perm[i] before scoring (`assign` on equally many images). Only cost="mse".
+    recon, truth: (B, C, H, W) on one scale; returns (B,) int64 indices,
     [0] for B = 1."""
     if cost != "mse":
-        raise ValueError(f"unknown matching cost {cost!r}; known: 'mse' (LPIPS is n/a here)")
+        raise ValueError(f"unknown matching cost {cost!r}; known: 'mse'")
     recon, truth = _check_pair(recon, truth)
     return assign(recon, truth)[1]
 
@@ -163,6 +157,7 @@ def score(
     true_labels: Sequence[int] | torch.Tensor | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
     matched: bool = False,
+    lpips_net: torch.nn.Module | None = None,
 ) -> dict:
     """Score a reconstructed batch against the truth.
 
@@ -170,16 +165,21 @@ def score(
     2. match: recon[perm[i]] pairs with truth[i] (Hungarian on MSE); skipped when
        ``matched`` (the caller paired them already, recon[i] with truth[i]: attacks/scoring.py
        does, to apply one assignment to every per-sample metric);
-    3. per image MSE, PSNR, SSIM; mean and SD (ddof=0) over the B images.
+    3. per image MSE, PSNR, SSIM, and LPIPS with ``lpips_net`` (attacks/lpips.py ``load_lpips``;
+       else None: "n/a"); mean and SD (ddof=0) over the B images.
     Labels are compared as multisets (`label_accuracy`), so they are not reordered; label_acc
     is None unless both label lists are given. per_image lists follow the order of `truth`.
 
-    Returns {"psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips": None,
-    "per_image": {"psnr": [...], "ssim": [...], "mse": [...]}} with Python floats."""
+    Returns {"psnr", "psnr_sd", "ssim", "ssim_sd", "mse", "label_acc", "lpips",
+    "per_image": {"psnr": [...], "ssim": [...], "mse": [...](, "lpips": [...])}} with Python floats."""
     r, t = to_unit(recon, value_range), to_unit(truth, value_range)
     if not matched:
         r = r[match(r, t)]
     per = {"psnr": psnr(r, t), "ssim": ssim(r, t), "mse": mse(r, t)}
+    if lpips_net is not None:
+        from attacks.lpips import lpips
+
+        per["lpips"] = lpips(lpips_net, r, t)
     psnr_m, psnr_sd = _mean_sd(per["psnr"])
     ssim_m, ssim_sd = _mean_sd(per["ssim"])
     label_acc = None
@@ -192,6 +192,6 @@ def score(
         "ssim_sd": ssim_sd,
         "mse": float(per["mse"].mean()),
         "label_acc": label_acc,
-        "lpips": None,  # n/a: no local LPIPS weights (see lpips_available)
+        "lpips": float(per["lpips"].mean()) if "lpips" in per else None,  # None: n/a (no backbone file)
         "per_image": {k: [float(x) for x in v] for k, v in per.items()},
     }

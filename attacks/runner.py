@@ -34,6 +34,7 @@ from attacks.base import AttackError
 from attacks.baselines import BASELINES, baseline_images
 from attacks.config import AttackRunConfig
 from attacks.defenses import compressed, dp_accounting, local_dp
+from attacks.lpips import load_lpips
 from attacks.metrics import to_unit
 from attacks.prior import prior_path
 from attacks.scoring import score_against
@@ -106,6 +107,7 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
     elif needs_prior and not attack.cfg.prior:
         options["prior"] = threat.prior
     attack = build_attack(cfg.attack, **options)
+    lpips_net = load_lpips(cfg.lpips_backbone) if cfg.lpips_backbone else None  # None: LPIPS "n/a"
     rows = []
     trials = 1 if from_run is not None else cfg.trials
     for trial in range(trials):
@@ -118,7 +120,7 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
         rec = attack.reconstruct(t.victim, inputs if len(inputs) > 1 else inputs[0], generator=g)
         cpu_s = time.process_time() - cpu0  # every thread of this process: the speed ratios' measure
         vr = t.victim.value_range
-        s = score_against(rec.images, t.targets, value_range=vr, extras=rec.extras,
+        s = score_against(rec.images, t.targets, value_range=vr, extras=rec.extras, lpips_net=lpips_net,
                           labels=rec.labels if not t.victim.is_diffusion else None)
         obs = observations[0]
         where = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {','.join(map(str, rounds))}"
@@ -136,7 +138,8 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
                                      releases=cfg.dp_releases))
         elif cfg.defense == "dp-sgd":
             row.update(dp_sgd_accounting_of(cfg))
-        trial_rows = [row] + baseline_rows(t, rec.images.shape[0], common, seed=cfg.seed, trial=trial)
+        trial_rows = [row] + baseline_rows(t, rec.images.shape[0], common, seed=cfg.seed, trial=trial,
+                                           lpips_net=lpips_net)
         for r in trial_rows:
             rows.append(r)
             _append(out / results_name, r)
@@ -178,13 +181,14 @@ def attack_input(obs, threat: ThreatModel, granted, *, recorded: bool) -> Attack
     return inp
 
 
-def baseline_rows(t: Trial, n: int, common: dict, *, seed: int, trial: int) -> list[dict]:
+def baseline_rows(t: Trial, n: int, common: dict, *, seed: int, trial: int,
+                  lpips_net: torch.nn.Module | None = None) -> list[dict]:
     """One row per trivial baseline of ``n`` images, scored as the attack was, on its targets."""
     rows = []
     for kind in BASELINES:
         g = torch.Generator().manual_seed(int(derive(seed, f"baseline-{kind}", trial).integers(2**62)))
         images = baseline_images(kind, n, t.pool, t.victim.value_range, generator=g)
-        s = score_against(images, t.targets, value_range=t.victim.value_range)
+        s = score_against(images, t.targets, value_range=t.victim.value_range, lpips_net=lpips_net)
         rows.append({"attack": f"baseline-{kind}", **common, **{k: s[k] for k in METRICS}, "wall_s": 0.0,
                      "iterations": 0})
     return rows

@@ -54,13 +54,14 @@ def noise_metrics(extras: dict[str, Any], secrets: Secrets, recon_idx: torch.Ten
 
 
 def score_against(images: torch.Tensor, targets: Targets, *, value_range: tuple[float, float],
-                  labels: torch.Tensor | None = None, extras: dict[str, Any] | None = None) -> dict:
+                  labels: torch.Tensor | None = None, extras: dict[str, Any] | None = None,
+                  lpips_net: torch.nn.Module | None = None) -> dict:
     """metrics.score of images (B, C, H, W) against targets after one assignment, plus noise_metrics,
     ``truth`` and ``pairs`` = (truth_idx, recon_idx). Label accuracy needs both recovered
     ``labels`` (B,) and the targets' labels; it compares multisets, so the pairing does not move it."""
     truth_idx, recon_idx = assign(to_unit(images, value_range), to_unit(targets.images, value_range))
     true_labels = targets.secrets.labels
-    s = score(images[recon_idx], targets.images[truth_idx], value_range=value_range, matched=True,
+    s = score(images[recon_idx], targets.images[truth_idx], value_range=value_range, matched=True, lpips_net=lpips_net,
               recon_labels=labels.cpu()[recon_idx] if labels is not None and true_labels is not None else None,
               true_labels=true_labels[truth_idx] if labels is not None and true_labels is not None else None)
     s.update(noise_metrics(extras or {}, targets.secrets, recon_idx, truth_idx))

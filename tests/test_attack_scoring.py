@@ -71,9 +71,10 @@ class Replay(Attack):
         return Reconstruction(images=self.images.clone())
 
 
-def replay(monkeypatch, tmp_path, run, images: torch.Tensor, name: str) -> list[dict]:
+def replay(monkeypatch, tmp_path, run, images: torch.Tensor, name: str, **config) -> list[dict]:
     monkeypatch.setitem(ATTACKS, "replay", lambda **_: Replay(images))
-    return run_attack(load_attack_config({"attack": "replay"}), tmp_path / name, from_run=run, client=PID)
+    cfg = load_attack_config({"attack": "replay", **{k.replace("_", "-"): v for k, v in config.items()}})
+    return run_attack(cfg, tmp_path / name, from_run=run, client=PID)
 
 
 def test_fedsgd_secrets_are_the_batch_the_gradient_came_from(tmp_path):
