@@ -38,6 +38,7 @@ class AttackRunConfig:
     victim_epochs: int = 0  # > 0: the victim is trained that many epochs on the train split first (cached)
     dataset: str = "photos"
     dataset_path: str = ""
+    image_size: int = 0  # mnist5k / folder: the side (0: the dataset's default, mnist5k 16; 28: MNIST's own)
     timesteps: int = 16  # diffusion victims
     beta_schedule: str = "squaredcos_cap_v2"
     t_mode: str = "shared"  # shared | per-sample (diffusion client noise)

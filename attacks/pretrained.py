@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,9 +27,9 @@ VICTIM_VERSION = 1
 
 
 def train_on_split(net: nn.Module, task: Task, dataset: str, epochs: int, seed: int, *,
-                   dataset_path: str | None = None, progress=None) -> nn.Module:
+                   dataset_path: str | None = None, image_size: int = 0, progress=None) -> nn.Module:
     """``epochs`` passes of Adam over the train split, shuffled by a generator from ``seed``."""
-    data = load_dataset(dataset, "train", dataset_path)
+    data = load_dataset(dataset, "train", dataset_path, image_size)
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(data.labels.copy())
     for epoch in range(epochs):
@@ -41,15 +40,16 @@ def train_on_split(net: nn.Module, task: Task, dataset: str, epochs: int, seed: 
 
 
 def trained_state(net: nn.Module, task: Task, key: list, epochs: int, seed: int, *, dataset: str,
-                  dataset_path: str | None = None, progress=None) -> dict[str, torch.Tensor]:
+                  dataset_path: str | None = None, image_size: int = 0, progress=None) -> dict[str, torch.Tensor]:
     """The state dict of ``net`` after ``train_on_split``, from the cache when ``key`` (the
     architecture, init and task as the caller names them) was trained before."""
-    full = [*key, dataset, dataset_path or "", epochs, seed, VICTIM_VERSION]
+    full = [*key, dataset, dataset_path or "", epochs, seed, VICTIM_VERSION] + ([image_size] if image_size else [])
     digest = hashlib.sha256(json.dumps(full).encode()).hexdigest()[:12]
     path = cache_dir() / f"victim-{dataset}-{key[0]}-{digest}.safetensors"
     if path.is_file():
         return load_file(str(path))
-    train_on_split(net, task, dataset, epochs, seed, dataset_path=dataset_path, progress=progress)
+    train_on_split(net, task, dataset, epochs, seed, dataset_path=dataset_path, image_size=image_size,
+                   progress=progress)
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

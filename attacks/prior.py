@@ -27,21 +27,24 @@ PRIOR_VERSION = 1
 
 
 def prior_path(dataset: str, model: str, timesteps: int, beta_schedule: str, *, epochs: int = 60,
-               seed: int = 0, dataset_path: str | None = None, progress=None) -> Path:
+               seed: int = 0, dataset_path: str | None = None, image_size: int = 0, progress=None) -> Path:
     """Train (or load from the cache) the prior and return its diffusers model directory."""
     key = [dataset, dataset_path or "", model, timesteps, beta_schedule, epochs, seed, PRIOR_VERSION]
+    key += [image_size] if image_size else []  # (keys of default-size priors as before)
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     path = cache_dir() / f"prior-{dataset}-{model}-{digest}"
     if (path / "config.json").is_file():
         return path
-    data = load_dataset(dataset, "train", dataset_path)
+    data = load_dataset(dataset, "train", dataset_path, image_size)
     net = build_model(model, data.shape, data.num_classes, seed=seed)
     task = DiffusionTask(NoiseSchedule(timesteps, beta_schedule))
-    train_on_split(net, task, dataset, epochs, seed, dataset_path=dataset_path, progress=progress)
+    train_on_split(net, task, dataset, epochs, seed, dataset_path=dataset_path, image_size=image_size,
+                   progress=progress)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_model(net, tmp)
     (tmp / "fedsim_prior.json").write_text(json.dumps(dict(zip(
-        ["dataset", "dataset_path", "model", "timesteps", "beta_schedule", "epochs", "seed", "version"], key))))
+        ["dataset", "dataset_path", "model", "timesteps", "beta_schedule", "epochs", "seed", "version", "image_size"],
+        key))))
     if path.exists():  # another process cached it meanwhile: keep theirs
         shutil.rmtree(tmp)
     else:

@@ -98,12 +98,10 @@ def run_attack(cfg: AttackRunConfig, out: Path, *, from_run: Path | None = None,
                           f"an attack that fuses them ({', '.join(fusing_attacks())}); give --round R instead")
     needs_prior = cfg.attack in ("gidm", "gidm_plus") and getattr(attack.cfg, "phases", "pixel") != "pixel"
     if needs_prior and not (attack.cfg.prior or threat.prior):
-        data, model, steps, schedule, path = cfg.dataset, cfg.model, cfg.timesteps, cfg.beta_schedule, cfg.dataset_path
-        if from_run is not None:
-            rc = resolve(from_run / "config.toml", [])
-            data, model, steps, schedule, path = rc.dataset, rc.model, rc.timesteps, rc.beta_schedule, rc.dataset_path
-        options["prior"] = str(prior_path(data, model, steps, schedule, epochs=cfg.prior_epochs, seed=cfg.seed,
-                                          dataset_path=path or None))
+        src = resolve(from_run / "config.toml", []) if from_run is not None else cfg  # the victim's data
+        options["prior"] = str(prior_path(src.dataset, src.model, src.timesteps, src.beta_schedule,
+                                          epochs=cfg.prior_epochs, seed=cfg.seed, dataset_path=src.dataset_path or None,
+                                          image_size=src.image_size))
     elif needs_prior and not attack.cfg.prior:
         options["prior"] = threat.prior
     attack = build_attack(cfg.attack, **options)

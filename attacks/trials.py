@@ -78,7 +78,7 @@ def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
     """One client's exchange on ``batch-size`` test images; with defense "secagg", the SecAgg+
     aggregate of ``secagg-clients`` such clients (each its own images and noise), whose K x B
     images are then the targets (the server cannot tell whose they are)."""
-    data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None)
+    data = load_dataset(cfg.dataset, "test", cfg.dataset_path or None, cfg.image_size)
     k_clients = cfg.secagg_clients if cfg.defense == "secagg" else 1
     if cfg.batch_size * k_clients > len(data):
         raise ConfigError(f"batch-size {cfg.batch_size} x {k_clients} clients > {len(data)} test images of "
@@ -91,7 +91,7 @@ def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
         model = build_victim(cfg.model, data.shape, data.num_classes, seed=TRAINED_SEED, init=cfg.init)
         model.load_state_dict(trained_state(
             model, task, [cfg.model, cfg.init, cfg.timesteps, cfg.beta_schedule], cfg.victim_epochs, TRAINED_SEED,
-            dataset=cfg.dataset, dataset_path=cfg.dataset_path or None))
+            dataset=cfg.dataset, dataset_path=cfg.dataset_path or None, image_size=cfg.image_size))
     else:
         model = build_victim(cfg.model, data.shape, data.num_classes, seed=cfg.seed + trial, init=cfg.init)
     exchanges = []
@@ -105,7 +105,7 @@ def fresh_trial(cfg: AttackRunConfig, trial: int) -> Trial:
                                          dp_sgd=dp_sgd_of(cfg, trial)))
     obs, secrets = exchanges[0] if k_clients == 1 else aggregated(exchanges, seed=int(
         derive(cfg.seed, "secagg", trial).integers(2**31)))
-    pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None).images  # targets are test images
+    pool = load_dataset(cfg.dataset, "train", cfg.dataset_path or None, cfg.image_size).images  # targets are test images
     return Trial(Victim(model, task, data.shape, data.num_classes), [obs], [secrets],
                  Targets(images, secrets, "batch"), pool)
 

@@ -34,23 +34,34 @@ def test_toml_is_a_valid_run_config(path):
     assert isinstance(cfg, RunConfig)
 
 
-def test_attack_benchmark_cells_are_valid_attack_configs():
-    """Every cell of experiments/attacks/benchmark.toml is a valid `fedsim attack` config with known options."""
+def _benchmark():
     import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark", EXPERIMENTS / "attacks" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.parametrize("name, count", [("benchmark.toml", 2 * 5 * 3 * 2 * 5), ("benchmark_compressed.toml", None)])
+def test_attack_benchmark_cells_are_valid_attack_configs(name, count):
+    """Every cell of an attack benchmark config is a valid `fedsim attack` config with known options,
+    and each has its own folder."""
     import tomllib
 
     from attacks import build_attack
     from attacks.config import load_attack_config
 
-    spec = importlib.util.spec_from_file_location("benchmark", EXPERIMENTS / "attacks" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    table = tomllib.loads((EXPERIMENTS / "attacks" / "benchmark.toml").read_text())
-    cells = list(bench.cells(table)) + list(bench.phase_cells(table))
-    assert len(cells) == 6 * 3 * 2 * 2 + 5
-    for _, mapping in cells:
-        cfg = load_attack_config(mapping)
+    bench = _benchmark()
+    table = tomllib.loads((EXPERIMENTS / "attacks" / name).read_text())
+    cells = bench.cells(table)
+    assert count is None or len(cells) == count
+    assert len({c.id for c in cells}) == len(cells)
+    for cell in cells:
+        cfg = load_attack_config(cell.mapping)
         build_attack(cfg.attack, **cfg.options)
+    for _, mapping in bench.phase_cells(table) if "phases" in table else []:
+        build_attack(load_attack_config(mapping).attack, **load_attack_config(mapping).options)
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=_id)
@@ -68,32 +79,46 @@ def test_script_help(path, tmp_path):
     assert list(tmp_path.iterdir()) == []  # --help wrote nothing
 
 
-def test_attack_benchmark_report_carries_the_baselines(tmp_path):
-    """The report's table gives, beside each attack's PSNR, the baselines' PSNR on the same targets
-    (rows baseline-grey / -mean / -random that attacks/runner.py writes after each trial's row)."""
-    import importlib.util
-    import tomllib
+def test_attack_benchmark_report_carries_intervals_and_baselines_and_skips_unfinished_cells(tmp_path):
+    """The report's table gives each attack's PSNR per defense as mean ± 95 % t-interval over the trials and,
+    beside it, the baselines' PSNR on the same targets (rows baseline-grey / -mean / -random that
+    attacks/runner.py writes after each trial's row); a cell short of its trials is not reported."""
+    import tomli_w
 
     from attacks.runner import _append
 
-    spec = importlib.util.spec_from_file_location("benchmark", EXPERIMENTS / "attacks" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    table = tomllib.loads((EXPERIMENTS / "attacks" / "benchmark.toml").read_text())
-    for defense, psnr in (("none", 24.0), ("dp", 20.0)):
-        cell = tmp_path / "cells" / f"ig-b4-s1-{defense}"
-        cell.mkdir(parents=True)
-        common = {"batch_size": 4, "local_steps": 1, "defense": defense, "trial": 0, "source": "fresh",
-                  "truth": "batch", "ssim": 0.5, "wall_s": 1.0}
-        _append(cell / "results.csv", {"attack": "ig", "psnr": psnr, "label_acc": 1.0, **common})
-        for kind, value in (("grey", 7.5), ("mean", 11.25), ("random", 8.5)):
-            _append(cell / "results.csv", {"attack": f"baseline-{kind}", "psnr": value, **common})
-    assert bench.report(tmp_path, table) == 0
-    md = (tmp_path / "benchmark.md").read_text()
-    assert "grey / mean / random image (dB)" in md
-    assert "| ig | it 200 | 4 | 1 | 24.00 | 20.00 | 7.50 / 11.25 / 8.50 | 0.500 | 1.00 |" in md
+    bench = _benchmark()
+    spec = {"batch-sizes": [4], "local-steps": [1], "trials": 2, "seed": 0,
+            "defenses": {"none": {"defense": "none"}, "dp-eps1": {"defense": "dp", "dp-epsilon": 1.0}},
+            "datasets": {"mnist5k": {"classifier": {"dataset": "mnist5k"}}},
+            "classifier": {"model": "convnet"}, "diffusion": {"model": "ddpm-tiny"},
+            "attacks": {"ig": {"options": {"iterations": 200}}, "agic": {"options": {"iterations": 50}}}}
+    config = tmp_path / "spec.toml"
+    config.write_text(tomli_w.dumps(spec))
+    cells = {c.id: c for c in bench.cells(spec)}
+    assert sorted(cells) == ["mnist5k-agic-b4-s1-dp-eps1", "mnist5k-agic-b4-s1-none", "mnist5k-ig-b4-s1-dp-eps1",
+                             "mnist5k-ig-b4-s1-none"]
+    for cell_id, psnrs in (("mnist5k-ig-b4-s1-none", (23.0, 25.0)), ("mnist5k-ig-b4-s1-dp-eps1", (20.0, 20.0)),
+                           ("mnist5k-agic-b4-s1-none", (30.0,))):  # agic: 1 of 2 trials, unfinished
+        folder = tmp_path / "out" / "cells" / cell_id
+        folder.mkdir(parents=True)
+        for trial, psnr in enumerate(psnrs):
+            common = {"batch_size": 4, "local_steps": 1, "defense": cells[cell_id].mapping["defense"], "trial": trial,
+                      "source": "fresh", "truth": "batch", "ssim": 0.5, "wall_s": 1.0, "cpu_s": 2.0}
+            _append(folder / "results.csv", {"attack": cells[cell_id].attack, "psnr": psnr, "label_acc": 1.0,
+                                             **common})
+            for kind, value in (("grey", 7.5), ("mean", 11.25), ("random", 8.5)):
+                _append(folder / "results.csv", {"attack": f"baseline-{kind}", "psnr": value, **common})
+    assert bench.finished(tmp_path / "out" / "cells" / "mnist5k-agic-b4-s1-none", cells["mnist5k-agic-b4-s1-none"]) \
+        is None
+    assert bench.main(["--config", str(config), "--out", str(tmp_path / "out"), "--report"]) == 0
+    md = (tmp_path / "out" / "benchmark.md").read_text()
+    assert md.startswith("2 of 4 cells finished, 2 trial(s) per cell")
+    assert "**mnist5k**" in md and "PSNR with dp-eps1" in md and "grey / mean / random image (dB)" in md
+    assert "| ig | it 200 | 4 | 1 | 24.00 ± 12.71 | 20.00 ± 0.00 | 7.50 / 11.25 / 8.50 | 0.500 | 1.00 |  | 2.0 |" in md
+    assert "| agic |" not in md  # unfinished
     assert "baseline" not in md.split("grey / mean / random image (dB)")[1]  # no baseline lines of their own
-    assert (tmp_path / "benchmark.png").stat().st_size > 0
+    assert (tmp_path / "out" / "benchmark.png").stat().st_size > 0
     phases = bench.phase_table(bench.pd.DataFrame(
         [{"variant": "GIDM", "attack": "gidm", "psnr": 17.0, "ssim": 0.9, "t_acc": None, "eps_cos": None},
          {"variant": "baseline-mean", "attack": "baseline-mean", "psnr": 11.0, "ssim": 0.3, "t_acc": None,

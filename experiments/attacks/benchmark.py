@@ -1,42 +1,84 @@
-"""Privacy benchmark: every attack x batch size x local steps x defense, on the bundled datasets.
+"""Privacy benchmark: attacks x datasets x batch sizes x local steps x defenses, trials with intervals.
 
-Reads experiments/attacks/benchmark.toml, runs each cell through attacks/runner.py (the code
-behind ``fedsim attack``), then the GIDM phase comparison, and writes to --out
-(default docs/attacks): benchmark.csv (per cell x trial the attack's row and the rows of the
-trivial baselines scored on the same targets: baseline-grey, baseline-mean, baseline-random),
-benchmark.md (the table for the README, iteration counts and baseline PSNRs included),
-benchmark.png (PSNR per attack and setting, the mean-image baseline marked).
-About 30 minutes on a 2-core CPU. benchmark_compressed.toml runs a subset against
+Reads experiments/attacks/benchmark.toml and runs every cell (dataset, attack, B, local steps,
+defense) through attacks/runner.py (the code behind ``fedsim attack``) into
+--out/cells/<cell>/, then the GIDM phase comparison where the config has one. Resumable: a
+cell whose results.csv holds all its trials is kept; one cut off mid-way starts again.
+Writes to --out (default docs/attacks): benchmark.csv (per cell x trial the attack's row and
+the rows of the trivial baselines scored on the same targets: baseline-grey, baseline-mean,
+baseline-random), benchmark.md (one table per dataset: PSNR per defense, mean with its 95 %
+t-interval over the trials, the baselines' PSNR, SSIM, LPIPS where computed, median CPU
+seconds per reconstruction; iteration counts in the table), benchmark.png (PSNR per attack and
+setting, the mean-image baseline marked).
+
+A config's ``defenses`` is a list of defense names, or a table of named defenses, each a
+table of attack-config keys (e.g. ``[defenses.dp-eps1]`` with ``defense = "dp"`` and
+``dp-epsilon = 1.0``). ``[datasets.NAME]`` tables (optional) each give ``classifier`` and
+``diffusion`` keys over the shared ``[classifier]`` / ``[diffusion]`` ones; cells are then
+named NAME-attack-bB-sS-defense. benchmark_compressed.toml runs a subset against
 DHQ-compressed updates (the decoded update a compressed federation's server records).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
 from attacks.config import load_attack_config
 from attacks.runner import run_attack
+from fedsim.records.stats import t_interval
 
 HERE = Path(__file__).resolve().parent
 CLASSIFIER = ("dlg", "idlg", "ig", "simulation", "agic")
 BASELINE = "baseline-"  # attacks/runner.py writes rows baseline-grey / -mean / -random after each trial's row
 
 
-def cells(spec: dict):
-    for name, table in spec["attacks"].items():
-        base = spec["classifier" if name in CLASSIFIER else "diffusion"]
-        for steps in spec["local-steps"]:
-            for batch in spec["batch-sizes"]:
-                for defense in spec["defenses"]:
-                    yield name, {**base, "attack": name, "batch-size": batch, "local-steps": steps,
-                                 "defense": defense, "trials": spec["trials"], "seed": spec["seed"],
-                                 "threat": dict(table.get("threat", {})), "options": dict(table.get("options", {}))}
+class Cell(NamedTuple):
+    id: str  # its folder under cells/
+    dataset: str  # the [datasets] name ("" without that table)
+    attack: str
+    defense: str  # the defense's name in the config
+    mapping: dict  # the attack config
+
+
+def defenses(spec: dict) -> dict[str, dict]:
+    d = spec["defenses"]
+    return {name: {"defense": name} for name in d} if isinstance(d, list) else d
+
+
+def cells(spec: dict) -> list[Cell]:
+    sets = spec.get("datasets") or {"": {}}
+    out = []
+    for ds, over in sets.items():
+        for name, table in spec["attacks"].items():
+            family = "classifier" if name in CLASSIFIER else "diffusion"
+            base = {**spec[family], **over.get(family, {})}
+            for steps in spec["local-steps"]:
+                for batch in spec["batch-sizes"]:
+                    for dname, dkeys in defenses(spec).items():
+                        mapping = {**base, **dkeys, "attack": name, "batch-size": batch, "local-steps": steps,
+                                   "trials": spec["trials"], "seed": spec["seed"],
+                                   "threat": dict(table.get("threat", {})), "options": dict(table.get("options", {}))}
+                        cell_id = f"{ds + '-' if ds else ''}{name}-b{batch}-s{steps}-{dname}"
+                        out.append(Cell(cell_id, ds, name, dname, mapping))
+    return out
+
+
+def finished(folder: Path, cell: Cell) -> pd.DataFrame | None:
+    """The cell's rows if its results.csv holds every trial, else None."""
+    path = folder / "results.csv"
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path)
+    done = rows[rows.attack == cell.attack].trial.nunique() >= cell.mapping["trials"]
+    return rows.assign(cell=cell.attack, bench_dataset=cell.dataset, bench_defense=cell.defense) if done else None
 
 
 def phase_cells(spec: dict):
@@ -67,21 +109,26 @@ def fmt(v, spec=".2f") -> str:
 
 
 def _of_defense(g: pd.DataFrame, defense: str) -> pd.DataFrame:
-    """Rows of one defense; a compression defense is stored as its codec spec, e.g. dhq(p=0.05,L=4)."""
-    return g[(g.defense == defense) | g.defense.astype(str).str.startswith(defense + "(")]
+    """Rows of one named defense (the ``bench_defense`` column the runner adds)."""
+    return g[g.bench_defense == defense]
 
 
-def _defense_label(df: pd.DataFrame, defense: str) -> str:
+def _defense_label(df: pd.DataFrame, spec: dict, defense: str) -> str:
+    """A list config's "dp" reads "DP" and a codec its spec, e.g. dhq(p=0.05,L=4); a named defense its name."""
+    if not isinstance(spec["defenses"], list):
+        return defense
     if defense == "dp":
         return "DP"
     specs = _of_defense(df, defense).defense.unique()
     return str(specs[0]) if len(specs) else defense
 
 
-def with_cell(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``cell``: the attack whose trial a row belongs to (a baseline row follows its attack's row)."""
-    attack = df.attack.astype(str)
-    return df.assign(cell=attack.where(~attack.str.startswith(BASELINE)).ffill())
+def psnr_cell(values: pd.Series) -> str:
+    """'24.10' for one trial, '24.10 ± 1.32' (95 % t-interval half-width) for several."""
+    iv = t_interval(list(values))
+    if iv.n == 0:
+        return ""
+    return f"{iv.mean:.2f}" if iv.n < 2 or pd.isna(iv.half_width) else f"{iv.mean:.2f} ± {iv.half_width:.2f}"
 
 
 def is_baseline(df: pd.DataFrame) -> pd.Series:
@@ -89,49 +136,67 @@ def is_baseline(df: pd.DataFrame) -> pd.Series:
 
 
 def table(df: pd.DataFrame, spec: dict) -> str:
-    """One line per attack x local steps x B; the baselines' PSNR (no defense) on the same targets."""
-    others = [d for d in spec["defenses"] if d != "none"]
-    lines = ["| attack | iterations | B | local steps | PSNR (dB) | "
-             + "".join(f"PSNR with {_defense_label(df, d)} | " for d in others)
-             + "grey / mean / random image (dB) | SSIM | label acc | t acc | s / reconstruction |",
-             "|---|---|---|---|---|" + "---|" * len(others) + "---|---|---|---|---|"]
-    df = with_cell(df) if "cell" not in df else df
-    for (attack, steps, batch), g in df.groupby(["cell", "local_steps", "batch_size"], sort=False):
-        base, g = g[is_baseline(g)], g[~is_baseline(g)]
-        none = _of_defense(g, "none")
-        guesses = " / ".join(fmt(_of_defense(base[base.attack == f"{BASELINE}{k}"], "none").psnr.mean())
-                             for k in ("grey", "mean", "random"))
-        opts = spec["attacks"][attack].get("options", {})
-        lines.append(f"| {attack} | {iterations_of(opts)} | {batch} | {steps} | {fmt(none.psnr.mean())} | "
-                     + "".join(f"{fmt(_of_defense(g, d).psnr.mean())} | " for d in others)
-                     + f"{guesses} | {fmt(none.ssim.mean(), '.3f')} | {fmt(none.label_acc.mean())} | "
-                     f"{fmt(none.t_acc.mean())} | {fmt(none.wall_s.median(), '.1f')} |")
-    return "\n".join(lines)
+    """Per dataset, one line per attack x local steps x B; the baselines' PSNR (no defense) on the same targets."""
+    names = list(defenses(spec))
+    others = names[1:]
+    has_lpips = "lpips" in df and df.lpips.notna().any()
+    cpu = "cpu_s" if "cpu_s" in df and df.cpu_s.notna().any() else "wall_s"
+    head = ("| attack | iterations | B | local steps | PSNR (dB) | "
+            + "".join(f"PSNR with {_defense_label(df, spec, d)} | " for d in others)
+            + "grey / mean / random image (dB) | SSIM | " + ("LPIPS | " if has_lpips else "")
+            + f"label acc | t acc | {'CPU' if cpu == 'cpu_s' else 'wall'} s / reconstruction |")
+    out = []
+    for ds, part in df.groupby("bench_dataset", sort=False):
+        lines = ([f"**{ds}**", ""] if ds else []) + [head, "|---|---|---|---|---|" + "---|" * len(others)
+                                                      + "---|---|" + ("---|" if has_lpips else "") + "---|---|---|"]
+        for (attack, steps, batch), g in part.groupby(["cell", "local_steps", "batch_size"], sort=False):
+            base, g = g[is_baseline(g)], g[~is_baseline(g)]
+            none = _of_defense(g, names[0])
+            guesses = " / ".join(fmt(_of_defense(base[base.attack == f"{BASELINE}{k}"], names[0]).psnr.mean())
+                                 for k in ("grey", "mean", "random"))
+            opts = spec["attacks"][attack].get("options", {})
+            lines.append(f"| {attack} | {iterations_of(opts)} | {batch} | {steps} | {psnr_cell(none.psnr)} | "
+                         + "".join(f"{psnr_cell(_of_defense(g, d).psnr)} | " for d in others)
+                         + f"{guesses} | {fmt(none.ssim.mean(), '.3f')} | "
+                         + (f"{fmt(none.lpips.mean(), '.3f')} | " if has_lpips else "")
+                         + f"{fmt(none.label_acc.mean())} | {fmt(none.t_acc.mean())} | "
+                         f"{fmt(none[cpu].median(), '.1f')} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
-def plot(df: pd.DataFrame, path: Path) -> None:
+def plot(df: pd.DataFrame, spec: dict, path: Path) -> None:
+    """One panel per dataset x attack: mean PSNR per setting and defense, the mean image marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = with_cell(df) if "cell" not in df else df
+    names = list(defenses(spec))
     base, df = df[is_baseline(df)], df[~is_baseline(df)]
-    attacks = list(dict.fromkeys(df.attack))
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), sharey=True, squeeze=False)
-    for ax, attack in zip(axes[0], attacks):
-        g = df[df.attack == attack]
-        piv = g.pivot_table(index=["local_steps", "batch_size"], columns="defense", values="psnr", aggfunc="mean")
-        mean = base[(base.cell == attack) & (base.attack == f"{BASELINE}mean") & (base.defense == "none")]
-        guess = mean.groupby(["local_steps", "batch_size"]).psnr.mean().reindex(piv.index)
-        piv.index = [f"s{s}/B{b}" for s, b in piv.index]
-        piv.plot.bar(ax=ax, rot=60, legend=ax is axes[0][0])
-        if guess.notna().any():
-            ax.plot(range(len(guess)), guess.to_numpy(), "k_", markersize=14, mew=2, label="mean image")
-            if ax is axes[0][0]:
-                ax.legend(fontsize=7)
-        ax.set_title(attack)
-        ax.set_ylabel("PSNR (dB)")
+    attacks, sets = list(dict.fromkeys(df.attack)), list(dict.fromkeys(df.bench_dataset))
+    fig, axes = plt.subplots(len(sets), len(attacks), figsize=(3.2 * len(attacks), 3.2 * len(sets)), sharey=True,
+                             squeeze=False)
+    for row, ds in zip(axes, sets):
+        for ax, attack in zip(row, attacks):
+            g = df[(df.attack == attack) & (df.bench_dataset == ds)]
+            if g.empty:
+                ax.set_visible(False)
+                continue
+            piv = g.pivot_table(index=["local_steps", "batch_size"], columns="bench_defense", values="psnr",
+                                aggfunc="mean")
+            piv = piv[[n for n in names if n in piv.columns]]
+            mean = base[(base.cell == attack) & (base.bench_dataset == ds) & (base.attack == f"{BASELINE}mean")
+                        & (base.bench_defense == names[0])]
+            guess = mean.groupby(["local_steps", "batch_size"]).psnr.mean().reindex(piv.index)
+            piv.index = [f"s{s}/B{b}" for s, b in piv.index]
+            piv.plot.bar(ax=ax, rot=60, legend=ax is axes[0][0])
+            if guess.notna().any():
+                ax.plot(range(len(guess)), guess.to_numpy(), "k_", markersize=14, mew=2, label="mean image")
+                if ax is axes[0][0]:
+                    ax.legend(fontsize=7)
+            ax.set_title(f"{ds}: {attack}" if ds else attack)
+            ax.set_ylabel("PSNR (dB)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -154,37 +219,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/attacks")
     ap.add_argument("--only", nargs="*", help="attacks to run (default: all in the config)")
     ap.add_argument("--report", action="store_true",
-                    help="rebuild benchmark.csv/md/png from the finished cells of an interrupted run")
+                    help="rebuild benchmark.csv/md/png from the finished cells, running nothing")
     args = ap.parse_args(argv)
-    if args.report:
-        return report(Path(args.out), tomllib.loads(Path(args.config).read_text()))
     spec = tomllib.loads(Path(args.config).read_text())
     out = Path(args.out)
+    todo = [c for c in cells(spec) if not args.only or c.attack in args.only]
+    frames, start = [], time.perf_counter()
+    for i, cell in enumerate(todo):
+        folder = out / "cells" / cell.id
+        rows = finished(folder, cell)
+        if rows is None and not args.report:
+            if folder.exists():  # cut off mid-way: its trials are redone from the first
+                shutil.rmtree(folder)
+            run_attack(load_attack_config(cell.mapping), folder)
+            rows = finished(folder, cell)
+            att = rows[rows.attack == cell.attack]
+            done = time.perf_counter() - start
+            print(f"[{i + 1}/{len(todo)}] {cell.id}: PSNR {att.psnr.mean():.2f} dB, "
+                  f"CPU {att.cpu_s.median():.1f} s (elapsed {done / 60:.1f} min)", flush=True)
+        if rows is not None:
+            frames.append(rows)
+    if not frames:
+        print(f"no finished cells under {out / 'cells'}", file=sys.stderr)
+        return 2
+    df = pd.concat(frames, ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(n, c) for n, c in cells(spec) if not args.only or n in args.only]
-    rows, start = [], time.perf_counter()
-    for i, (name, mapping) in enumerate(todo):
-        cfg = load_attack_config(mapping)
-        got = run_attack(cfg, out / "cells" / f"{name}-b{cfg.batch_size}-s{cfg.local_steps}-{cfg.defense}")
-        rows += [{**r, "cell": name} for r in got]
-        last = [r for r in got if r["attack"] == name][-1]
-        done = time.perf_counter() - start
-        print(f"[{i + 1}/{len(todo)}] {name} B={cfg.batch_size} steps={cfg.local_steps} {cfg.defense}: "
-              f"PSNR {last['psnr']:.2f} dB, {last['wall_s']:.1f} s "
-              f"(elapsed {done / 60:.1f} min, ETA {done / (i + 1) * (len(todo) - i - 1) / 60:.1f} min)", flush=True)
-    df = pd.DataFrame(rows)
     df.to_csv(out / "benchmark.csv", index=False)
-    plot(df, out / "benchmark.png")
-    phase_rows = []
-    if "phases" in spec and (not args.only or "gidm" in args.only):
-        for label, mapping in phase_cells(spec):
-            got = run_attack(load_attack_config(mapping), out / "cells" / f"phases-{len(phase_rows)}")
-            phase_rows += [{"variant": r["attack"] if r["attack"].startswith(BASELINE) else label, **r} for r in got]
-            print(f"phases: {label}: PSNR {got[0]['psnr']:.2f} dB", flush=True)
-    md = [f"Benchmark on a {spec['trials']}-trial-per-cell budget; total {(time.perf_counter() - start) / 60:.1f} min.",
-          "", table(df, spec)]
-    if phase_rows:
-        ph = pd.DataFrame(phase_rows)
+    plot(df, spec, out / "benchmark.png")
+    cpu = df[~is_baseline(df)].cpu_s.sum() / 60 if "cpu_s" in df else float("nan")
+    md = [f"{len(frames)} of {len(todo)} cells finished, {spec['trials']} trial(s) per cell; mean ± 95 % t-interval "
+          f"half-width over the trials. CPU time of the attacks: {cpu:.1f} min in all.", "", table(df, spec)]
+    if "phases" in spec and (not args.only or "gidm" in args.only) and not args.report:
+        ph = phases(spec, out)
         ph.to_csv(out / "gidm_phases.csv", index=False)
         md += ["", "GIDM phases (B = 1, FedSGD, mean over trials):", "", *phase_table(ph)]
     (out / "benchmark.md").write_text("\n".join(md) + "\n")
@@ -192,23 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(out: Path, spec: dict) -> int:
-    frames = [pd.read_csv(p) for p in sorted((out / "cells").glob("*/results.csv"))
-              if not p.parent.name.startswith("phases-")]
-    if not frames:
-        print(f"no finished cells under {out / 'cells'}", file=sys.stderr)
-        return 2
-    all_rows = pd.concat([with_cell(f) for f in frames], ignore_index=True)
-    df = all_rows[~all_rows.source.isna()]
-    order = {name: i for i, name in enumerate(spec["attacks"])}
-    df = df.sort_values(["cell", "local_steps", "batch_size"], kind="stable",
-                        key=lambda c: c.map(order) if c.name == "cell" else c)
-    df.to_csv(out / "benchmark.csv", index=False)
-    plot(df, out / "benchmark.png")
-    text = f"Partial benchmark: {len(frames)} of {len(list(cells(spec)))} cells finished.\n\n" + table(df, spec) + "\n"
-    (out / "benchmark.md").write_text(text)
-    print(text)
-    return 0
+def phases(spec: dict, out: Path) -> pd.DataFrame:
+    rows = []
+    for k, (label, mapping) in enumerate(phase_cells(spec)):
+        folder = out / "cells" / f"phases-{k}"
+        got = finished(folder, Cell(folder.name, "", mapping["attack"], "none", mapping))
+        if got is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            run_attack(load_attack_config(mapping), folder)
+            got = finished(folder, Cell(folder.name, "", mapping["attack"], "none", mapping))
+        rows.append(got.assign(variant=[a if a.startswith(BASELINE) else label for a in got.attack]))
+        print(f"phases: {label}: PSNR {got.psnr.iloc[0]:.2f} dB", flush=True)
+    return pd.concat(rows, ignore_index=True)
 
 
 if __name__ == "__main__":
