@@ -249,3 +249,17 @@ def test_trained_victim_is_trained_cached_and_shared_by_trials(tmp_path, monkeyp
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="victim-epochs"):
         load_attack_config({**base, "victim-epochs": -1})
+
+
+def test_image_size_reaches_the_victim_its_targets_and_its_cache_key(tmp_path, monkeypatch):
+    # image-size 28: MNIST-5k's own 28x28 (default 16) for the attacked images, the baselines' pool and the
+    # trained victim, which is cached apart from the default-size one
+    from attacks.trials import fresh_trial
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    base = {"attack": "ig", "model": "convnet", "dataset": "mnist5k", "batch-size": 2, "victim-epochs": 1}
+    t28 = fresh_trial(load_attack_config({**base, "image-size": 28}), 0)
+    assert t28.victim.shape == (1, 28, 28) and t28.targets.images.shape == (2, 1, 28, 28)
+    assert t28.pool.shape[1:] == (1, 28, 28) and t28.observations[0].sent["head.weight"].shape[1] == 32 * 7 * 7
+    t16 = fresh_trial(load_attack_config(base), 0)
+    assert t16.targets.images.shape == (2, 1, 16, 16)
+    assert len(list((tmp_path / "cache").glob("victim-mnist5k-convnet-*.safetensors"))) == 2
