@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackConfig, AttackError, Clock, Reconstruction, Victim, as_list, random_images
+from attacks.bn_prior import BNPrior, recovered_statistics
 from attacks.labels import recover_labels
 from attacks.objectives import Functional, Grads, cosine_distance, observed_gradient, total_variation
 from attacks.optimize import adam
@@ -35,6 +36,7 @@ class IGConfig(AttackConfig):
     box: bool = True
     init: str = "randn"
     label_strategy: str = "idlg"  # idlg (B = 1, else count) | bias-sign | row-min | count
+    bn_prior: float = 0.1  # threat bn-mode "buffers": weight of the BatchNorm statistics prior (set for scale, untuned)
 
 
 class IG(Attack):
@@ -64,18 +66,29 @@ class IG(Attack):
         batch = max(self.batch_size(inp) for inp in inputs)  # fused observations: the largest
         labels = self.labels(fn, target, inputs[0], batch, generator)
         box = victim.value_range if self.cfg.box else None
+        bn = (BNPrior(fn.model, recovered_statistics(fn.model, inputs[0]))
+              if inputs[0].bn_mode == "buffers" and self.cfg.bn_prior > 0 else None)
         best_x, best = None, math.inf
-        for restart in range(self.cfg.restarts):
-            x = random_images(batch, victim.shape, victim.value_range, generator, self.cfg.init).requires_grad_(True)
+        try:
+            for restart in range(self.cfg.restarts):
+                x = random_images(batch, victim.shape, victim.value_range, generator,
+                                  self.cfg.init).requires_grad_(True)
 
-            def objective() -> torch.Tensor:
-                return distance(x, labels) + self.cfg.tv * total_variation(x)
+                def objective() -> torch.Tensor:
+                    if bn is None:
+                        return distance(x, labels) + self.cfg.tv * total_variation(x)
+                    bn.reset()
+                    value = distance(x, labels) + self.cfg.tv * total_variation(x)
+                    return value + self.cfg.bn_prior * bn.value()
 
-            (x_best,), value = adam(objective, [x], iterations=self.cfg.iterations, lr=self.cfg.lr,
-                                    signed=self.cfg.signed, decay=self.cfg.decay, boxes=[box], clock=clock,
-                                    start=restart * self.cfg.iterations)
-            if value < best or best_x is None:
-                best_x, best = x_best, value
+                (x_best,), value = adam(objective, [x], iterations=self.cfg.iterations, lr=self.cfg.lr,
+                                        signed=self.cfg.signed, decay=self.cfg.decay, boxes=[box], clock=clock,
+                                        start=restart * self.cfg.iterations)
+                if value < best or best_x is None:
+                    best_x, best = x_best, value
+        finally:
+            if bn is not None:
+                bn.close()
         lo, hi = victim.value_range
         return Reconstruction(images=best_x.clamp(lo, hi), labels=labels, history=clock.history,
                               iterations=clock.iterations, extras={"objective": best}, wall_s=clock.elapsed())

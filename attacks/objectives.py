@@ -56,12 +56,12 @@ class Functional:
     continuous t), so an attack can back-propagate a distance between gradients to its dummies."""
 
     def __init__(self, victim: Victim, sent: dict[str, torch.Tensor], bn_mode: str = "batch") -> None:
-        if bn_mode not in ("batch", "eval"):
-            raise AttackError(f"unknown bn_mode '{bn_mode}'; known: batch, eval")
+        if bn_mode not in ("batch", "eval", "buffers"):
+            raise AttackError(f"unknown bn_mode '{bn_mode}'; known: batch, eval, buffers")
         self.victim = victim
         # train mode: BatchNorm normalises by the batch (the client's training forward); the buffers it
         # updates are copies. eval: by the sent running statistics. Other victims have no mode-dependent layer.
-        model = double_backward_ready(victim.model).train(bn_mode == "batch")
+        model = double_backward_ready(victim.model).train(bn_mode != "eval")
         self.names = [n for n, _ in model.named_parameters()]
         missing = [n for n in self.names if n not in sent]
         if missing:

@@ -24,8 +24,9 @@ fixed order.
 ``bn_mode`` is the attacker's assumption about BatchNorm layers (victims with BN only):
 "batch" normalises the dummies by their own batch statistics, as the client's training
 forward did with its batch (exact at the truth); "eval" uses the running statistics the
-server sent (public), which a client in training mode did not use. Not implemented: using
-the running-statistics buffers a FedAvg client sends back as a statistics prior.
+server sent (public), which a client in training mode did not use; "buffers" normalises as
+"batch" does and adds a statistics prior: the batch statistics recovered from the running
+statistics a FedAvg client sends back (attacks/bn_prior.py; IG, the simulation attack, AGIC).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ThreatModel:
     t_known: bool = False  # diffusion: the client's timesteps t
     batch_order_known: bool = False  # which samples each local step used (simulation: from the secrets files)
     prior: str = ""  # path of a trained diffusion model of the same domain (GIDM)
-    bn_mode: Literal["batch", "eval"] = "batch"  # BatchNorm in the attacker's forward: see below
+    bn_mode: Literal["batch", "eval", "buffers"] = "batch"  # BatchNorm in the attacker's forward: see below
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -583,7 +583,7 @@ def test_bn_mode_batch_matches_the_clients_batchnorm_forward(digits):
     assert rel["batch"] < 1e-4 and rel["eval"] > 0.05
     assert all(torch.equal(sent[k], obs.sent[k]) for k in sent)
     with pytest.raises(AttackError, match="bn_mode"):
-        Functional(v, obs.sent, "buffers")
+        Functional(v, obs.sent, "running")
 
 
 def test_solve_eps_recovers_the_clients_noise_at_its_input(digits):
