@@ -13,7 +13,7 @@ from attacks.base import AttackError, Victim
 from attacks.bn_prior import BNPrior, recovered_statistics
 from attacks.exchange import client_exchange
 from attacks.objectives import Functional
-from attacks.threat_model import Secrets, ThreatModel, expose
+from attacks.threat_model import ThreatModel, expose
 from attacks.victims import build_victim
 from fedsim.models.train import ClassifierTask
 
