@@ -56,6 +56,18 @@ class IG(Attack):
         target = observed_gradient(inp, fn.names, need_scale=False)
         return fn, target, (lambda x, y: cosine_distance(fn.grads(fn.loss(x, y)), target))
 
+    def dummies(self, batch: int, inputs: list[AttackInput]) -> int:
+        """How many dummy images are optimised for a batch of ``batch`` (a subclass may keep copies)."""
+        return batch
+
+    def prior(self, x: torch.Tensor) -> torch.Tensor | None:
+        """An extra term of the objective on the dummies (None: none)."""
+        return None
+
+    def images_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstructed batch from the dummies."""
+        return x
+
     def reconstruct(self, victim: Victim, inputs: AttackInput | Sequence[AttackInput], *,
                     generator: torch.Generator) -> Reconstruction:
         inputs = as_list(inputs)
@@ -71,15 +83,16 @@ class IG(Attack):
         best_x, best = None, math.inf
         try:
             for restart in range(self.cfg.restarts):
-                x = random_images(batch, victim.shape, victim.value_range, generator,
+                x = random_images(self.dummies(batch, inputs), victim.shape, victim.value_range, generator,
                                   self.cfg.init).requires_grad_(True)
 
                 def objective() -> torch.Tensor:
-                    if bn is None:
-                        return distance(x, labels) + self.cfg.tv * total_variation(x)
-                    bn.reset()
+                    if bn is not None:
+                        bn.reset()
                     value = distance(x, labels) + self.cfg.tv * total_variation(x)
-                    return value + self.cfg.bn_prior * bn.value()
+                    extra = self.prior(x)
+                    value = value if extra is None else value + extra
+                    return value if bn is None else value + self.cfg.bn_prior * bn.value()
 
                 (x_best,), value = adam(objective, [x], iterations=self.cfg.iterations, lr=self.cfg.lr,
                                         signed=self.cfg.signed, decay=self.cfg.decay, boxes=[box], clock=clock,
@@ -90,5 +103,5 @@ class IG(Attack):
             if bn is not None:
                 bn.close()
         lo, hi = victim.value_range
-        return Reconstruction(images=best_x.clamp(lo, hi), labels=labels, history=clock.history,
+        return Reconstruction(images=self.images_of(best_x).clamp(lo, hi), labels=labels, history=clock.history,
                               iterations=clock.iterations, extras={"objective": best}, wall_s=clock.elapsed())

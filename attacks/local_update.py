@@ -43,6 +43,13 @@ def fixed_batches(n: int, batch_size: int, epochs: int, steps: int | None = None
     return [b for _ in range(epochs) for b in one if len(b)]
 
 
+def per_epoch_batches(n: int, batch_size: int, epochs: int, steps: int | None = None) -> list[torch.Tensor]:
+    """Dimitrov et al.'s layout: epoch e has dummies of its own, [e n, (e + 1) n), and step k of it
+    takes [e n + k B, e n + (k + 1) B) (``fixed_batches`` within each epoch's copies)."""
+    one = fixed_batches(n, batch_size, 1, steps // max(epochs, 1) if steps else None)
+    return [b + e * n for e in range(epochs) for b in one]
+
+
 def _clip(g: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
     norm = torch.sqrt(sum(x.pow(2).sum() for x in g))
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)

@@ -24,6 +24,17 @@ assumed ones and no X reproduces the update exactly. A fixed order also pairs re
 labels, which come back sorted by class, with possibly wrong steps: use known labels, or
 expect a lower score (measured 30.0 dB known vs 20.9 dB recovered, B = 4 digits, 100
 iterations). On a FedSGD gradient (one step) the simulated update is -lr g and the attack is IG.
+
+Per-epoch variables (``per_epoch``; Dimitrov et al., Sec. 4): every local epoch gets its own copy
+of the N dummies, each epoch's steps taking its copies in the fixed order. Since an epoch's
+copies are free, this represents any reshuffle exactly, which one set of dummies in a fixed
+order cannot. The copies are tied by an epoch-order-invariant prior: each epoch's copies are
+matched to the first epoch's (Hungarian, on MSE, recomputed every iteration without gradient),
+and ``epoch_prior`` (0.1, set for scale, not tuned) x the mean squared distance of the matched
+copies to their mean is added to the objective. The reconstruction is that mean. Labels follow
+each epoch's copies in the same order as they do without per-epoch variables; this is exact when
+a step takes the whole batch (one step per epoch) or the labels are all equal, else a label may
+sit at the wrong step.
 """
 
 from __future__ import annotations
@@ -31,10 +42,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from attacks.base import AttackError
 from attacks.ig import IG, IGConfig
-from attacks.local_update import fixed_batches, unroll
+from attacks.local_update import fixed_batches, per_epoch_batches, unroll
 from attacks.objectives import Functional, cosine_distance, observed_gradient
 from attacks.threat_model import AttackInput
 
@@ -42,14 +54,19 @@ from attacks.threat_model import AttackInput
 @dataclass(frozen=True)
 class SimulationConfig(IGConfig):
     tv: float = 0.2
+    per_epoch: bool = False  # Dimitrov et al.: one copy of the dummies per local epoch, tied by a prior
+    epoch_prior: float = 0.1  # the epoch-order-invariant prior's weight (set for scale, not tuned)
 
 
 class Simulation(IG):
     name = "simulation"
     Config = SimulationConfig
 
+    epochs = 1  # copies of the dummies: the local epochs with per_epoch, else 1 (set by setup)
+
     def setup(self, victim, inputs: list[AttackInput]):
         inp = inputs[0]
+        self.epochs = 1
         if inp.payload == "gradient":  # one FedSGD step: the simulated update is -lr g, i.e. IG
             return super().setup(victim, inputs)
         if inp.hparams is None:
@@ -60,11 +77,41 @@ class Simulation(IG):
         h = inp.hparams
         target = observed_gradient(inp, fn.names)  # -Delta w / (lr S): what labels are read from
 
+        self.epochs = h.epochs if self.cfg.per_epoch else 1
+
         def distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            batches = inp.batches if inp.batches is not None else fixed_batches(x.shape[0], h.batch_size, h.epochs,
-                                                                                h.steps)
+            if self.epochs > 1:
+                batches = per_epoch_batches(x.shape[0] // self.epochs, h.batch_size, h.epochs, h.steps)
+                y = y.repeat(self.epochs)
+            elif inp.batches is not None:
+                batches = inp.batches
+            else:
+                batches = fixed_batches(x.shape[0], h.batch_size, h.epochs, h.steps)
             params = unroll(fn, x, y, h, batches)
             simulated = [params[name] - fn.params[name] for name in fn.names]
             return cosine_distance(simulated, observed)
 
         return fn, target, distance
+
+    def dummies(self, batch: int, inputs: list[AttackInput]) -> int:
+        return batch * self.epochs
+
+    def aligned(self, x: torch.Tensor) -> torch.Tensor:
+        """(E, N, C, H, W): each epoch's copies reordered to match the first epoch's (Hungarian on MSE)."""
+        copies = x.view(self.epochs, -1, *x.shape[1:])
+        out = [copies[0]]
+        first = copies[0].detach().flatten(1)
+        for e in range(1, self.epochs):
+            cost = torch.cdist(first, copies[e].detach().flatten(1)).pow(2)  # (N, N): first-epoch i to copy j
+            _, cols = linear_sum_assignment(cost.double().numpy())
+            out.append(copies[e][torch.as_tensor(cols)])
+        return torch.stack(out)
+
+    def prior(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.epochs == 1:
+            return None
+        a = self.aligned(x)
+        return self.cfg.epoch_prior * (a - a.mean(0, keepdim=True)).pow(2).mean()
+
+    def images_of(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.epochs == 1 else self.aligned(x).mean(0)

@@ -149,3 +149,37 @@ def test_agic_momentum_correction_recovers_the_constant_gradient(momentum):
     for target in (observed_gradient(inp, ["fc.weight", "fc.bias"]), AGIC().setup(victim, [inp])[1]):
         for got, name in zip(target, ["fc.weight", "fc.bias"]):
             assert torch.allclose(got, true[name], rtol=1e-4, atol=1e-5), (name, got, true[name])
+
+
+def test_per_epoch_dummies_represent_a_reshuffled_update_that_one_fixed_order_cannot():
+    """Dimitrov et al.'s per-epoch variables: 2 epochs x 2 steps of 2 images, the second epoch reshuffled.
+    Each epoch's own copies, placed as that epoch's batches were, reproduce the client's update exactly;
+    the true images in one fixed order do not. The epoch prior vanishes when the copies are a permutation
+    of each other, and the reconstruction is their matched mean: the images themselves."""
+    from attacks.victims import build_victim
+
+    g = torch.Generator().manual_seed(0)
+    victim = Victim(build_victim("convnet", (1, 8, 8), 10, seed=2), ClassifierTask(), (1, 8, 8), 10)
+    x = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.full((4,), 3)  # one label: its placement cannot matter
+    h = LocalHparams(lr=0.05, epochs=2, batch_size=2, steps=4, shuffle="per-epoch")
+    order = [torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([3, 0]), torch.tensor([1, 2])]
+    sent = {k: v.detach().clone() for k, v in victim.model.state_dict().items()}
+    fn = Functional(victim, sent)
+    local = unroll(fn, x, y, h, order, create_graph=False)
+    received = {**sent, **{n: local[n].detach() for n in fn.names}}
+    obs = Observation(server_round=1, partition_id=0, sent=sent, received=received, payload="weights",
+                      num_examples=4, metrics={"steps": 4},
+                      config={"lr": 0.05, "local-epochs": 2, "batch-size": 2, "shuffle": "per-epoch"})
+    inp = expose(obs, ThreatModel(labels="known"))
+    per_epoch, fixed = Simulation(per_epoch=True), Simulation()
+    _, _, d_per_epoch = per_epoch.setup(victim, [inp])
+    _, _, d_fixed = fixed.setup(victim, [inp])
+    assert per_epoch.epochs == 2 and fixed.epochs == 1 and per_epoch.dummies(4, [inp]) == 8
+    copies = torch.cat([x, x[torch.tensor([3, 0, 1, 2])]])  # epoch 2's batches [3, 0], [1, 2] in fixed slots
+    assert float(d_per_epoch(copies, y).detach()) < 1e-6
+    assert float(d_fixed(x, y).detach()) > 1e-4  # measured about 3e-3: no single fixed order is the client's
+    assert float(per_epoch.prior(copies)) < 1e-12
+    assert torch.allclose(per_epoch.images_of(copies), x)
+    rec = Simulation(per_epoch=True, iterations=2).reconstruct(victim, inp, generator=torch.Generator().manual_seed(1))
+    assert rec.images.shape == x.shape
