@@ -39,6 +39,10 @@ from fedsim.records.observations import Observation
 
 # RDP orders: Opacus's defaults stop at 63, too low for one release at large epsilon
 DP_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + list(range(64, 4097, 8))
+# Subsampled (DP-SGD): each RDP order costs O(alpha) there, and orders above 256 did not move z at
+# (epsilon 8 or 1, delta 1e-5, q 0.25, 8 steps): the same z in 1.6 s instead of 52 s. Fewer orders
+# can only give a looser bound, so never less noise.
+DP_SGD_ALPHAS = [a for a in DP_ALPHAS if a <= 256]
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +62,7 @@ def dp_spent(noise_multiplier: float, delta: float, releases: int = 1, sample_ra
 
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, sample_rate, releases)]
-    return float(accountant.get_epsilon(delta, alphas=DP_ALPHAS))
+    return float(accountant.get_epsilon(delta, alphas=DP_ALPHAS if sample_rate >= 1 else DP_SGD_ALPHAS))
 
 
 @functools.lru_cache(maxsize=64)
@@ -67,7 +71,8 @@ def dp_sgd_noise_multiplier(epsilon: float, delta: float, sample_rate: float, st
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005, alphas=DP_ALPHAS))
+                                      steps=steps, accountant="rdp", epsilon_tolerance=0.005,
+                                      alphas=DP_ALPHAS if sample_rate >= 1 else DP_SGD_ALPHAS))
 
 
 def dp_sgd_accounting(*, clip: float, epsilon: float, delta: float, sample_rate: float,
