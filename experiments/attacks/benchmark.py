@@ -213,6 +213,17 @@ def phase_table(ph: pd.DataFrame) -> list[str]:
     return lines
 
 
+def cell_rows(cell: Cell, folder: Path, run: bool = True) -> tuple[pd.DataFrame | None, bool]:
+    """(the cell's rows, whether it ran now): a finished cell is read; another one is run from its first
+    trial (a cut-off attempt is removed) unless ``run`` is off."""
+    rows = finished(folder, cell)
+    if rows is not None or not run:
+        return rows, False
+    shutil.rmtree(folder, ignore_errors=True)
+    run_attack(load_attack_config(cell.mapping), folder)
+    return finished(folder, cell), True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(HERE / "benchmark.toml"))
@@ -226,13 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [c for c in cells(spec) if not args.only or c.attack in args.only]
     frames, start = [], time.perf_counter()
     for i, cell in enumerate(todo):
-        folder = out / "cells" / cell.id
-        rows = finished(folder, cell)
-        if rows is None and not args.report:
-            if folder.exists():  # cut off mid-way: its trials are redone from the first
-                shutil.rmtree(folder)
-            run_attack(load_attack_config(cell.mapping), folder)
-            rows = finished(folder, cell)
+        rows, ran = cell_rows(cell, out / "cells" / cell.id, run=not args.report)
+        if ran:
             att = rows[rows.attack == cell.attack]
             done = time.perf_counter() - start
             print(f"[{i + 1}/{len(todo)}] {cell.id}: PSNR {att.psnr.mean():.2f} dB, "
@@ -261,12 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 def phases(spec: dict, out: Path) -> pd.DataFrame:
     rows = []
     for k, (label, mapping) in enumerate(phase_cells(spec)):
-        folder = out / "cells" / f"phases-{k}"
-        got = finished(folder, Cell(folder.name, "", mapping["attack"], "none", mapping))
-        if got is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            run_attack(load_attack_config(mapping), folder)
-            got = finished(folder, Cell(folder.name, "", mapping["attack"], "none", mapping))
+        got, _ = cell_rows(Cell(f"phases-{k}", "", mapping["attack"], "none", mapping), out / "cells" / f"phases-{k}")
         rows.append(got.assign(variant=[a if a.startswith(BASELINE) else label for a in got.attack]))
         print(f"phases: {label}: PSNR {got.psnr.iloc[0]:.2f} dB", flush=True)
     return pd.concat(rows, ignore_index=True)

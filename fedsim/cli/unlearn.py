@@ -114,10 +114,10 @@ def _federaser(cfg: RunConfig, run_dir: Path, out: Path, user: dict[str, Any]) -
         raise ConfigError(f"federaser needs client updates stored during training; {run_dir} was trained with "
                           f"ledger-every = {ledger.every} (train with --set ledger-every=2)")
     original = load_config(read_toml(run_dir / "config.toml"))
-    model = fresh_model(original.replace(pretrained=str(run_dir / "model")), dataset(original, "train"))
-    model.load_state_dict(start_model(ledger, forgotten, client_level=bool(forgotten)))
     start = out / "unlearning" / "start_model"
     if not (out / "metrics.csv").exists():  # else continued() decides: this run's own start model, or refused
+        model = fresh_model(original.replace(pretrained=str(run_dir / "model")), dataset(original, "train"))
+        model.load_state_dict(start_model(ledger, forgotten, client_level=bool(forgotten)))
         save_model(model, start)
     epochs = max(1, round(cfg.federaser_ratio * original.local_epochs))
     changes = {"pretrained": str(start), "rounds": len(rounds), "local_epochs": epochs}
