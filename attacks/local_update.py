@@ -37,9 +37,11 @@ OPTIMIZERS = ("sgd", "adam")
 
 def fixed_batches(n: int, batch_size: int, epochs: int, steps: int | None = None) -> list[torch.Tensor]:
     """The assumed order: per epoch, K = ceil(n / B) steps, step k taking [k B, (k+1) B); ``steps``
-    (the reply's count, when known) fixes K = steps / epochs instead."""
+    (the reply's count, when known) fixes K = steps / epochs instead (steps past the n images,
+    e.g. a secure sum's count over several clients, take none)."""
     per_epoch = max(steps // max(epochs, 1), 1) if steps else math.ceil(n / batch_size)
-    one = [torch.arange(k * batch_size, min((k + 1) * batch_size, n)) for k in range(per_epoch)]
+    index = torch.arange(n)
+    one = [index[k * batch_size:(k + 1) * batch_size] for k in range(per_epoch)]
     return [b for _ in range(epochs) for b in one if len(b)]
 
 

@@ -183,3 +183,10 @@ def test_per_epoch_dummies_represent_a_reshuffled_update_that_one_fixed_order_ca
     assert torch.allclose(per_epoch.images_of(copies), x)
     rec = Simulation(per_epoch=True, iterations=2).reconstruct(victim, inp, generator=torch.Generator().manual_seed(1))
     assert rec.images.shape == x.shape
+
+
+def test_fixed_batches_with_more_steps_than_the_images_fill():
+    """A summed update's step count (SecAgg over two clients) can pass the n images: those steps take none."""
+    batches = fixed_batches(8, 4, 1, steps=5)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [b.tolist() for b in fixed_batches(6, 4, 2)] == [[0, 1, 2, 3], [4, 5], [0, 1, 2, 3], [4, 5]]
