@@ -5,17 +5,21 @@ Extends Flower's ``FedAvg`` through its hooks only:
   selector (strategies/selection/selectors.py: random, FedEMD, Shapley) with a generator
   derived from (seed, "select", round), over stable partition ids, and logs who
   was chosen (and, for Maverick clients, their selection probability and count).
-- ``aggregate_train`` drops failed replies and rejects replies whose arrays do
-  not match the global model's keys/shapes or are not finite (logged, counted,
-  never aggregated), orders the rest by partition id (so float sums are the
-  same in every run), then takes the sample-weighted mean (float64
-  accumulation over zero-copy views: Flower's own ``aggregate_arrayrecords``
-  decodes every array through ``np.load``, 1.8 s per 100 replies of ddpm-small)
-  and aggregates metrics with Flower's ``train_metrics_aggr_fn``.
+- ``aggregate_train`` folds each reply into running float64 sums as it arrives
+  (strategies/fold.py), in partition-id order through a small reorder buffer, so float
+  sums are the same in every run and the server never holds the round's replies: failed
+  replies are dropped, replies whose arrays do not match the global model's keys/shapes
+  or are not finite are rejected (logged, counted, never aggregated); the sample-weighted
+  mean is accumulated over zero-copy views (Flower's own ``aggregate_arrayrecords``
+  decodes every array through ``np.load``, 1.8 s per 100 replies of ddpm-small, and needs
+  them all at once); metrics are aggregated with Flower's ``train_metrics_aggr_fn`` over
+  the replies' MetricRecords (kept: a few floats each), among the replies sharing the
+  most common metric-key set (a sum per set, at most ``MAX_KEYSETS``).
   Replies whose weights sum to 0 (under sample weighting, clients that kept no
   data: the forget-only updates of an unlearning round, which
   strategies/unlearning/protocol.py adds itself) leave the weights unchanged and
-  their metrics are plain means.
+  their metrics are plain means. Layers that need the replies themselves register as
+  ``observers`` and see each valid reply as it is folded.
   In FedSGD mode replies carry gradients: w <- w - server_lr * weighted mean.
   A selector that values contributions (Shapley) then gets U(coalition): the
   ``utility`` score of the model aggregated from that coalition's replies only.
@@ -23,9 +27,10 @@ Extends Flower's ``FedAvg`` through its hooks only:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -37,6 +42,7 @@ from fedsim.records.round_log import RoundLog
 from fedsim.records.wire import array_view, numpy_array
 from fedsim.rng import derive
 from strategies.client_registry import ClientInfo
+from strategies.fold import InOrder, WeightedSum
 from strategies.selection.selectors import RandomSelector, Selector
 from strategies.selection.shapley import RoundContributions
 
@@ -63,27 +69,34 @@ def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
     return None
 
 
-def weighted_mean(records: list[ArrayRecord], weights: list[float], reference: ArrayRecord) -> ArrayRecord:
-    """sum_i w_i x_i / sum_i w_i per array, in float64, cast to the reference dtype."""
-    total = float(sum(weights))
-    out = {}
-    for key, ref in reference.items():
-        acc = np.zeros(tuple(ref.shape), dtype=np.float64)
-        for record, w in zip(records, weights):
-            acc += array_view(record[key]) * (w / total)
-        out[key] = numpy_array(acc.astype(array_view(ref).dtype))
-    return ArrayRecord(out, keep_input=True)
+MAX_KEYSETS = 4  # metric-key sets summed apart in a round (the most common one is aggregated)
 
 
-def _common_metric_keys(replies: list[Message]) -> tuple[list[Message], list[Message]]:
-    """Split replies into those sharing the most common metric-key set and the
-    rest (Flower's aggregation requires the same keys in every reply)."""
-    keysets = [frozenset(m.content["metrics"].keys()) for m in replies]
-    if not keysets:
-        return [], []
-    common = Counter(keysets).most_common(1)[0][0]
-    return ([m for m, k in zip(replies, keysets) if k == common],
-            [m for m, k in zip(replies, keysets) if k != common])
+class ReplyObserver(Protocol):
+    """A layer that needs the aggregated replies themselves (the ledger, unlearning): it sees
+    each valid reply as it is folded, with its metric-key set, then which set and which
+    partitions the round aggregated (the replies of other sets are not aggregated)."""
+
+    def observe(self, server_round: int, reply: Message, keys: frozenset) -> None: ...
+
+    def aggregated(self, server_round: int, keys: frozenset | None, partitions: list[int]) -> None: ...
+
+
+@dataclass
+class _Group:
+    """The folded replies that share one metric-key set (Flower averages metrics over equal keys)."""
+    sum: WeightedSum
+    metrics: list[RecordDict] = field(default_factory=list)  # a few floats per reply
+    pids: list[int] = field(default_factory=list)
+    kept: list[tuple[ClientInfo | None, RecordDict]] = field(default_factory=list)  # Shapley's coalitions only
+
+
+def _most_common(groups: dict[frozenset, _Group]) -> tuple[_Group | None, list[_Group]]:
+    """The group with the most replies (the first folded on a tie) and the others."""
+    if not groups:
+        return None, []
+    best = max(groups.values(), key=lambda g: len(g.pids))  # max keeps the first of equals
+    return best, [g for g in groups.values() if g is not best]
 
 
 class FedAvg(FlowerFedAvg):
@@ -116,7 +129,9 @@ class FedAvg(FlowerFedAvg):
         self.mavericks = sorted(set(mavericks))
         self._times_selected = {m: 0 for m in self.mavericks}
         self._global: ArrayRecord | None = None
-        self.aggregated_replies: list[Message] = []  # the last round's, in partition order (for the ledger)
+        self.observers: list[ReplyObserver] = []  # layers that need the aggregated replies (e.g. the ledger)
+        self._order: list[int] = []  # the round's selected partition ids, ascending: the folding order
+        self._guess = 1.0  # the round's total weight if every selected client answers as declared
 
     @property
     def metric_columns(self) -> list[str]:
@@ -157,62 +172,101 @@ class FedAvg(FlowerFedAvg):
                             key=lambda c: c.partition_id)  # e.g. a client left without data cannot train
         chosen = self.select(server_round, candidates)
         self._global = arrays
+        self._order = sorted(c.partition_id for c in chosen)
+        self._guess = float(sum(c.num_examples for c in chosen) if self.weighting == "samples" else len(chosen))
         config["server-round"] = server_round
         self.log_book.record(server_round, clients_sampled=len(chosen),
                              selected=" ".join(str(c.partition_id) for c in chosen))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, [c.node_id for c in chosen], MessageType.TRAIN)
+        in_order = sorted(chosen, key=lambda c: c.partition_id)  # replies then arrive about in folding order
+        return self._construct_messages(record, [c.node_id for c in in_order], MessageType.TRAIN)
 
     # -- aggregation -------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid, failed, rejected = [], 0, 0
+        """Validate and fold each reply as it arrives (strategies/fold.py): the server holds
+        running sums, the replies waiting for an earlier partition's, and (Shapley only)
+        the round's contents."""
+        order = InOrder(self._order)
+        groups: dict[frozenset, _Group] = {}
+        arrived = failed = rejected = 0
         for reply in replies:
+            arrived += 1
+            pid = self._partition_of(reply)
             problem = reply_problem(reply, self._global)
-            if problem is None:
-                valid.append(reply)
-                continue
-            failed += reply.has_error()
-            rejected += not reply.has_error()
-            log(WARNING, "round %d: reply of client %d (node %d) not aggregated: %s",
-                server_round, self._partition_of(reply), reply.metadata.src_node_id, problem)
-        sampled = self.log_book.get(server_round).get("clients_sampled", len(replies))
-        missing = max(sampled - len(replies), 0)  # timed out
-        valid, odd = _common_metric_keys(valid)
-        for reply in odd:
-            log(WARNING, "round %d: reply from node %d not aggregated: its metric keys differ "
-                "from the other replies'", server_round, reply.metadata.src_node_id)
-        rejected += len(odd)
-        self.log_book.record(server_round, clients_failed=failed + missing, clients_rejected=rejected)
-        self.aggregated_replies = []
-        if not valid:
+            if problem is not None:
+                failed += reply.has_error()
+                rejected += not reply.has_error()
+                log(WARNING, "round %d: reply of client %d (node %d) not aggregated: %s",
+                    server_round, pid, reply.metadata.src_node_id, problem)
+            for ready in order.push(pid, reply if problem is None else None):
+                rejected += self._fold(server_round, ready, groups)
+        for ready in order.rest():
+            rejected += self._fold(server_round, ready, groups)
+        sampled = self.log_book.get(server_round).get("clients_sampled", arrived)
+        group, odd = _most_common(groups)
+        for other in odd:
+            for pid in other.pids:
+                log(WARNING, "round %d: reply of client %d not aggregated: its metric keys differ "
+                    "from the other replies'", server_round, pid)
+        rejected += sum(len(g.pids) for g in odd)
+        self.log_book.record(server_round, clients_failed=failed + max(sampled - arrived, 0),
+                             clients_rejected=rejected)
+        chosen = next((k for k, g in groups.items() if g is group), None)
+        for observer in self.observers:
+            observer.aggregated(server_round, chosen, group.pids if group else [])
+        if group is None:
             return None, None
-        valid.sort(key=lambda m: self._partition_of(m))
-        self.aggregated_replies = valid
-        contents = [m.content for m in valid]
-        arrays = self._combine(contents)
-        metrics = self._metrics(contents)
+        arrays = self._finish(group.sum)
+        metrics = self._metrics(group.metrics)
         if "train-loss" in metrics:
             self.log_book.record(server_round, train_loss=float(metrics["train-loss"]))
         if self.selector.needs_contributions:
-            self._value_contributions(server_round, valid, contents)
+            self._value_contributions(server_round, group)
         return arrays, metrics
 
-    def _combine(self, contents: list[RecordDict]) -> ArrayRecord:
-        """The new global weights from these replies (none, or all of weight 0: the global weights unchanged)."""
-        if not contents:
+    def _fold(self, server_round: int, reply: Message | None, groups: dict[frozenset, _Group]) -> int:
+        """Add a valid reply to the sums of its metric-key set; 1 if it had to be rejected."""
+        if reply is None:
+            return 0
+        metrics = reply.content["metrics"]
+        keys = frozenset(metrics.keys())
+        if keys not in groups:
+            if len(groups) >= MAX_KEYSETS:
+                log(WARNING, "round %d: reply of client %d not aggregated: a %dth set of metric keys",
+                    server_round, self._partition_of(reply), MAX_KEYSETS + 1)
+                return 1
+            groups[keys] = _Group(WeightedSum(self._global, self._guess))
+        group = groups[keys]
+        weight = float(metrics[self.weighted_by_key]) if self.weighting == "samples" else 1.0
+        group.sum.add(reply.content["arrays"], weight)
+        group.metrics.append(RecordDict({"metrics": metrics}))
+        group.pids.append(self._partition_of(reply))
+        if self.selector.needs_contributions:
+            group.kept.append((self.clients.get(reply.metadata.src_node_id), reply.content))
+        for observer in self.observers:
+            observer.observe(server_round, reply, keys)
+        return 0
+
+    def _finish(self, folded: WeightedSum) -> ArrayRecord:
+        """The new global weights (replies all of weight 0: the global weights unchanged)."""
+        arrays = folded.mean()
+        if arrays is None:
             return self._global
-        weights = ([float(c["metrics"][self.weighted_by_key]) for c in contents]
-                   if self.weighting == "samples" else [1.0] * len(contents))
-        if sum(weights) <= 0:
-            return self._global
-        arrays = weighted_mean([c["arrays"] for c in contents], weights, self._global)
         if self.mode == "fedsgd":  # replies carry gradients: one server step
             arrays = ArrayRecord({k: numpy_array(array_view(self._global[k])
                                                  - self.server_lr * array_view(arrays[k]))
                                   for k in self._global.keys()}, keep_input=True)
         return arrays
+
+    def _combine(self, contents: list[RecordDict]) -> ArrayRecord:
+        """The global weights aggregated from these replies alone (a Shapley coalition)."""
+        weights = [float(c["metrics"][self.weighted_by_key]) if self.weighting == "samples" else 1.0
+                   for c in contents]
+        folded = WeightedSum(self._global, sum(weights))
+        for c, w in zip(contents, weights):
+            folded.add(c["arrays"], w)
+        return self._finish(folded)
 
     def _metrics(self, contents: list[RecordDict]) -> MetricRecord:
         """Flower's weighted means; plain means if the weights sum to 0 (forget-only replies)."""
@@ -222,14 +276,13 @@ class FedAvg(FlowerFedAvg):
         means = {k: np.mean([c["metrics"][k] for c in contents], axis=0) for k in keys}
         return MetricRecord({k: v.tolist() if v.ndim else float(v) for k, v in means.items()})
 
-    def _value_contributions(self, server_round: int, valid: list[Message], contents: list[RecordDict]) -> None:
-        infos = [self.clients.get(m.metadata.src_node_id) for m in valid]
-        keep = [i for i, info in enumerate(infos) if info is not None]
+    def _value_contributions(self, server_round: int, group: _Group) -> None:
+        kept = [(info, content) for info, content in group.kept if info is not None]
 
         def utility(members: tuple[int, ...]) -> float:
-            return self.utility(self._combine([contents[keep[j]] for j in members]))
+            return self.utility(self._combine([kept[j][1] for j in members]))
 
-        self.selector.observe(server_round, RoundContributions([infos[i] for i in keep], utility))
+        self.selector.observe(server_round, RoundContributions([info for info, _ in kept], utility))
 
     def _partition_of(self, reply: Message) -> int:
         info = self.clients.get(reply.metadata.src_node_id)

@@ -50,3 +50,13 @@ def test_timeout_returns_what_arrived() -> None:
     fake = FakeGrid(drop={4})
     replies = WindowedGrid(fake, window=4, pull_interval=0.01).send_and_receive(list(range(6)), timeout=0.3)
     assert sorted(r.metadata.reply_to_message_id for r in replies) == [f"m{i}" for i in (0, 1, 2, 3, 5)]
+
+
+def test_replies_are_yielded_as_they_arrive_not_after_the_last() -> None:
+    """The strategy gets each reply while later ones are still in flight (streaming aggregation)."""
+    fake = FakeGrid()
+    stream = iter(WindowedGrid(fake, window=2, pull_interval=0).send_and_receive(list(range(8)), timeout=10))
+    first = next(stream)
+    assert first.metadata.reply_to_message_id == "m0"
+    assert fake.in_flight  # the rest is still out there
+    assert len(list(stream)) == 7

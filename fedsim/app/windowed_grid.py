@@ -10,8 +10,11 @@ with 1000 clients it dominated the round.
 Only the Ray actors do work, a few at a time, so pushing every message at once
 gains nothing. This wrapper pushes ``window`` messages and pushes the next as
 soon as a reply is pulled (a sliding window), which makes the scan small.
-Replies are the same messages as with Flower's ``send_and_receive``, and the
-strategy orders them before aggregating, so results do not change. Deployment
+Replies are the same messages as with Flower's ``send_and_receive``, yielded as
+they are pulled rather than returned as a list once all have arrived: the
+strategy folds each into running sums and lets it go (strategies/fold.py), so
+the server holds about ``window`` replies, not the round's. The strategy folds
+them in partition order, so results do not change. Deployment
 (real SuperNodes) uses Flower's grid unchanged: every client gets its message
 at once.
 """
@@ -39,18 +42,22 @@ class WindowedGrid:
         pending = list(messages)
         end = time.monotonic() + (timeout if timeout is not None else float("inf"))
         in_flight: set[str] = set()
-        replies: list[Message] = []
-        while (pending or in_flight) and time.monotonic() < end:
+
+        def refill() -> None:
+            nonlocal pending
             room = self.window - len(in_flight)
             if room > 0 and pending:
                 batch, pending = pending[:room], pending[room:]
                 in_flight.update(self._grid.push_messages(batch))
+
+        refill()
+        while (pending or in_flight) and time.monotonic() < end:
             got = list(self._grid.pull_messages(in_flight)) if in_flight else []
-            replies.extend(got)
             in_flight.difference_update(m.metadata.reply_to_message_id for m in got)
+            refill()  # before the strategy works on what came: the actors stay busy
             if not got:
                 time.sleep(self.pull_interval)
-        return replies
+            yield from got  # one at a time: the strategy folds each and lets it go
 
 
 def in_simulation(grid: Grid) -> bool:

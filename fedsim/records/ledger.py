@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,27 +61,61 @@ class LedgerWriter:
         if not (self.root / "initial.safetensors").exists():
             _save(initial, self.root / "initial.safetensors", half=False)  # replays start exactly here
 
-    def record(self, server_round: int, sent: dict[str, np.ndarray],
-               entries: list[tuple[int, int, dict[str, np.ndarray] | None]]) -> None:
-        """entries: (partition id, num examples, update or None) of the aggregated replies."""
-        stored = False
-        if self.stores(server_round) and entries:
-            per_update = sum(v.size for v in sent.values()) * (2 if self.half else 4)
-            if self.stored_bytes + per_update * (len(entries) + 1) > self.max_bytes:
-                self.doc["stopped_storing_at"] = server_round
-            else:
-                folder = self.root / f"round_{server_round:03d}"
-                folder.mkdir(exist_ok=True)
-                self.stored_bytes += _save(sent, folder / "global.safetensors", self.half)
-                for pid, _, update in entries:
-                    self.stored_bytes += _save(update, folder / f"client_{pid:04d}.safetensors", self.half)
-                stored = True
-        self.doc["rounds"].append({"round": server_round, "stored": stored,
-                                   "participants": [int(p) for p, _, _ in entries],
-                                   "num_examples": [int(n) for _, n, _ in entries]})
+    def open_round(self, server_round: int, sent: dict[str, np.ndarray], expected: int) -> None:
+        """A round begins: up to ``expected`` updates will be added (its selected clients)."""
+        self._round, self._sent, self._expected = server_round, sent, expected
+        self._entries: list[tuple[int, int]] = []
+        self._folder: Path | None = None
+        self._decided = False
+
+    def _storing(self) -> bool:
+        """Decided at the round's first update: store if due and the budget holds ``expected`` more."""
+        if not self._decided:
+            self._decided = True
+            if self.stores(self._round):
+                per_update = sum(v.size for v in self._sent.values()) * (2 if self.half else 4)
+                if self.stored_bytes + per_update * (self._expected + 1) > self.max_bytes:
+                    self.doc["stopped_storing_at"] = self._round
+                else:
+                    self._folder = self.root / f"round_{self._round:03d}"
+                    self._folder.mkdir(exist_ok=True)
+                    self.stored_bytes += _save(self._sent, self._folder / "global.safetensors", self.half)
+        return self._folder is not None
+
+    def add(self, partition_id: int, num_examples: int,
+            update: Callable[[], dict[str, np.ndarray]]) -> None:
+        """One aggregated client; ``update()`` (its weights - global, or its gradient) is asked
+        for, and written at once, only in a storing round."""
+        if self._storing():
+            self.stored_bytes += _save(update(), self._client_file(partition_id), self.half)
+        self._entries.append((int(partition_id), int(num_examples)))
+
+    def close_round(self, aggregated: list[int]) -> None:
+        """The round's clients that were in the end aggregated: the others' entries (and files) go."""
+        keep = set(aggregated)
+        for pid, _ in self._entries:
+            if pid not in keep and self._folder is not None:
+                path = self._client_file(pid)
+                self.stored_bytes -= path.stat().st_size
+                path.unlink()
+        entries = sorted(e for e in self._entries if e[0] in keep)
+        self.doc["rounds"].append({"round": self._round, "stored": self._folder is not None and bool(entries),
+                                   "participants": [p for p, _ in entries],
+                                   "num_examples": [n for _, n in entries]})
         tmp = self.root / f".ledger.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(self.doc, indent=1))
         tmp.replace(self.root / "ledger.json")
+
+    def record(self, server_round: int, sent: dict[str, np.ndarray],
+               entries: list[tuple[int, int, dict[str, np.ndarray] | None]]) -> None:
+        """A whole round at once: entries (partition id, num examples, update or None)."""
+        self.open_round(server_round, sent, len(entries))
+        for pid, n, update in entries:
+            self.add(pid, n, lambda u=update: u)
+        self.close_round([pid for pid, _, _ in entries])
+
+    def _client_file(self, partition_id: int) -> Path:
+        return self._folder / f"client_{partition_id:04d}.safetensors"
 
 
 @dataclass

@@ -157,33 +157,42 @@ class Compressed(StrategyWrapper):
     # -- uplink ----------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        t0 = time.perf_counter()
         reference = to_numpy_dict(self._sent)
         layout = layout_of(reference)
-        compressed_bytes = dense_bytes = 0
-        encode_s = []
-        for reply in replies:
-            if self.downlink and reply.has_error():
-                self._synced.pop(self._partition_of(reply.metadata.src_node_id), None)  # its copy may be stale: resend dense
-            if reply.has_error() or COMPRESSED not in reply.content.array_records:
-                continue
-            size = payload_bytes(reply.content)
-            meta = reply.content["meta"] if "meta" in reply.content.config_records else {}
-            try:
-                reply.content = decode_reply(self.codec, reply.content, layout, reference)
-            except ValueError as err:  # the inner strategy rejects the undecoded reply
-                log(WARNING, "round %d: reply from node %d not decoded: %s",
-                    server_round, reply.metadata.src_node_id, err)
-                continue
-            compressed_bytes += size
-            dense_bytes += payload_bytes(reply.content)
-            encode_s.append(float(meta.get("encode-s", 0.0)))
-        self.log_book.record(server_round, decode_s=time.perf_counter() - t0,
+        sizes = {"compressed": 0, "dense": 0, "decode_s": 0.0}
+        encode_s: list[float] = []
+
+        def decoded(stream: Iterable[Message]):  # each reply decoded as it passes (a stream)
+            for reply in stream:
+                self._decode(server_round, reply, layout, reference, sizes, encode_s)
+                yield reply
+
+        arrays, metrics = self.inner.aggregate_train(server_round, decoded(replies))
+        self.log_book.record(server_round, decode_s=sizes["decode_s"],
                              encode_s=float(np.mean(encode_s)) if encode_s else 0.0,
-                             compression_ratio=dense_bytes / compressed_bytes if compressed_bytes else 1.0)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+                             compression_ratio=sizes["dense"] / sizes["compressed"] if sizes["compressed"] else 1.0)
         if self.downlink and arrays is not None:
             arrays = self._compress_global(server_round, arrays)
         return arrays, metrics
+
+    def _decode(self, server_round: int, reply: Message, layout, reference: dict[str, np.ndarray],
+                sizes: dict, encode_s: list[float]) -> None:
+        """Replace a compressed reply's content by the dense update it codes (in place)."""
+        t0 = time.perf_counter()
+        if self.downlink and reply.has_error():
+            self._synced.pop(self._partition_of(reply.metadata.src_node_id), None)  # its copy may be stale: resend dense
+        if reply.has_error() or COMPRESSED not in reply.content.array_records:
+            return
+        size = payload_bytes(reply.content)
+        meta = reply.content["meta"] if "meta" in reply.content.config_records else {}
+        try:
+            reply.content = decode_reply(self.codec, reply.content, layout, reference)
+        except ValueError as err:  # the inner strategy rejects the undecoded reply
+            log(WARNING, "round %d: reply from node %d not decoded: %s",
+                server_round, reply.metadata.src_node_id, err)
+            return
+        sizes["compressed"] += size
+        sizes["dense"] += payload_bytes(reply.content)
+        encode_s.append(float(meta.get("encode-s", 0.0)))
+        sizes["decode_s"] += time.perf_counter() - t0
 

@@ -87,48 +87,79 @@ class Calibrated(StrategyWrapper):
         super().__init__(inner)
         self.ledger, self.rounds, self.calibration = ledger, rounds, calibration
         self._sent: ArrayRecord | None = None
+        self._sums: dict[frozenset, _Sums] = {}  # the round's, per metric-key set (as FedAvg sums)
+        self._step: _Sums | None = None  # the sums of the replies FedAvg aggregated
+        inner.observers.append(self)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._sent = arrays
+        self._sent, self._sums, self._step = arrays, {}, None
         return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def observe(self, server_round: int, reply: Message, keys: frozenset) -> None:
+        """Fold one aggregated client's calibrated update into the round's sums."""
+        t = self.rounds[server_round - 1]
+        pid = int(reply.content["meta"]["partition-id"])
+        try:
+            stored = {k: v.numpy() for k, v in self.ledger.update(t, pid).items()}
+        except FileNotFoundError:
+            log(logging.WARNING, "FedEraser: no stored update of client %d in round %d; "
+                "its calibration update is used as is", pid, t)
+            stored = None
+        received = reply.content["arrays"]
+        sent = {k: array_view(self._sent[k]) for k in self._sent.keys()}
+        new = {k: array_view(received[k]).astype(np.float64) - sent[k] for k in sent
+               if np.issubdtype(sent[k].dtype, np.floating)}
+        if keys not in self._sums:
+            self._sums[keys] = _Sums()
+        self._sums[keys].add(float(reply.content["metrics"]["num-examples"]), new, stored, self.calibration)
+
+    def aggregated(self, server_round: int, keys: frozenset | None, partitions: list[int]) -> None:
+        self._step = self._sums.get(keys)
+        self._sums = {}
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
-        valid = self.inner.aggregated_replies
-        if arrays is None or not valid:
+        sums, self._step = self._step, None
+        if arrays is None or sums is None or sums.total <= 0:
             return arrays, metrics
-        t = self.rounds[server_round - 1]
-        sent = {k: array_view(self._sent[k]) for k in self._sent.keys()}
-        counts, new, old = [], [], []
-        for reply in valid:
-            pid = int(reply.content["meta"]["partition-id"])
-            received = reply.content["arrays"]
-            try:
-                stored = {k: v.numpy() for k, v in self.ledger.update(t, pid).items()}
-            except FileNotFoundError:
-                log(logging.WARNING, "FedEraser: no stored update of client %d in round %d; "
-                    "its calibration update is used as is", pid, t)
-                stored = None
-            counts.append(float(reply.content["metrics"]["num-examples"]))
-            new.append({k: array_view(received[k]).astype(np.float64) - sent[k] for k in sent
-                        if np.issubdtype(sent[k].dtype, np.floating)})
-            old.append(stored)
-        weights = np.array(counts) / sum(counts)
         out = {}
-        for key, base in sent.items():
+        for key in self._sent.keys():
+            base = array_view(self._sent[key])
             if not np.issubdtype(base.dtype, np.floating):
                 out[key] = numpy_array(array_view(arrays[key]))
                 continue
-            if self.calibration == "per-client":
-                step = sum(w * (calibrate(o[key], n[key]) if o is not None else n[key])
-                           for w, n, o in zip(weights, new, old))
-            else:
-                mean_new = sum(w * n[key] for w, n in zip(weights, new))
-                have_old = [(w, o) for w, o in zip(weights, old) if o is not None]
-                mean_old = (sum(w * o[key] for w, o in have_old) / sum(w for w, _ in have_old)
-                            if have_old else mean_new)
-                step = calibrate(mean_old, mean_new)
-            out[key] = numpy_array((base.astype(np.float64) + step).astype(base.dtype))
+            out[key] = numpy_array((base.astype(np.float64) + sums.step(key)).astype(base.dtype))
         return ArrayRecord(out, keep_input=True), metrics
+
+
+class _Sums:
+    """One round's running sums over the aggregated clients (weights N_k, divided by sum N at
+    the end): per-client, sum_k N_k U~_k; per-layer-mean, sum_k N_k U^_k and, over the
+    clients with a stored update, sum_k N_k U_k and sum_k N_k."""
+
+    def __init__(self) -> None:
+        self.total = self.total_old = 0.0
+        self.new: dict[str, np.ndarray] = {}
+        self.old: dict[str, np.ndarray] = {}
+        self.calibration = "per-client"
+
+    def add(self, count: float, new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None,
+            calibration: str) -> None:
+        self.calibration = calibration
+        self.total += count
+        for key, n in new.items():
+            term = (calibrate(old[key], n) if old is not None else n) if calibration == "per-client" else n
+            self.new[key] = self.new.get(key, 0.0) + count * term
+            if calibration != "per-client" and old is not None:
+                self.old[key] = self.old.get(key, 0.0) + count * old[key]
+        if calibration != "per-client" and old is not None:
+            self.total_old += count
+
+    def step(self, key: str) -> np.ndarray:
+        if self.calibration == "per-client":
+            return self.new[key] / self.total
+        mean_new = self.new[key] / self.total
+        mean_old = self.old[key] / self.total_old if self.total_old > 0 else mean_new
+        return calibrate(mean_old, mean_new)

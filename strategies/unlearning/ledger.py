@@ -2,9 +2,10 @@
 
 A wrapper inside any decoder (it sees dense updates) and around the named
 strategy: ``configure_train`` notes the global model sent (and saves the
-initial one); ``aggregate_train`` lets the inner strategy aggregate, then logs
-the replies it aggregated (its ``aggregated_replies``: after validation) with
-their example counts and, in storing rounds, their updates.
+initial one); it observes the inner strategy's aggregation (a ``ReplyObserver`` of
+strategies/fedavg.py): each valid reply, as it is folded, goes into the ledger with its
+example count and, in storing rounds, its update, written at once (the server never
+holds the round's updates); at the round's end, the partitions in the end aggregated.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -23,34 +24,32 @@ from strategies.wrappers.base import StrategyWrapper
 
 
 class Ledgered(StrategyWrapper):
-    """inner: a strategy that exposes ``aggregated_replies`` (strategies.fedavg.FedAvg)."""
+    """inner: a strategy that takes ``observers`` (strategies.fedavg.FedAvg)."""
     checkpointed = ("writer",)
 
     def __init__(self, inner: Strategy, writer: LedgerWriter, clients: dict[int, ClientInfo]) -> None:
         super().__init__(inner)
         self.writer, self.registry = writer, clients
-        self._sent: ArrayRecord | None = None
+        self._sent: dict[str, np.ndarray] | None = None  # the round's global model (zero-copy views)
+        inner.observers.append(self)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         if self._sent is None:
             self.writer.start(to_numpy_dict(arrays))
-        self._sent = arrays
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._sent = to_numpy_dict(arrays)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.writer.open_round(server_round, self._sent, len(messages))
+        return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        result = self.inner.aggregate_train(server_round, replies)
-        sent = to_numpy_dict(self._sent)
-        store = self.writer.stores(server_round)
-        entries = []
-        for reply in self.inner.aggregated_replies:
-            info = self.registry.get(reply.metadata.src_node_id)
-            pid = info.partition_id if info else reply.metadata.src_node_id
-            entries.append((pid, int(reply.content["metrics"]["num-examples"]),
-                            self._update(reply, sent) if store else None))
-        self.writer.record(server_round, sent, sorted(entries, key=lambda e: e[0]))
-        return result
+    def observe(self, server_round: int, reply: Message, keys: frozenset) -> None:
+        info = self.registry.get(reply.metadata.src_node_id)
+        pid = info.partition_id if info else reply.metadata.src_node_id
+        self.writer.add(pid, int(reply.content["metrics"]["num-examples"]),
+                        lambda: self._update(reply, self._sent))
+
+    def aggregated(self, server_round: int, keys: frozenset | None, partitions: list[int]) -> None:
+        self.writer.close_round(partitions)
 
     @staticmethod
     def _update(reply: Message, sent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

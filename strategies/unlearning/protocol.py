@@ -160,6 +160,9 @@ class Unlearning(StrategyWrapper):
         self.log_book = log_book or RoundLog()
         self.mask: dict[str, np.ndarray] | None = None
         self._sent: ArrayRecord | None = None
+        self._alone: list[tuple[int, Message]] = []  # the round's forget-only replies (observed)
+        self._aggregated = 0  # replies the inner strategy aggregated in the round
+        inner.observers.append(self)
 
     @property
     def metric_columns(self) -> list[str]:
@@ -176,7 +179,7 @@ class Unlearning(StrategyWrapper):
             config["salun-mask"] = pack_mask(self.mask, list(self.mask))
         if phase == "gradient-ascent" and self.reference_shares:
             config.update(share_config(self.reference_shares))
-        self._sent = arrays
+        self._sent, self._alone = arrays, []
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         holders = {c.node_id for c in self.clients.values() if c.num_forget > 0}
         self.log_book.record(server_round, phase=phase,
@@ -195,14 +198,24 @@ class Unlearning(StrategyWrapper):
             arrays = self._masked(arrays)
         return arrays, metrics
 
+    def observe(self, server_round: int, reply: Message, keys: frozenset) -> None:
+        """Keep a forget-only reply (weight 0 in FedAvg's sums) until the round's end."""
+        if float(reply.content["metrics"]["num-examples"]) == 0:
+            info = self.clients.get(reply.metadata.src_node_id)  # as FedAvg names partitions
+            self._alone.append((info.partition_id if info else reply.metadata.src_node_id, reply))
+
+    def aggregated(self, server_round: int, keys: frozenset | None, partitions: list[int]) -> None:
+        self._aggregated = len(partitions)
+        kept = set(partitions)
+        self._alone = [(p, r) for p, r in self._alone if p in kept]
+
     def _with_forget_only(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Add the forget-only replies' deltas, each with the share 1 / |replies| (see above)."""
-        valid = self.inner.aggregated_replies  # validated by FedAvg, weight-0 ones included
-        alone = [r for r in valid if float(r.content["metrics"]["num-examples"]) == 0]
+        alone, self._alone = [r for _, r in self._alone], []  # validated by FedAvg
         self.log_book.record(server_round, clients_forget_only=len(alone))
         if not alone or self.weighting == "uniform":
             return arrays
-        share = 1.0 / len(valid)
+        share = 1.0 / self._aggregated
         out = {}
         for key in arrays.keys():
             agg = array_view(arrays[key])

@@ -49,8 +49,15 @@ class Metered(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        up = sum(wire_bytes(m) for m in replies)
+        up = 0
+
+        def metered(stream: Iterable[Message]):  # each reply measured as it passes (a stream)
+            nonlocal up
+            for reply in stream:
+                up += wire_bytes(reply)
+                yield reply
+
+        result = self.inner.aggregate_train(server_round, metered(replies))
         self.total_up += up
         self.log.record(server_round, bytes_up=up, bytes_up_total=self.total_up)
-        return self.inner.aggregate_train(server_round, replies)
+        return result

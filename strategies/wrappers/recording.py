@@ -52,26 +52,34 @@ class Recording(StrategyWrapper):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        if server_round in self._sent:
-            arrays, config = self._sent.pop(server_round)
-            sent = to_state_dict(arrays)
-            reference = to_numpy_dict(arrays)  # zero-copy views, shared by every reply of the round
-            for reply in replies:
-                info = self.registry.get(reply.metadata.src_node_id)
-                if reply.has_error() or info is None or not self._wanted(server_round, info.partition_id):
-                    continue
-                content, encoded = reply.content, None
-                if COMPRESSED in content.array_records and self.codec is not None:
-                    encoded = blob_bytes(content[COMPRESSED])
-                    content = decode_reply(self.codec, content, layout_of(reference), reference)
-                meta = dict(content["meta"]) if "meta" in content.config_records else {}
-                save(Observation(server_round=server_round, partition_id=info.partition_id, sent=sent,
-                                 received=to_state_dict(content["arrays"]),
-                                 codec=str(meta.get("codec", "")), encoded=encoded,
-                                 payload=str(meta.get("payload", "weights")),
-                                 num_examples=int(content["metrics"]["num-examples"]),
-                                 metrics={**dict(content["metrics"]),
-                                          **({"steps": int(meta["steps"])} if "steps" in meta else {})},
-                                 config=config), self.root)
-        return self.inner.aggregate_train(server_round, replies)
+        if server_round not in self._sent:
+            return self.inner.aggregate_train(server_round, replies)
+        arrays, config = self._sent.pop(server_round)
+        return self.inner.aggregate_train(server_round, self._recorded(server_round, replies, arrays, config))
+
+    def _recorded(self, server_round: int, replies: Iterable[Message], arrays: ArrayRecord,
+                  config: dict) -> Iterable[Message]:
+        """Each reply saved as it passes (a stream), then passed on unchanged."""
+        sent = to_state_dict(arrays)
+        reference = to_numpy_dict(arrays)  # zero-copy views, shared by every reply of the round
+        for reply in replies:
+            info = self.registry.get(reply.metadata.src_node_id)
+            if not reply.has_error() and info is not None and self._wanted(server_round, info.partition_id):
+                self._save(server_round, info.partition_id, reply, sent, reference, config)
+            yield reply
+
+    def _save(self, server_round: int, partition_id: int, reply: Message, sent: dict, reference: dict,
+              config: dict) -> None:
+        content, encoded = reply.content, None
+        if COMPRESSED in content.array_records and self.codec is not None:
+            encoded = blob_bytes(content[COMPRESSED])
+            content = decode_reply(self.codec, content, layout_of(reference), reference)
+        meta = dict(content["meta"]) if "meta" in content.config_records else {}
+        save(Observation(server_round=server_round, partition_id=partition_id, sent=sent,
+                         received=to_state_dict(content["arrays"]),
+                         codec=str(meta.get("codec", "")), encoded=encoded,
+                         payload=str(meta.get("payload", "weights")),
+                         num_examples=int(content["metrics"]["num-examples"]),
+                         metrics={**dict(content["metrics"]),
+                                  **({"steps": int(meta["steps"])} if "steps" in meta else {})},
+                         config=config), self.root)
