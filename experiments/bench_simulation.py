@@ -20,7 +20,7 @@ process, Ray's GCS/raylet/workers), sampled every 0.2 s with psutil. Round 1
 (worker start-up) is excluded; round_s is the median of the other rounds.
 
     python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
-        [--device auto|cpu|cuda] [--client-gpus 0.0625]
+        [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
 
 writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb) and
 DIR/bench_simulation.png.
@@ -172,6 +172,8 @@ def main() -> None:
                         help="where both runners train (auto: cuda if available)")
     parser.add_argument("--client-gpus", type=float, default=0.0625,
                         help="GPU share of each fedsim client actor with --device cuda (0.0625: 16 per GPU)")
+    parser.add_argument("--runners", nargs="+", choices=["plain", "fedsim"], default=["plain", "fedsim"],
+                        help="which runners (default both; the ratio needs both)")
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "auto":
@@ -186,6 +188,8 @@ def main() -> None:
     rows = []
     for n in args.clients:
         for runner, fn in (("plain", run_plain), ("fedsim", run_fedsim)):
+            if runner not in args.runners:
+                continue
             round_s, peak = fn(n, args.rounds, out, args.device, args.client_gpus)
             rows.append({"clients": n, "runner": runner, "device": args.device, "round_s": round(round_s, 3),
                          "peak_rss_mb": round(peak, 1)})
@@ -195,7 +199,7 @@ def main() -> None:
         for r in rows:
             f.write(f"{r['clients']},{r['runner']},{r['device']},{r['round_s']},{r['peak_rss_mb']}\n")
     plot(rows, out / "bench_simulation.png")
-    for n in args.clients:
+    for n in args.clients if len(args.runners) == 2 else []:
         p, f = (next(r for r in rows if r["clients"] == n and r["runner"] == k) for k in ("plain", "fedsim"))
         print(f"{n:>5} clients: fedsim/plain time ratio {f['round_s'] / p['round_s']:.2f}")
 

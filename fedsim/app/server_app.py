@@ -30,6 +30,7 @@ from strategies.wrappers.resumed import Resumed
 app = ServerApp()
 actor_restart.install()  # a killed simulation worker is replaced (actor_restart.py)
 SIMULATION_WINDOW = 16  # messages in flight in simulation (see windowed_grid.py)
+DEPLOYED_PULL_S = 0.5  # how often a deployed server asks the SuperLink for replies (Flower's own grid: 3 s)
 
 
 def default_out_dir() -> str:
@@ -115,9 +116,8 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
     if cfg.checkpoint_every and simulated:  # the clients' context state, for a resume (simulation only)
         strategy = KeepClientState(strategy, state.client_dir, state.oldest_kept)
     recorder.state = state if cfg.checkpoint_every else None
-    window = cfg.max_in_flight or (SIMULATION_WINDOW if simulated else 0)
-    if window:
-        grid = WindowedGrid(grid, window)
+    window = cfg.max_in_flight or (SIMULATION_WINDOW if simulated else None)  # deployed: all at once
+    grid = WindowedGrid(grid, window, pull_interval=0.02 if simulated else DEPLOYED_PULL_S)  # replies stream
     columns = evaluator.quality_columns + list(getattr(strategy, "metric_columns", []))
     initial, done = to_array_record(evaluator.model.state_dict()), 0
     if cfg.resume:

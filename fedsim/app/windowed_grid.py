@@ -1,4 +1,4 @@
-"""A Grid that keeps at most ``window`` messages in flight (simulation only).
+"""A Grid that keeps at most ``window`` messages in flight and yields replies as they come.
 
 Flower's simulation engine feeds its Ray actors from a thread that, every
 0.1 s, asks the in-memory LinkState for each node's pending messages, and each
@@ -14,9 +14,9 @@ Replies are the same messages as with Flower's ``send_and_receive``, yielded as
 they are pulled rather than returned as a list once all have arrived: the
 strategy folds each into running sums and lets it go (strategies/fold.py), so
 the server holds about ``window`` replies, not the round's. The strategy folds
-them in partition order, so results do not change. Deployment
-(real SuperNodes) uses Flower's grid unchanged: every client gets its message
-at once.
+them in partition order, so results do not change. Deployed (real SuperNodes),
+the window is unbounded (``window=None``): every client gets its message at
+once, and replies still stream to the strategy as they are pulled.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from flwr.serverapp import Grid
 class WindowedGrid:
     """Duck-typed wrapper: ``send_and_receive`` is windowed, the rest forwards."""
 
-    def __init__(self, grid: Grid, window: int, pull_interval: float = 0.02) -> None:
+    def __init__(self, grid: Grid, window: int | None, pull_interval: float = 0.02) -> None:
+        """window: messages in flight at most (None: all at once)."""
         self._grid, self.window, self.pull_interval = grid, window, pull_interval
 
     def __getattr__(self, name: str):
@@ -45,7 +46,7 @@ class WindowedGrid:
 
         def refill() -> None:
             nonlocal pending
-            room = self.window - len(in_flight)
+            room = len(pending) if self.window is None else self.window - len(in_flight)
             if room > 0 and pending:
                 batch, pending = pending[:room], pending[room:]
                 in_flight.update(self._grid.push_messages(batch))
