@@ -1,4 +1,4 @@
-"""Simulation overhead: fedsim (Flower + Ray) against a plain PyTorch loop.
+"""Simulation overhead: fedsim (Flower + Ray) against a plain PyTorch loop and the same job on Flower directly.
 
 For N in {10, 100, 1000} clients (IID split of the digits train set, every
 client trains every round, 1 local epoch, batch 16, ddpm-small) both runners do
@@ -10,6 +10,9 @@ per-(round, client) generators -- and the same sample-weighted FedAvg:
   server-side held-out evaluation is left out: the plain loop does none).
 - ``plain``: one Python process, sequential clients, no Flower, no Ray: the
   floor on this machine.
+- ``flower-direct``: experiments/flower_direct.py, the job as Flower's quickstart
+  examples write it (a ClientApp that builds the model and returns its state dict,
+  Flower's own FedAvg, 1 CPU per client): what a user would write instead of fedsim.
 
 With ``--device cuda`` both runners train on the GPU: the plain loop moves its model there,
 fedsim's clients get ``device=cuda`` and ``--client-gpus`` of it each (Ray packs
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import psutil
 
+HERE = Path(__file__).resolve().parent
 BENCH_SET = ["partition=iid", "local-epochs=1", "batch-size=16", "eval-every=0",
              "model='ddpm-small'", "dataset='digits'", "seed=0"]
 
@@ -141,6 +145,19 @@ def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float) -
     return median_after_first(json.loads(res.read_text())["round_s"]), peak
 
 
+def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
+    """experiments/flower_direct.py: the same job written directly on Flower (quickstart style)."""
+    cmd = [sys.executable, str(HERE / "flower_direct.py"), "--out", str(out / f"flower-direct-{n}")]
+    for item in bench_overrides(n, rounds, device, client_gpus):
+        cmd += ["--set", item]
+    peak = measured(cmd, out / f"flower-direct-{n}.log")
+    return median_after_first(json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]), peak
+
+
+RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower_direct}
+STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -148,7 +165,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for runner, style in (("plain", "s--"), ("fedsim", "o-")):
+    for runner, style in STYLES.items():
         sel = [r for r in rows if r["runner"] == runner]
         for ax, key, label in ((axes[0], "round_s", "seconds per round"),
                                (axes[1], "peak_rss_mb", "peak RSS of process tree (MB)")):
@@ -172,8 +189,8 @@ def main() -> None:
                         help="where both runners train (auto: cuda if available)")
     parser.add_argument("--client-gpus", type=float, default=0.0625,
                         help="GPU share of each fedsim client actor with --device cuda (0.0625: 16 per GPU)")
-    parser.add_argument("--runners", nargs="+", choices=["plain", "fedsim"], default=["plain", "fedsim"],
-                        help="which runners (default both; the ratio needs both)")
+    parser.add_argument("--runners", nargs="+", choices=list(RUNNERS), default=list(RUNNERS),
+                        help="which runners (default all; a ratio needs both of its runners)")
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "auto":
@@ -187,7 +204,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.clients:
-        for runner, fn in (("plain", run_plain), ("fedsim", run_fedsim)):
+        for runner, fn in RUNNERS.items():
             if runner not in args.runners:
                 continue
             round_s, peak = fn(n, args.rounds, out, args.device, args.client_gpus)
@@ -199,9 +216,12 @@ def main() -> None:
         for r in rows:
             f.write(f"{r['clients']},{r['runner']},{r['device']},{r['round_s']},{r['peak_rss_mb']}\n")
     plot(rows, out / "bench_simulation.png")
-    for n in args.clients if len(args.runners) == 2 else []:
-        p, f = (next(r for r in rows if r["clients"] == n and r["runner"] == k) for k in ("plain", "fedsim"))
-        print(f"{n:>5} clients: fedsim/plain time ratio {f['round_s'] / p['round_s']:.2f}")
+    for n in args.clients:
+        got = {r["runner"]: r["round_s"] for r in rows if r["clients"] == n}
+        if "fedsim" in got and "plain" in got:
+            print(f"{n:>5} clients: fedsim/plain time ratio {got['fedsim'] / got['plain']:.2f}")
+        if "fedsim" in got and "flower-direct" in got:
+            print(f"{n:>5} clients: flower-direct/fedsim time ratio {got['flower-direct'] / got['fedsim']:.2f}")
 
 
 if __name__ == "__main__":

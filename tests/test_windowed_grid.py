@@ -57,6 +57,6 @@ def test_replies_are_yielded_as_they_arrive_not_after_the_last() -> None:
     fake = FakeGrid()
     stream = iter(WindowedGrid(fake, window=2, pull_interval=0).send_and_receive(list(range(8)), timeout=10))
     first = next(stream)
-    assert first.metadata.reply_to_message_id == "m0"
+    assert first.metadata.reply_to_message_id in {"m0", "m1"}  # the window's first two
     assert fake.in_flight  # the rest is still out there
     assert len(list(stream)) == 7

@@ -69,8 +69,10 @@ def app_pyproject(cfg: RunConfig) -> dict:
 class LocalFederation:
     """Context manager: a SuperLink on 127.0.0.1 for one run, stopped on exit."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
+    def __init__(self, run_dir: Path, cfg: RunConfig, *, pyproject: dict | None = None) -> None:
+        """pyproject: the app to submit (default fedsim's, app_pyproject(cfg))."""
         self.run_dir, self.cfg = run_dir, cfg
+        self.pyproject = pyproject or app_pyproject(cfg)
         self.home = run_dir / ".flwr"
         self.logs = run_dir / "logs"
         self.port = free_port()
@@ -88,7 +90,7 @@ class LocalFederation:
         (self.home / "app").mkdir(parents=True, exist_ok=True)
         (self.home / "config.toml").write_text(tomli_w.dumps({"superlink": {
             "default": "fedsim", "fedsim": {"address": f"127.0.0.1:{self.port}", "insecure": True}}}))
-        (self.home / "app" / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject(self.cfg)))
+        (self.home / "app" / "pyproject.toml").write_text(tomli_w.dumps(self.pyproject))
         cmd = [flwr_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
                "--port", str(self.port), "--disable-runtime-dependency-installation",
                "--log-file", str(self.logs / "superlink.log")]
