@@ -18,15 +18,17 @@ With ``--device cuda`` both runners train on the GPU: the plain loop moves its m
 fedsim's clients get ``device=cuda`` and ``--client-gpus`` of it each (Ray packs
 1/client-gpus client actors onto the one GPU). Default ``auto``: cuda where one is present.
 
-Peak memory is the summed RSS of the whole process tree (SuperLink, simulation
-process, Ray's GCS/raylet/workers), sampled every 0.2 s with psutil. Round 1
+Memory is that of the whole process tree (SuperLink, simulation process, Ray's
+GCS/raylet/workers), sampled every 0.5 s with psutil: the summed RSS, and the summed
+PSS, which counts a shared page once (RSS counts Ray's shared-memory object store once
+per process that maps it). Round 1
 (worker start-up) is excluded; round_s is the median of the other rounds.
 
     python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
         [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
 
-writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb) and
-DIR/bench_simulation.png.
+writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb, peak_pss_mb),
+DIR/bench_simulation.png, and the memory over time: DIR/bench_simulation_memory.csv and .png.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -53,29 +56,42 @@ def bench_overrides(n: int, rounds: int, device: str = "cpu", client_gpus: float
 
 
 class TreeRSS(threading.Thread):
-    """Peak summed RSS (MB) of a process and all its descendants."""
+    """Memory of a process and all its descendants over time (MB): the summed RSS, and the summed
+    PSS (shared pages divided among the processes that map them: Ray's shared-memory object store
+    is mapped by the raylet and every worker, and RSS counts it once per process)."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.root, self.interval, self.peak, self.running = psutil.Process(pid), interval, 0.0, True
+        self.root, self.interval, self.running = psutil.Process(pid), interval, True
+        self.peak = self.peak_pss = 0.0
+        self.samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS, PSS)
 
     def run(self) -> None:
+        t0 = time.monotonic()
         while self.running:
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            rss = pss = 0
             for p in procs:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
+                    rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total / 2**20)
+            self.samples.append((time.monotonic() - t0, rss / 2**20, pss / 2**20))
+            self.peak, self.peak_pss = max(self.peak, rss / 2**20), max(self.peak_pss, pss / 2**20)
             time.sleep(self.interval)
 
 
-def measured(cmd: list[str], log: Path) -> float:
+class Memory(NamedTuple):
+    peak_rss_mb: float
+    peak_pss_mb: float
+    samples: list[tuple[float, float, float]]
+
+
+def measured(cmd: list[str], log: Path) -> Memory:
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         sampler = TreeRSS(proc.pid)
@@ -85,7 +101,7 @@ def measured(cmd: list[str], log: Path) -> float:
         sampler.join()
     if code != 0:
         raise SystemExit(f"bench: {' '.join(cmd[:3])} failed (exit {code}); see {log}")
-    return sampler.peak
+    return Memory(sampler.peak, sampler.peak_pss, sampler.samples)
 
 
 def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None:
@@ -126,36 +142,59 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
+def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
     import pandas as pd
 
     run_dir = out / f"fedsim-{n}"
     cmd = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(run_dir)]
     for item in bench_overrides(n, rounds, device, client_gpus):
         cmd += ["--set", item]
-    peak = measured(cmd, out / f"fedsim-{n}.log")
+    mem = measured(cmd, out / f"fedsim-{n}.log")
     df = pd.read_csv(run_dir / "metrics.csv")
-    return median_after_first(list(df["wall_s"] - df["eval_s"])), peak
+    return median_after_first(list(df["wall_s"] - df["eval_s"])), mem
 
 
-def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
+def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
     res = out / f"plain-{n}.json"
-    peak = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds), "--device", device,
-                     "--out", str(res)], out / f"plain-{n}.log")
-    return median_after_first(json.loads(res.read_text())["round_s"]), peak
+    mem = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds), "--device", device,
+                    "--out", str(res)], out / f"plain-{n}.log")
+    return median_after_first(json.loads(res.read_text())["round_s"]), mem
 
 
-def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, float]:
+def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
     """experiments/flower_direct.py: the same job written directly on Flower (quickstart style)."""
     cmd = [sys.executable, str(HERE / "flower_direct.py"), "--out", str(out / f"flower-direct-{n}")]
     for item in bench_overrides(n, rounds, device, client_gpus):
         cmd += ["--set", item]
-    peak = measured(cmd, out / f"flower-direct-{n}.log")
-    return median_after_first(json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]), peak
+    mem = measured(cmd, out / f"flower-direct-{n}.log")
+    return median_after_first(json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]), mem
 
 
 RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower_direct}
 STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
+
+
+def plot_memory(traces: list[dict], path: Path) -> None:
+    """PSS of the process tree over time, one panel per client count, one line per runner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({t["clients"] for t in traces})
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.5 * len(counts), 3.4), squeeze=False)
+    for ax, n in zip(axes[0], counts):
+        for runner, style in STYLES.items():
+            sel = [t for t in traces if t["clients"] == n and t["runner"] == runner]
+            if sel:
+                ax.plot([t["t_s"] for t in sel], [t["pss_mb"] for t in sel], style.lstrip("so^"), label=runner)
+        ax.set_title(f"{n} clients, all every round")
+        ax.set_xlabel("seconds since start")
+        ax.set_ylabel("PSS of process tree (MB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -168,14 +207,14 @@ def plot(rows: list[dict], path: Path) -> None:
     for runner, style in STYLES.items():
         sel = [r for r in rows if r["runner"] == runner]
         for ax, key, label in ((axes[0], "round_s", "seconds per round"),
-                               (axes[1], "peak_rss_mb", "peak RSS of process tree (MB)")):
+                               (axes[1], "peak_pss_mb", "peak PSS of process tree (MB)")):
             ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, label=runner)
             ax.set_xscale("log")
             ax.set_xlabel("simulated clients (all train every round)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.suptitle("fedsim simulation overhead vs a plain PyTorch loop (same local work)")
+    fig.suptitle("fedsim vs a plain PyTorch loop and the job on Flower directly (same local work)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -202,19 +241,23 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, traces = [], []
     for n in args.clients:
         for runner, fn in RUNNERS.items():
             if runner not in args.runners:
                 continue
-            round_s, peak = fn(n, args.rounds, out, args.device, args.client_gpus)
+            round_s, mem = fn(n, args.rounds, out, args.device, args.client_gpus)
             rows.append({"clients": n, "runner": runner, "device": args.device, "round_s": round(round_s, 3),
-                         "peak_rss_mb": round(peak, 1)})
-            print(f"{n:>5} clients  {runner:<6}  {round_s:8.2f} s/round  peak {peak:8.0f} MB", flush=True)
-    with (out / "bench_simulation.csv").open("w") as f:
-        f.write("clients,runner,device,round_s,peak_rss_mb\n")
-        for r in rows:
-            f.write(f"{r['clients']},{r['runner']},{r['device']},{r['round_s']},{r['peak_rss_mb']}\n")
+                         "peak_rss_mb": round(mem.peak_rss_mb, 1), "peak_pss_mb": round(mem.peak_pss_mb, 1)})
+            traces += [{"clients": n, "runner": runner, "t_s": round(t, 2), "rss_mb": round(r, 1), "pss_mb": round(q, 1)}
+                       for t, r, q in mem.samples]
+            print(f"{n:>5} clients  {runner:<13}  {round_s:8.2f} s/round  peak RSS {mem.peak_rss_mb:8.0f} MB  "
+                  f"PSS {mem.peak_pss_mb:8.0f} MB", flush=True)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(out / "bench_simulation.csv", index=False)
+    pd.DataFrame(traces).to_csv(out / "bench_simulation_memory.csv", index=False)
+    plot_memory(traces, out / "bench_simulation_memory.png")
     plot(rows, out / "bench_simulation.png")
     for n in args.clients:
         got = {r["runner"]: r["round_s"] for r in rows if r["clients"] == n}

@@ -99,7 +99,7 @@ def run(out: Path, overrides: list[str]) -> list[float]:
     from fedsim.cli.launch import LocalFederation
     from fedsim.config import resolve
 
-    cfg = resolve(None, overrides + [f"out-dir='{out.resolve()}'"])
+    cfg = resolve(None, overrides + [f"out-dir='{out.resolve()}'", "ray-object-store-mb=0"])  # Ray's default store
     out.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parents[1])  # the simulation process imports experiments.flower_direct
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

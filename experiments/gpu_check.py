@@ -64,7 +64,8 @@ def jobs(out: Path, cuda: bool) -> list[tuple[str, list[str], float]]:
         ("quickstart", fedsim(["run", str(HERE / "quickstart.toml"), "--out", str(out / "quickstart"), *sets(quick)]),
          0.4),
         ("bench", [sys.executable, str(HERE / "bench_simulation.py"), "--out", str(out / "bench"),
-                   "--clients", "100" if cuda else "10", "--rounds", "3", "--device", device], 0.3),
+                   "--clients", "100" if cuda else "10", "--rounds", "3", "--device", device,
+                   "--runners", "plain", "fedsim"], 0.3),
         ("showcase-round", fedsim(["run", str(HERE / "showcase.toml"), "--out", str(out / "showcase-round"),
                                    *sets(show)]), 0.3),
     ]

@@ -226,6 +226,8 @@ class RunConfig:
     """Fraction of a GPU per client, e.g. 0.25: four clients share one."""
     ray_address: str = ""
     """Existing Ray cluster, e.g. "127.0.0.1:6379"; "" starts a local one."""
+    ray_object_store_mb: int = 256
+    """Shared-memory object store of the local Ray (messages in flight pass through it; Ray's default, 30 % of RAM, fills over rounds); 0: Ray's default."""
     out_dir: str = ""
     """Run folder; fedsim run sets it from --out."""
     checkpoint_every: int = 1
@@ -253,6 +255,8 @@ class RunConfig:
             (0.0 <= self.ema_decay < 1.0, "ema-decay must be in [0, 1)"),
             (self.num_samples >= 2, "num-samples must be >= 2"),
             (self.client_cpus >= 1 and self.client_gpus >= 0, "client-cpus must be >= 1 and client-gpus >= 0"),
+            (self.ray_object_store_mb == 0 or self.ray_object_store_mb >= 80,
+             "ray-object-store-mb must be 0 (Ray's default) or at least 80 (Ray's minimum is 75 MiB)"),
             (self.max_in_flight >= 0, "max-in-flight must be >= 0"),
             (self.checkpoint_every >= 0 and self.checkpoint_keep >= 1,
              "checkpoint-every must be >= 0 and checkpoint-keep >= 1"),

@@ -85,6 +85,7 @@ class ReplyObserver(Protocol):
 @dataclass
 class _Group:
     """The folded replies that share one metric-key set (Flower averages metrics over equal keys)."""
+    keys: frozenset
     sum: WeightedSum
     metrics: list[RecordDict] = field(default_factory=list)  # a few floats per reply
     pids: list[int] = field(default_factory=list)
@@ -212,9 +213,8 @@ class FedAvg(FlowerFedAvg):
         rejected += sum(len(g.pids) for g in odd)
         self.log_book.record(server_round, clients_failed=failed + max(sampled - arrived, 0),
                              clients_rejected=rejected)
-        chosen = next((k for k, g in groups.items() if g is group), None)
         for observer in self.observers:
-            observer.aggregated(server_round, chosen, group.pids if group else [])
+            observer.aggregated(server_round, group.keys if group else None, group.pids if group else [])
         if group is None:
             return None, None
         arrays = self._finish(group.sum)
@@ -236,7 +236,7 @@ class FedAvg(FlowerFedAvg):
                 log(WARNING, "round %d: reply of client %d not aggregated: a %dth set of metric keys",
                     server_round, self._partition_of(reply), MAX_KEYSETS + 1)
                 return 1
-            groups[keys] = _Group(WeightedSum(self._global, self._guess))
+            groups[keys] = _Group(keys, WeightedSum(self._global, self._guess))
         group = groups[keys]
         weight = float(metrics[self.weighted_by_key]) if self.weighting == "samples" else 1.0
         group.sum.add(reply.content["arrays"], weight)

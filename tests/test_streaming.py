@@ -126,3 +126,17 @@ def test_a_reply_outvoted_on_metric_keys_leaves_no_ledger_entry(tmp_path):
     np.testing.assert_array_equal(out["w"].numpy(), [[1.0, 1.0]])
     assert load_ledger(tmp_path).participants(ROUND) == {1: 11, 2: 12}
     assert not (tmp_path / "ledger" / "round_001" / "client_0000.safetensors").exists()
+
+
+def test_the_local_ray_gets_a_small_object_store_and_a_cluster_keeps_its_own(tmp_path):
+    """Messages in flight pass through Ray's shared-memory store; at Ray's default size (30 % of RAM)
+    its pages fill over rounds (7.8 GB PSS at 1000 clients per round): fedsim caps the Ray it starts."""
+    from fedsim.cli.launch import LocalFederation
+    from fedsim.config import RunConfig
+
+    capped = LocalFederation(tmp_path, RunConfig(ray_object_store_mb=256)).env
+    assert capped["RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES"] == str(256 * 2**20)
+    default = LocalFederation(tmp_path, RunConfig(ray_object_store_mb=0)).env
+    cluster = LocalFederation(tmp_path, RunConfig(ray_address="127.0.0.1:6379")).env
+    assert "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES" not in default
+    assert "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES" not in cluster and cluster["RAY_ADDRESS"] == "127.0.0.1:6379"

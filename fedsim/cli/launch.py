@@ -84,6 +84,8 @@ class LocalFederation:
         self.env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(self.home), "PATH": path}
         if cfg.ray_address:
             self.env["RAY_ADDRESS"] = cfg.ray_address
+        elif cfg.ray_object_store_mb:  # the Ray the simulation starts: a small store (a cluster keeps its own)
+            self.env["RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES"] = str(cfg.ray_object_store_mb * 2**20)
 
     def __enter__(self) -> LocalFederation:
         self.logs.mkdir(parents=True, exist_ok=True)

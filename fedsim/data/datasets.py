@@ -315,7 +315,7 @@ def load_dataset(name: str, split: str = "train", path: str | None = None, image
 @functools.lru_cache(maxsize=None)
 def _load(name: str, split: str, path: str | None, image_size: int) -> ImageData:
     """Read, convert and freeze one split; lru_cache keys on the normalised arguments."""
-    loader = _synthetic(name) if synthetic_train_size(name) else DATASETS[name]
+    loader = DATASETS[name] if name in DATASETS else _synthetic(name)  # synthetic-N: any N
     images, labels, num_classes = loader(split, path, image_size)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     labels.setflags(write=False)
