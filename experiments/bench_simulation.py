@@ -28,7 +28,8 @@ per process that maps it). Round 1
         [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
 
 writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb, peak_pss_mb),
-DIR/bench_simulation.png, and the memory over time: DIR/bench_simulation_memory.csv and .png.
+DIR/bench_simulation.png, the ratios of the run (DIR/bench_simulation_ratios.csv), and the
+memory over time: DIR/bench_simulation_memory.csv and .png.
 """
 
 from __future__ import annotations
@@ -174,6 +175,22 @@ RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower
 STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
 
 
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per client count, the ratios of one run: fedsim / plain and flower-direct / fedsim (round time),
+    and fedsim's peak PSS against its value at the smallest count."""
+    got = {(r["clients"], r["runner"]): r for r in rows}
+    counts = sorted({r["clients"] for r in rows})
+    base = got.get((counts[0], "fedsim")) if counts else None
+    out = []
+    for n in counts:
+        f, p, d = got.get((n, "fedsim")), got.get((n, "plain")), got.get((n, "flower-direct"))
+        out.append({"clients": n,
+                    "fedsim_over_plain": round(f["round_s"] / p["round_s"], 2) if f and p else None,
+                    "flower_direct_over_fedsim": round(d["round_s"] / f["round_s"], 2) if f and d else None,
+                    "fedsim_pss_over_smallest": round(f["peak_pss_mb"] / base["peak_pss_mb"], 3) if f and base else None})
+    return out
+
+
 def plot_memory(traces: list[dict], path: Path) -> None:
     """PSS of the process tree over time, one panel per client count, one line per runner."""
     import matplotlib
@@ -259,12 +276,12 @@ def main() -> None:
     pd.DataFrame(traces).to_csv(out / "bench_simulation_memory.csv", index=False)
     plot_memory(traces, out / "bench_simulation_memory.png")
     plot(rows, out / "bench_simulation.png")
-    for n in args.clients:
-        got = {r["runner"]: r["round_s"] for r in rows if r["clients"] == n}
-        if "fedsim" in got and "plain" in got:
-            print(f"{n:>5} clients: fedsim/plain time ratio {got['fedsim'] / got['plain']:.2f}")
-        if "fedsim" in got and "flower-direct" in got:
-            print(f"{n:>5} clients: flower-direct/fedsim time ratio {got['flower-direct'] / got['fedsim']:.2f}")
+    table = ratios(rows)
+    pd.DataFrame(table).to_csv(out / "bench_simulation_ratios.csv", index=False)
+    for r in table:
+        print(f"{r['clients']:>5} clients: fedsim/plain {r['fedsim_over_plain']}, flower-direct/fedsim "
+              f"{r['flower_direct_over_fedsim']}, fedsim peak PSS / at {table[0]['clients']}: "
+              f"{r['fedsim_pss_over_smallest']}")
 
 
 if __name__ == "__main__":
