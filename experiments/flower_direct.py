@@ -112,11 +112,7 @@ def run(out: Path, overrides: list[str]) -> list[float]:
                                   "config": cfg.to_flwr()}}},
     }
     with LocalFederation(out, cfg, pyproject=pyproject) as fed:
-        res = fed._flwr("run", str(fed.home / "app"), "fedsim", "--federation-config",
-                        f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1")
-        if not res.get("success"):
-            raise SystemExit(f"flower_direct: flwr run failed: {res}")
-        run_id = str(res["run-id"])
+        run_id = fed.submit(f"num-supernodes={cfg.num_clients} client-resources-num-cpus=1")  # Flower's defaults
         while not fed.finished(run_id):
             time.sleep(0.5)
     result = out / RESULT

@@ -31,7 +31,8 @@ from fedsim.records.wire import array_view, numpy_array
 
 class InOrder:
     """Reorder buffer: ``push(key, item)`` returns the items now releasable in ``expected``
-    order; ``rest()`` the others (late, or keys not expected) in key order."""
+    order (push None for a key that sends nothing to fold: what waited on it is released);
+    ``rest()`` the others (late, or keys not expected) in key order."""
 
     def __init__(self, expected: list[int]) -> None:
         self._expected, self._next = list(expected), 0
@@ -42,10 +43,6 @@ class InOrder:
         while self._next < len(self._expected) and self._expected[self._next] in self._waiting:
             yield from self._waiting.pop(self._expected[self._next])
             self._next += 1
-
-    def skip(self, key: int) -> Iterator:
-        """``key`` will send nothing to fold (an error, a rejected reply): release what waited on it."""
-        return self.push(key, None)
 
     def rest(self) -> Iterator:
         for key in sorted(self._waiting):
@@ -63,7 +60,6 @@ class WeightedSum:
         self.reference = reference
         self.guess = guess if guess > 0 else 1.0
         self.total = 0.0
-        self.count = 0
         self._guessed = {k: np.zeros(tuple(v.shape), dtype=np.float64) for k, v in reference.items()}
         self._exact = {k: np.zeros(tuple(v.shape), dtype=np.float64) for k, v in reference.items()}
 
@@ -74,7 +70,6 @@ class WeightedSum:
             acc += x * factor
             self._exact[key] += np.multiply(x, weight, dtype=np.float64)
         self.total += weight
-        self.count += 1
 
     def mean(self) -> ArrayRecord | None:
         """The weighted mean cast to the reference dtypes; None if the weights sum to 0."""

@@ -137,11 +137,12 @@ class LocalFederation:
         except ValueError:
             raise LaunchError(f"`flwr {args[0]}` failed: {res.stderr.strip()[-300:] or res.stdout[-300:]}") from None
 
-    def submit(self) -> str:
-        fed = (f"num-supernodes={self.cfg.num_clients} "
-               f"client-resources-num-cpus={self.cfg.client_cpus} "
-               f"client-resources-num-gpus={self.cfg.client_gpus} "
-               f"init-args-logging-level='ERROR' init-args-log-to-driver=false")
+    def submit(self, federation: str | None = None) -> str:
+        """``flwr run`` the app; federation: its --federation-config (default: fedsim's settings)."""
+        fed = federation or (f"num-supernodes={self.cfg.num_clients} "
+                             f"client-resources-num-cpus={self.cfg.client_cpus} "
+                             f"client-resources-num-gpus={self.cfg.client_gpus} "
+                             f"init-args-logging-level='ERROR' init-args-log-to-driver=false")
         res = self._flwr("run", str(self.home / "app"), "fedsim", "--federation-config", fed)
         if not res.get("success"):
             raise LaunchError(f"flwr run failed: {res}")
