@@ -29,7 +29,8 @@ per process that maps it). Round 1
 
 writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb, peak_pss_mb),
 DIR/bench_simulation.png, the ratios of the run (DIR/bench_simulation_ratios.csv), and the
-memory over time: DIR/bench_simulation_memory.csv and .png.
+memory over time: DIR/bench_simulation_memory.csv and .png, and each process's PSS when the
+tree's peaked (DIR/bench_simulation_processes.csv: where the fixed cost goes).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class TreeRSS(threading.Thread):
         self.root, self.interval, self.running = psutil.Process(pid), interval, True
         self.peak = self.peak_pss = 0.0
         self.samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS, PSS)
+        self.at_peak: dict[str, float] = {}  # process -> PSS (MB) when the tree's PSS peaked
 
     def run(self) -> None:
         t0 = time.monotonic()
@@ -75,21 +77,45 @@ class TreeRSS(threading.Thread):
             except psutil.NoSuchProcess:
                 return
             rss = pss = 0
+            each: dict[str, float] = {}
             for p in procs:
                 try:
                     info = p.memory_full_info()
                     rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+                    each[f"{p.pid} {process_name(p)}"] = getattr(info, "pss", info.rss) / 2**20
                 except psutil.Error:
                     pass
+            if pss / 2**20 > self.peak_pss:
+                self.at_peak = each
             self.samples.append((time.monotonic() - t0, rss / 2**20, pss / 2**20))
             self.peak, self.peak_pss = max(self.peak, rss / 2**20), max(self.peak_pss, pss / 2**20)
             time.sleep(self.interval)
+
+
+def process_name(p: psutil.Process) -> str:
+    """A short name: Ray's workers by their title (ray::ClientAppActor), a binary by its name
+    (raylet, gcs_server), a Python process by the script or module it runs."""
+    cmd = p.cmdline()
+    if not cmd:
+        return p.name()
+    if cmd[0].startswith("ray::"):
+        return cmd[0].split()[0]
+    first = Path(cmd[0].split()[0]).name  # the raylet's title holds its arguments
+    if not first.startswith("python"):
+        return first
+    for i, arg in enumerate(cmd[1:], start=1):
+        if arg == "-m" and i + 1 < len(cmd):
+            return cmd[i + 1]
+        if not arg.startswith("-"):
+            return Path(arg).name
+    return first
 
 
 class Memory(NamedTuple):
     peak_rss_mb: float
     peak_pss_mb: float
     samples: list[tuple[float, float, float]]
+    at_peak: dict[str, float]
 
 
 def measured(cmd: list[str], log: Path) -> Memory:
@@ -102,7 +128,7 @@ def measured(cmd: list[str], log: Path) -> Memory:
         sampler.join()
     if code != 0:
         raise SystemExit(f"bench: {' '.join(cmd[:3])} failed (exit {code}); see {log}")
-    return Memory(sampler.peak, sampler.peak_pss, sampler.samples)
+    return Memory(sampler.peak, sampler.peak_pss, sampler.samples, sampler.at_peak)
 
 
 def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None:
@@ -258,7 +284,7 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, traces = [], []
+    rows, traces, processes = [], [], []
     for n in args.clients:
         for runner, fn in RUNNERS.items():
             if runner not in args.runners:
@@ -268,12 +294,15 @@ def main() -> None:
                          "peak_rss_mb": round(mem.peak_rss_mb, 1), "peak_pss_mb": round(mem.peak_pss_mb, 1)})
             traces += [{"clients": n, "runner": runner, "t_s": round(t, 2), "rss_mb": round(r, 1), "pss_mb": round(q, 1)}
                        for t, r, q in mem.samples]
+            processes += [{"clients": n, "runner": runner, "process": name.split(" ", 1)[1], "pss_mb": round(v, 1)}
+                          for name, v in sorted(mem.at_peak.items(), key=lambda kv: -kv[1])]
             print(f"{n:>5} clients  {runner:<13}  {round_s:8.2f} s/round  peak RSS {mem.peak_rss_mb:8.0f} MB  "
                   f"PSS {mem.peak_pss_mb:8.0f} MB", flush=True)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "bench_simulation.csv", index=False)
     pd.DataFrame(traces).to_csv(out / "bench_simulation_memory.csv", index=False)
+    pd.DataFrame(processes).to_csv(out / "bench_simulation_processes.csv", index=False)
     plot_memory(traces, out / "bench_simulation_memory.png")
     plot(rows, out / "bench_simulation.png")
     table = ratios(rows)
