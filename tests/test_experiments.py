@@ -3,6 +3,7 @@ answer ``--help`` (scripts with an argparse parser only: ``--help`` must not sta
 a benchmark). Parametrized over what exists under experiments/.
 """
 
+import importlib.util
 import os
 import py_compile
 import subprocess
@@ -125,3 +126,25 @@ def test_attack_benchmark_report_carries_intervals_and_baselines_and_skips_unfin
           "eps_cos": None}]))
     assert phases[2].startswith("| GIDM | 17.00")
     assert phases[3].startswith("| baseline-mean image (same targets) | 11.00")
+
+
+def test_bench_process_names_are_short_and_say_what_runs():
+    """bench_simulation's per-process memory table names Ray's workers, binaries and Python scripts."""
+    spec = importlib.util.spec_from_file_location("bench_simulation", EXPERIMENTS / "bench_simulation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Proc:
+        def __init__(self, cmd):
+            self.cmd = cmd
+
+        def cmdline(self):
+            return self.cmd
+
+    cases = {"raylet": ["/r/ray/raylet/raylet", "--node=1", "/v/bin/python /r/default_worker.py --temp-dir=/tmp/ray --x"],
+             "ray::ClientAppActor": ["ray::ClientAppActor"],
+             "flower-superlink": ["/v/bin/python", "/v/bin/flower-superlink", "--insecure"],
+             "fedsim.cli": ["/v/bin/python", "-m", "fedsim.cli", "run"],
+             "log_monitor.py": ["/v/bin/python", "-u", "/r/ray/_private/log_monitor.py", "--a=/b"]}
+    for name, cmd in cases.items():
+        assert bench.process_name(Proc(cmd)) == name
