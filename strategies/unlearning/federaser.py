@@ -89,11 +89,13 @@ class Calibrated(StrategyWrapper):
         self._sent: ArrayRecord | None = None
         self._sums: dict[frozenset, _Sums] = {}  # the round's, per metric-key set (as FedAvg sums)
         self._step: _Sums | None = None  # the sums of the replies FedAvg aggregated
+        self._sent_views: dict[str, np.ndarray] = {}
         inner.observers.append(self)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._sent, self._sums, self._step = arrays, {}, None
+        self._sent_views = {k: array_view(arrays[k]) for k in arrays.keys()}  # once per round, not per reply
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def observe(self, server_round: int, reply: Message, keys: frozenset) -> None:
@@ -106,13 +108,12 @@ class Calibrated(StrategyWrapper):
             log(logging.WARNING, "FedEraser: no stored update of client %d in round %d; "
                 "its calibration update is used as is", pid, t)
             stored = None
-        received = reply.content["arrays"]
-        sent = {k: array_view(self._sent[k]) for k in self._sent.keys()}
+        received, sent = reply.content["arrays"], self._sent_views
         new = {k: array_view(received[k]).astype(np.float64) - sent[k] for k in sent
                if np.issubdtype(sent[k].dtype, np.floating)}
         if keys not in self._sums:
-            self._sums[keys] = _Sums()
-        self._sums[keys].add(float(reply.content["metrics"]["num-examples"]), new, stored, self.calibration)
+            self._sums[keys] = _Sums(self.calibration)
+        self._sums[keys].add(float(reply.content["metrics"]["num-examples"]), new, stored)
 
     def aggregated(self, server_round: int, keys: frozenset | None, partitions: list[int]) -> None:
         self._step = self._sums.get(keys)
@@ -139,15 +140,14 @@ class _Sums:
     the end): per-client, sum_k N_k U~_k; per-layer-mean, sum_k N_k U^_k and, over the
     clients with a stored update, sum_k N_k U_k and sum_k N_k."""
 
-    def __init__(self) -> None:
+    def __init__(self, calibration: str) -> None:
+        self.calibration = calibration
         self.total = self.total_old = 0.0
         self.new: dict[str, np.ndarray] = {}
         self.old: dict[str, np.ndarray] = {}
-        self.calibration = "per-client"
 
-    def add(self, count: float, new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None,
-            calibration: str) -> None:
-        self.calibration = calibration
+    def add(self, count: float, new: dict[str, np.ndarray], old: dict[str, np.ndarray] | None) -> None:
+        calibration = self.calibration
         self.total += count
         for key, n in new.items():
             term = (calibrate(old[key], n) if old is not None else n) if calibration == "per-client" else n
