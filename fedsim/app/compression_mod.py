@@ -21,12 +21,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.app.node_data import client_id
 from fedsim.compression.codecs import decode_update, encode_update, from_settings
-from fedsim.records.wire import numpy_array, to_numpy_dict
+from fedsim.records.wire import to_array_record, to_numpy_dict
 from fedsim.rng import derive
 from strategies.compression.compressed import COMPRESSED, DOWNLINK, blob_array, layout_of
 
@@ -73,7 +73,7 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     rng = derive(int(context.run_config.get("seed", 0)), "uplink", server_round, pid) if codec.needs_rng else None
     data, _ = encode_update(codec, update, residual=residual if feedback else None, rng=rng)
     if feedback:
-        context.state[RESIDUAL] = ArrayRecord({k: numpy_array(v) for k, v in residual.items()}, keep_input=True)
+        context.state[RESIDUAL] = to_array_record(residual)
     meta = ConfigRecord({**dict(meta), "codec": codec.spec(), "encode-s": time.perf_counter() - t0})
     out = RecordDict({COMPRESSED: blob_array(data), "meta": meta})
     for key, record in content.metric_records.items():
@@ -96,7 +96,7 @@ def _rebuild_global(content: RecordDict, context: Context, codec) -> RecordDict:
         delta = decode_update(codec, codes[key].tobytes(), layout)
         for k, d in delta.items():
             view[k] = (view[k] + d).astype(view[k].dtype) if np.issubdtype(d.dtype, np.floating) else np.array(d)
-    out = RecordDict({"arrays": ArrayRecord({k: numpy_array(v) for k, v in view.items()}, keep_input=True),
+    out = RecordDict({"arrays": to_array_record(view),
                       "config": config})
     for key, record in content.config_records.items():  # e.g. the simulation's secrets mark
         if key != "config":

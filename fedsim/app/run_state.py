@@ -23,7 +23,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord
 
 from fedsim.records.checkpoint import FOLDER, Checkpoints, atomic_write, load_state, state_of
-from fedsim.records.wire import numpy_array, to_numpy_dict
+from fedsim.records.wire import to_array_record, to_numpy_dict
 
 CLIENT_STATE = "clients"  # under checkpoints/: fedsim/app/state_mod.py's files
 
@@ -69,7 +69,7 @@ class RunState:
         self.recorder.initial, self.recorder.last = state["recorder"]["initial"], state["recorder"]["last"]
         cut_metrics(self.folder.metrics_path, ckpt.round)
         drop_client_state_after(self.client_dir, ckpt.round)
-        arrays = ArrayRecord({k: numpy_array(v) for k, v in state["arrays"].items()}, keep_input=True)
+        arrays = to_array_record(state["arrays"])
         return ckpt.round, arrays
 
 

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from fedsim.app import actor_restart
+from fedsim.app.delivery_index import index_deliveries
 from fedsim.app.run_state import RunState
 from fedsim.app.windowed_grid import WindowedGrid, in_simulation
 from fedsim.config import load_config
@@ -104,6 +105,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run(grid: Grid, cfg, folder: RunFolder) -> None:
+    if in_simulation(grid):
+        index_deliveries(grid.state)  # the engine's delivery sweep asks only nodes with a message waiting
     clients = discover_clients(grid)  # RuntimeError if none answers
     log = RoundLog()
     evaluator = ServerEvaluator(cfg, folder.path)

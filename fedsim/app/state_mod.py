@@ -20,12 +20,12 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.app.node_data import client_id
 from fedsim.records.checkpoint import atomic_write
-from fedsim.records.wire import numpy_array, to_numpy_dict
+from fedsim.records.wire import to_array_record, to_numpy_dict
 from strategies.wrappers.client_state import RECORD
 
 RESTORED = "client-state-restored"  # set in a context once it has been restored (or had nothing to restore)
@@ -74,7 +74,7 @@ def _state(context: Context) -> dict:
 def _restore(context: Context, path: Path) -> None:
     state = pickle.loads(path.read_bytes())
     for key, arrays in state["arrays"].items():
-        context.state[key] = ArrayRecord({n: numpy_array(a) for n, a in arrays.items()}, keep_input=True)
+        context.state[key] = to_array_record(arrays)
     for key, values in state["configs"].items():
         context.state[key] = ConfigRecord(values)
 

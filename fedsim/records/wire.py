@@ -10,7 +10,11 @@ serve (measured on ddpm-small, 144 arrays, 2.8 MB, 100 replies per round):
   from field lengths with the protobuf wire rules (the tests check it equals
   ``ByteSize()``); only small metric/config records are really serialized.
 - ``ArrayRecord(state_dict)`` writes each npy header through ``np.save``;
-  ``to_array_record`` reuses one header per (dtype, shape).
+  ``to_array_record`` reuses one header per (dtype, shape), and fills one record in
+  place (``ArrayRecord(dict_of_arrays)`` constructs every Array again): 3.2 -> 1.6 ms
+  per ddpm-small reply, paid once per client per round.
+- ``array_view`` parses each distinct npy header once (``np.prod`` and
+  ``descr_to_dtype`` per array cost more than the view): 0.9 -> 0.2 ms per reply.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ast
 import functools
 import io
+import math
 
 import numpy as np
 import torch
@@ -33,20 +38,20 @@ def array_view(array: Array) -> np.ndarray:
     data = array.data
     if array.stype != NUMPY or data[:6] != b"\x93NUMPY":
         return array.numpy()
-    major = data[6]
-    size_bytes = 2 if major == 1 else 4
-    header_len = int.from_bytes(data[8:8 + size_bytes], "little")
-    offset = 8 + size_bytes + header_len
-    if b"'fortran_order': True" in data[8 + size_bytes:offset]:
+    size_bytes = 2 if data[6] == 1 else 4
+    header_end = 8 + size_bytes + int.from_bytes(data[8:8 + size_bytes], "little")
+    dtype = _header_dtype(data[8 + size_bytes:header_end])
+    if dtype is None:  # Fortran order
         return array.numpy()
-    dtype = np.lib.format.descr_to_dtype(_descr(data[8 + size_bytes:offset]))
-    count = int(np.prod(array.shape, dtype=np.int64))
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(array.shape)
+    return np.frombuffer(data, dtype=dtype, count=math.prod(array.shape), offset=header_end).reshape(array.shape)
 
 
 @functools.lru_cache(maxsize=4096)
-def _descr(header: bytes) -> str:
-    return ast.literal_eval(header.decode("latin1"))["descr"]
+def _header_dtype(header: bytes) -> np.dtype | None:
+    """The dtype an npy header names, or None for Fortran order (a model has a few dozen distinct
+    headers: parsed once each; ``np.prod`` and ``descr_to_dtype`` per array cost more than the view)."""
+    fields = ast.literal_eval(header.decode("latin1"))
+    return None if fields["fortran_order"] else np.lib.format.descr_to_dtype(fields["descr"])
 
 
 def to_numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -74,10 +79,10 @@ def numpy_array(arr: np.ndarray) -> Array:
 
 def to_array_record(tensors: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> ArrayRecord:
     """Same bytes as ``ArrayRecord(state_dict)``; np.load reads them back."""
-    out = {}
+    out = ArrayRecord()  # filled in place: ArrayRecord(dict) would build every Array a second time
     for k, v in tensors.items():
         out[k] = numpy_array(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-    return ArrayRecord(out, keep_input=True)
+    return out
 
 
 # -- exact protobuf sizes -------------------------------------------------

@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.compression.codecs import Codec, decode_update, encode_update, from_settings
 from fedsim.records.round_log import RoundLog
-from fedsim.records.wire import array_view, numpy_array, payload_bytes, to_numpy_dict
+from fedsim.records.wire import array_view, numpy_array, payload_bytes, to_array_record, to_numpy_dict
 from fedsim.rng import derive
 from strategies.wrappers.base import StrategyWrapper
 
@@ -67,7 +67,7 @@ def decode_reply(codec: Codec, content: RecordDict, layout, reference: dict[str,
     else:
         dense = {k: (reference[k] + v).astype(reference[k].dtype) if np.issubdtype(v.dtype, np.floating)
                  else v for k, v in delta.items()}
-    out = RecordDict({"arrays": ArrayRecord({k: numpy_array(v) for k, v in dense.items()}, keep_input=True)})
+    out = RecordDict({"arrays": to_array_record(dense)})
     for key, record in content.metric_records.items():
         out[key] = record
     for key, record in content.config_records.items():
@@ -152,7 +152,7 @@ class Compressed(StrategyWrapper):
                 self._view[k] = np.array(v, copy=True)
         oldest = min(self._synced.values(), default=server_round)
         self._codes = {r: c for r, c in self._codes.items() if r > oldest}  # nobody needs older codes
-        return ArrayRecord({k: numpy_array(v) for k, v in self._view.items()}, keep_input=True)
+        return to_array_record(self._view)
 
     # -- uplink ----------------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

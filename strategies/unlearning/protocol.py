@@ -63,7 +63,7 @@ every reply 1 / |replies|, which is the same share, and nothing is added. Per me
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import WARNING
 
