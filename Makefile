@@ -43,7 +43,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not deployment"
 
 bench: $(STAMP)
-	$(PY) experiments/bench_simulation.py --out runs/bench
+	$(PY) experiments/bench_simulation.py --out runs/bench --clients 10 100 1000 --registered 10000:100
 
 # docs/configuration.md and pyproject's app config from RunConfig; result tables included from what experiment runners wrote
 docs: $(STAMP)

@@ -24,10 +24,16 @@ PSS, which counts a shared page once (RSS counts Ray's shared-memory object stor
 per process that maps it). Round 1
 (worker start-up) is excluded; round_s is the median of the other rounds.
 
-    python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
-        [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
+Scale rows (``--registered 10000:100``): R registered clients, K sampled per round, fedsim
+alone, on the procedural ``synthetic`` dataset (50,000 images, drawn at 8x8 like the digits: five per client at
+10,000), where the acceptance is a peak and a first-round time; they add start-up (command
+start to the first round's start) and the first round's time to the table.
 
-writes DIR/bench_simulation.csv (clients, runner, device, round_s, peak_rss_mb, peak_pss_mb),
+    python experiments/bench_simulation.py --out DIR [--clients 10 100 1000] [--rounds 3]
+        [--registered 10000:100] [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
+
+writes DIR/bench_simulation.csv (clients, per_round, runner, device, round_s, first_round_s,
+startup_s, total_s, peak_rss_mb, peak_pss_mb),
 DIR/bench_simulation.png, the ratios of the run (DIR/bench_simulation_ratios.csv), and the
 memory over time: DIR/bench_simulation_memory.csv and .png, and each process's PSS when the
 tree's peaked (DIR/bench_simulation_processes.csv: where the fixed cost goes).
@@ -52,9 +58,16 @@ BENCH_SET = ["partition=iid", "local-epochs=1", "batch-size=16", "eval-every=0",
              "model='ddpm-small'", "dataset='digits'", "seed=0"]
 
 
-def bench_overrides(n: int, rounds: int, device: str = "cpu", client_gpus: float = 0.0) -> list[str]:
-    return BENCH_SET + [f"num-clients={n}", f"clients-per-round={n}", f"rounds={rounds}", f"device='{device}'",
-                        f"client-gpus={client_gpus if device == 'cuda' else 0.0}"]
+SCALE_SET = ["dataset='synthetic'", "image-size=8"]  # scale rows: enough images for 10,000 clients (BENCH_SET's digits: 1,797)
+
+
+def bench_overrides(n: int, rounds: int, device: str = "cpu", client_gpus: float = 0.0,
+                    per_round: int | None = None) -> list[str]:
+    """The run's --set items: all n clients every round, or (scale rows) per_round of n on synthetic."""
+    scale = per_round is not None and per_round != n
+    return BENCH_SET + (SCALE_SET if scale else []) + [
+        f"num-clients={n}", f"clients-per-round={per_round or n}", f"rounds={rounds}", f"device='{device}'",
+        f"client-gpus={client_gpus if device == 'cuda' else 0.0}"]
 
 
 class TreeRSS(threading.Thread):
@@ -116,19 +129,22 @@ class Memory(NamedTuple):
     peak_pss_mb: float
     samples: list[tuple[float, float, float]]
     at_peak: dict[str, float]
+    total_s: float  # the whole command, start-up included
 
 
 def measured(cmd: list[str], log: Path) -> Memory:
     with log.open("w") as f:
+        t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         sampler = TreeRSS(proc.pid)
         sampler.start()
         code = proc.wait()
+        total = time.perf_counter() - t0
         sampler.running = False
         sampler.join()
     if code != 0:
         raise SystemExit(f"bench: {' '.join(cmd[:3])} failed (exit {code}); see {log}")
-    return Memory(sampler.peak, sampler.peak_pss, sampler.samples, sampler.at_peak)
+    return Memory(sampler.peak, sampler.peak_pss, sampler.samples, sampler.at_peak, total)
 
 
 def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None:
@@ -169,32 +185,59 @@ def median_after_first(values: list[float]) -> float:
     return statistics.median(values[1:] if len(values) > 1 else values)
 
 
-def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
+class Timing(NamedTuple):
+    round_s: float  # median of the rounds after the first
+    first_round_s: float
+    startup_s: float  # command start to the first round's start (None where a runner cannot tell)
+
+
+def label(n: int, per_round: int | None) -> str:
+    return f"{n}" if per_round in (None, n) else f"{n}x{per_round}"
+
+
+def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float,
+               per_round: int | None = None) -> tuple[Timing, Memory]:
     import pandas as pd
 
-    run_dir = out / f"fedsim-{n}"
+    run_dir = out / f"fedsim-{label(n, per_round)}"
     cmd = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(run_dir)]
-    for item in bench_overrides(n, rounds, device, client_gpus):
+    for item in bench_overrides(n, rounds, device, client_gpus, per_round):
         cmd += ["--set", item]
-    mem = measured(cmd, out / f"fedsim-{n}.log")
+    mem = measured(cmd, out / f"fedsim-{label(n, per_round)}.log")
     df = pd.read_csv(run_dir / "metrics.csv")
-    return median_after_first(list(df["wall_s"] - df["eval_s"])), mem
+    rounds_s = list(df["wall_s"] - df["eval_s"])
+    # the run's status.json holds the end; the rounds' wall times sum to the time in rounds
+    startup = mem.total_s - float(df["wall_s"].sum()) - teardown_s(run_dir)
+    return Timing(median_after_first(rounds_s), rounds_s[0], startup), mem
 
 
-def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
+def teardown_s(run_dir: Path) -> float:
+    """Seconds from the last round's end to the run's end (final model, plots, shutdown), from the
+    times status.json and metrics.csv were last written."""
+    try:
+        return max(0.0, (run_dir / "status.json").stat().st_mtime - (run_dir / "metrics.csv").stat().st_mtime)
+    except OSError:
+        return 0.0
+
+
+def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float,
+              per_round: int | None = None) -> tuple[Timing, Memory]:
     res = out / f"plain-{n}.json"
     mem = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds), "--device", device,
                     "--out", str(res)], out / f"plain-{n}.log")
-    return median_after_first(json.loads(res.read_text())["round_s"]), mem
+    times = json.loads(res.read_text())["round_s"]
+    return Timing(median_after_first(times), times[0], mem.total_s - sum(times)), mem
 
 
-def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float) -> tuple[float, Memory]:
+def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float,
+                      per_round: int | None = None) -> tuple[Timing, Memory]:
     """experiments/flower_direct.py: the same job written directly on Flower (quickstart style)."""
     cmd = [sys.executable, str(HERE / "flower_direct.py"), "--out", str(out / f"flower-direct-{n}")]
     for item in bench_overrides(n, rounds, device, client_gpus):
         cmd += ["--set", item]
     mem = measured(cmd, out / f"flower-direct-{n}.log")
-    return median_after_first(json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]), mem
+    times = json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]
+    return Timing(median_after_first(times), times[0], None), mem
 
 
 RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower_direct}
@@ -204,6 +247,7 @@ STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
 def ratios(rows: list[dict]) -> list[dict]:
     """Per client count, the ratios of one run: fedsim / plain and flower-direct / fedsim (round time),
     and fedsim's peak PSS against its value at the smallest count."""
+    rows = [r for r in rows if r["per_round"] == r["clients"]]  # all train every round (not the scale rows)
     got = {(r["clients"], r["runner"]): r for r in rows}
     counts = sorted({r["clients"] for r in rows})
     base = got.get((counts[0], "fedsim")) if counts else None
@@ -224,14 +268,14 @@ def plot_memory(traces: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = sorted({t["clients"] for t in traces})
+    counts = sorted({(t["clients"], t["per_round"]) for t in traces})
     fig, axes = plt.subplots(1, len(counts), figsize=(4.5 * len(counts), 3.4), squeeze=False)
-    for ax, n in zip(axes[0], counts):
+    for ax, (n, k) in zip(axes[0], counts):
         for runner, style in STYLES.items():
-            sel = [t for t in traces if t["clients"] == n and t["runner"] == runner]
+            sel = [t for t in traces if (t["clients"], t["per_round"]) == (n, k) and t["runner"] == runner]
             if sel:
                 ax.plot([t["t_s"] for t in sel], [t["pss_mb"] for t in sel], style.lstrip("so^"), label=runner)
-        ax.set_title(f"{n} clients, all every round")
+        ax.set_title(f"{n} clients, all every round" if n == k else f"{n} registered, {k} per round")
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("PSS of process tree (MB)")
         ax.grid(alpha=0.3)
@@ -248,7 +292,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for runner, style in STYLES.items():
-        sel = [r for r in rows if r["runner"] == runner]
+        sel = [r for r in rows if r["runner"] == runner and r["per_round"] == r["clients"]]
         for ax, key, label in ((axes[0], "round_s", "seconds per round"),
                                (axes[1], "peak_pss_mb", "peak PSS of process tree (MB)")):
             ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, label=runner)
@@ -267,6 +311,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="output folder (CSV, PNG, logs)")
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--registered", nargs="*", default=[], metavar="R:K",
+                        help="scale rows: R registered clients, K per round, fedsim alone (e.g. 10000:100)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where both runners train (auto: cuda if available)")
     parser.add_argument("--client-gpus", type=float, default=0.0625,
@@ -275,6 +321,11 @@ def main() -> None:
                         help="which runners (default all; a ratio needs both of its runners)")
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        scale = [tuple(int(v) for v in item.split(":")) for item in args.registered]
+        assert all(len(rk) == 2 and 0 < rk[1] <= rk[0] for rk in scale)
+    except (ValueError, AssertionError):
+        parser.error(f"--registered takes R:K pairs with 0 < K <= R, got {' '.join(args.registered)}")
     if args.device == "auto":
         import torch
 
@@ -284,20 +335,23 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    jobs = [(n, n, runner) for n in args.clients for runner in RUNNERS if runner in args.runners]
+    jobs += [(n, k, "fedsim") for n, k in scale]
     rows, traces, processes = [], [], []
-    for n in args.clients:
-        for runner, fn in RUNNERS.items():
-            if runner not in args.runners:
-                continue
-            round_s, mem = fn(n, args.rounds, out, args.device, args.client_gpus)
-            rows.append({"clients": n, "runner": runner, "device": args.device, "round_s": round(round_s, 3),
-                         "peak_rss_mb": round(mem.peak_rss_mb, 1), "peak_pss_mb": round(mem.peak_pss_mb, 1)})
-            traces += [{"clients": n, "runner": runner, "t_s": round(t, 2), "rss_mb": round(r, 1), "pss_mb": round(q, 1)}
-                       for t, r, q in mem.samples]
-            processes += [{"clients": n, "runner": runner, "process": name.split(" ", 1)[1], "pss_mb": round(v, 1)}
-                          for name, v in sorted(mem.at_peak.items(), key=lambda kv: -kv[1])]
-            print(f"{n:>5} clients  {runner:<13}  {round_s:8.2f} s/round  peak RSS {mem.peak_rss_mb:8.0f} MB  "
-                  f"PSS {mem.peak_pss_mb:8.0f} MB", flush=True)
+    for n, k, runner in jobs:
+        timing, mem = RUNNERS[runner](n, args.rounds, out, args.device, args.client_gpus, per_round=k)
+        rows.append({"clients": n, "per_round": k, "runner": runner, "device": args.device,
+                     "round_s": round(timing.round_s, 3), "first_round_s": round(timing.first_round_s, 3),
+                     "startup_s": None if timing.startup_s is None else round(timing.startup_s, 2),
+                     "total_s": round(mem.total_s, 2), "peak_rss_mb": round(mem.peak_rss_mb, 1),
+                     "peak_pss_mb": round(mem.peak_pss_mb, 1)})
+        traces += [{"clients": n, "per_round": k, "runner": runner, "t_s": round(t, 2), "rss_mb": round(r, 1),
+                    "pss_mb": round(q, 1)} for t, r, q in mem.samples]
+        processes += [{"clients": n, "per_round": k, "runner": runner, "process": name.split(" ", 1)[1],
+                       "pss_mb": round(v, 1)} for name, v in sorted(mem.at_peak.items(), key=lambda kv: -kv[1])]
+        print(f"{label(n, k):>9} clients  {runner:<13}  {timing.round_s:8.2f} s/round (first {timing.first_round_s:.1f})"
+              f"  peak RSS {mem.peak_rss_mb:8.0f} MB  PSS {mem.peak_pss_mb:8.0f} MB  total {mem.total_s:.0f} s",
+              flush=True)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "bench_simulation.csv", index=False)

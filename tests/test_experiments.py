@@ -148,3 +148,30 @@ def test_bench_process_names_are_short_and_say_what_runs():
              "log_monitor.py": ["/v/bin/python", "-u", "/r/ray/_private/log_monitor.py", "--a=/b"]}
     for name, cmd in cases.items():
         assert bench.process_name(Proc(cmd)) == name
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_simulation", EXPERIMENTS / "bench_simulation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_scale_rows_sample_from_many_registered_clients_and_stay_out_of_the_ratios():
+    bench = _bench_module()
+    items = bench.bench_overrides(10_000, 2, per_round=100)
+    assert "num-clients=10000" in items and "clients-per-round=100" in items
+    assert "dataset='synthetic'" in items and items.index("dataset='synthetic'") > items.index("dataset='digits'")
+    assert "clients-per-round=1000" in bench.bench_overrides(1000, 3) and "dataset='synthetic'" not in bench.bench_overrides(1000, 3)
+    row = {"device": "cpu", "peak_pss_mb": 2000.0}
+    rows = [{**row, "clients": 100, "per_round": 100, "runner": "plain", "round_s": 4.0},
+            {**row, "clients": 100, "per_round": 100, "runner": "fedsim", "round_s": 4.4},
+            {**row, "clients": 10_000, "per_round": 100, "runner": "fedsim", "round_s": 40.0}]
+    assert bench.ratios(rows) == [{"clients": 100, "fedsim_over_plain": 1.1, "flower_direct_over_fedsim": None,
+                                   "fedsim_pss_over_smallest": 1.0}]
+
+
+def test_bench_bad_registered_pair_is_one_line_and_exit_2():
+    res = subprocess.run([sys.executable, str(EXPERIMENTS / "bench_simulation.py"), "--out", "/nonexistent/x",
+                          "--registered", "100:1000"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "R:K pairs" in res.stderr and "Traceback" not in res.stderr
