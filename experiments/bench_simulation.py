@@ -242,6 +242,7 @@ def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: 
 
 RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower_direct}
 STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
+COLORS = {"plain": "C0", "fedsim": "C1", "flower-direct": "C2"}  # the same in every panel
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -274,7 +275,8 @@ def plot_memory(traces: list[dict], path: Path) -> None:
         for runner, style in STYLES.items():
             sel = [t for t in traces if (t["clients"], t["per_round"]) == (n, k) and t["runner"] == runner]
             if sel:
-                ax.plot([t["t_s"] for t in sel], [t["pss_mb"] for t in sel], style.lstrip("so^"), label=runner)
+                ax.plot([t["t_s"] for t in sel], [t["pss_mb"] for t in sel], style.lstrip("so^"),
+                        color=COLORS[runner], label=runner)
         ax.set_title(f"{n} clients, all every round" if n == k else f"{n} registered, {k} per round")
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("PSS of process tree (MB)")
@@ -295,7 +297,7 @@ def plot(rows: list[dict], path: Path) -> None:
         sel = [r for r in rows if r["runner"] == runner and r["per_round"] == r["clients"]]
         for ax, key, label in ((axes[0], "round_s", "seconds per round"),
                                (axes[1], "peak_pss_mb", "peak PSS of process tree (MB)")):
-            ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, label=runner)
+            ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, color=COLORS[runner], label=runner)
             ax.set_xscale("log")
             ax.set_xlabel("simulated clients (all train every round)")
             ax.set_ylabel(label)
