@@ -206,7 +206,7 @@ def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float,
     mem = measured(cmd, out / f"fedsim-{label(n, per_round)}.log")
     df = pd.read_csv(run_dir / "metrics.csv")
     rounds_s = list(df["wall_s"] - df["eval_s"])
-    # the run's status.json holds the end; the rounds' wall times sum to the time in rounds
+    # the command less the rounds (their wall times) and what followed the last one
     startup = mem.total_s - float(df["wall_s"].sum()) - teardown_s(run_dir)
     return Timing(median_after_first(rounds_s), rounds_s[0], startup), mem
 
