@@ -70,6 +70,11 @@ def bench_overrides(n: int, rounds: int, device: str = "cpu", client_gpus: float
         f"client-gpus={client_gpus if device == 'cuda' else 0.0}"]
 
 
+def set_args(items: list[str]) -> list[str]:
+    """--set KEY=VALUE for each item: the command line both fedsim and flower_direct.py take."""
+    return [arg for item in items for arg in ("--set", item)]
+
+
 class TreeRSS(threading.Thread):
     """Memory of a process and all its descendants over time (MB): the summed RSS, and the summed
     PSS (shared pages divided among the processes that map them: Ray's shared-memory object store
@@ -201,8 +206,7 @@ def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float,
 
     run_dir = out / f"fedsim-{label(n, per_round)}"
     cmd = [sys.executable, "-m", "fedsim.cli", "run", "--out", str(run_dir)]
-    for item in bench_overrides(n, rounds, device, client_gpus, per_round):
-        cmd += ["--set", item]
+    cmd += set_args(bench_overrides(n, rounds, device, client_gpus, per_round))
     mem = measured(cmd, out / f"fedsim-{label(n, per_round)}.log")
     df = pd.read_csv(run_dir / "metrics.csv")
     rounds_s = list(df["wall_s"] - df["eval_s"])
@@ -233,8 +237,7 @@ def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: 
                       per_round: int | None = None) -> tuple[Timing, Memory]:
     """experiments/flower_direct.py: the same job written directly on Flower (quickstart style)."""
     cmd = [sys.executable, str(HERE / "flower_direct.py"), "--out", str(out / f"flower-direct-{n}")]
-    for item in bench_overrides(n, rounds, device, client_gpus):
-        cmd += ["--set", item]
+    cmd += set_args(bench_overrides(n, rounds, device, client_gpus))
     mem = measured(cmd, out / f"flower-direct-{n}.log")
     times = json.loads((out / f"flower-direct-{n}" / "flower_direct.json").read_text())["round_s"]
     return Timing(median_after_first(times), times[0], None), mem
@@ -325,8 +328,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         scale = [tuple(int(v) for v in item.split(":")) for item in args.registered]
-        assert all(len(rk) == 2 and 0 < rk[1] <= rk[0] for rk in scale)
-    except (ValueError, AssertionError):
+    except ValueError:
+        scale = []
+    if len(scale) != len(args.registered) or not all(len(rk) == 2 and 0 < rk[1] <= rk[0] for rk in scale):
         parser.error(f"--registered takes R:K pairs with 0 < K <= R, got {' '.join(args.registered)}")
     if args.device == "auto":
         import torch
