@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import pytest
@@ -601,3 +602,31 @@ def test_solve_eps_recovers_the_clients_noise_at_its_input(digits):
     assert F.cosine_similarity(e.flatten(), secrets.eps.flatten(), dim=0) > 0.999
     near = solve_eps(fn, x_t + 0.05 * torch.randn(x_t.shape, generator=gen(3)), secrets.t, None, target)
     assert F.cosine_similarity(near.flatten(), secrets.eps.flatten(), dim=0) > 0.9
+
+
+def test_cache_lock_is_held_by_one_process_at_a_time(tmp_path):
+    """Two processes asking for one cache entry at once (the attack benchmark's --jobs): the second
+    waits while the first holds the entry's lock, so the victim or prior is trained once."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from attacks.pretrained import cache_lock
+
+    entry, marker = tmp_path / "victim.safetensors", tmp_path / "held"
+    code = ("import sys, time; from pathlib import Path; from attacks.pretrained import cache_lock\n"
+            f"with cache_lock(Path({str(entry)!r})):\n"
+            f"    Path({str(marker)!r}).touch(); sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if marker.exists() or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), "the child never took the lock"
+        with open(entry.with_name(entry.name + ".lock"), "w") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        child.communicate("", timeout=60)
+    with cache_lock(entry):  # released when the holder is done
+        pass

@@ -175,3 +175,24 @@ def test_bench_bad_registered_pair_is_one_line_and_exit_2():
     res = subprocess.run([sys.executable, str(EXPERIMENTS / "bench_simulation.py"), "--out", "/nonexistent/x",
                           "--registered", "100:1000"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "R:K pairs" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_attack_benchmark_jobs_give_the_rows_of_one_job_in_cell_order(tmp_path, monkeypatch):
+    """--jobs 2 runs the cells in two processes and reports what one process reports, cell by cell
+    (every cell's randomness comes from its config's seed, not from the process that ran it)."""
+    bench = _benchmark()
+    monkeypatch.syspath_prepend(str(EXPERIMENTS / "attacks"))  # the workers import it by name, as a script's run does
+    monkeypatch.setitem(sys.modules, "benchmark", bench)
+    spec = {"batch-sizes": [1, 2], "local-steps": [1], "trials": 1, "seed": 3, "defenses": ["none"],
+            "classifier": {"model": "lenet", "dataset": "digits"}, "diffusion": {"model": "ddpm-tiny"},
+            "attacks": {"ig": {"threat": {"labels": "known"}, "options": {"iterations": 3}}}}
+    todo = bench.cells(spec)
+    one = {c.id: rows for _, c, rows, _ in bench.run_cells(todo, tmp_path / "one", run=True, jobs=1)}
+    got = list(bench.run_cells(todo, tmp_path / "two", run=True, jobs=2))
+    assert sorted(i for i, *_ in got) == [0, 1] and all(ran for *_, ran in got)
+    for _, cell, rows, _ in got:
+        a, b = rows[rows.attack == "ig"].iloc[0], one[cell.id][one[cell.id].attack == "ig"].iloc[0]
+        assert a.batch_size == b.batch_size == cell.mapping["batch-size"]
+        assert a.psnr == pytest.approx(b.psnr, abs=1e-3)
+    again = list(bench.run_cells(todo, tmp_path / "two", run=True, jobs=2))  # finished cells are read, not run
+    assert not any(ran for *_, ran in again)

@@ -3,7 +3,10 @@
 Reads experiments/attacks/benchmark.toml and runs every cell (dataset, attack, B, local steps,
 defense) through attacks/runner.py (the code behind ``fedsim attack``) into
 --out/cells/<cell>/, then the GIDM phase comparison where the config has one. Resumable: a
-cell whose results.csv holds all its trials is kept; one cut off mid-way starts again.
+cell whose results.csv holds all its trials is kept; one cut off mid-way starts again. The cells'
+results.csv files are committed (.gitignore keeps the rest of cells/ local), so a run may span sittings.
+``--jobs N`` runs N cells at once, each in its own process with (cores / N) torch threads: small
+models keep two cores busier as two one-thread processes than as one two-thread one.
 Writes to --out (default docs/attacks): benchmark.csv (per cell x trial the attack's row and
 the rows of the trivial baselines scored on the same targets: baseline-grey, baseline-mean,
 baseline-random), benchmark.md (one table per dataset: PSNR per defense, mean with its 95 %
@@ -22,17 +25,22 @@ DHQ-compressed updates (the decoded update a compressed federation's server reco
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import NamedTuple
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import Iterator, NamedTuple
 
 import pandas as pd
+import torch
 
 from attacks.config import load_attack_config
 from attacks.runner import run_attack
+from fedsim.cli.sweep import die_with_parent
 from fedsim.records.stats import t_interval
 
 HERE = Path(__file__).resolve().parent
@@ -224,6 +232,32 @@ def cell_rows(cell: Cell, folder: Path, run: bool = True) -> tuple[pd.DataFrame 
     return finished(folder, cell), True
 
 
+def _worker_init(threads: int) -> None:
+    die_with_parent()
+    torch.set_num_threads(threads)
+
+
+def run_cells(todo: list[Cell], out: Path, *, run: bool, jobs: int) -> Iterator[tuple[int, Cell, pd.DataFrame | None, bool]]:
+    """(index, cell, rows, ran) for every cell: finished ones first, then each as it ends, ``jobs`` at once."""
+    if jobs <= 1 or not run:
+        for i, cell in enumerate(todo):
+            yield (i, cell, *cell_rows(cell, out / "cells" / cell.id, run=run))
+        return
+    pending = []
+    for i, cell in enumerate(todo):
+        rows = finished(out / "cells" / cell.id, cell)
+        if rows is None:
+            pending.append((i, cell))
+        else:
+            yield i, cell, rows, False
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(cell_rows, cell, out / "cells" / cell.id): (i, cell) for i, cell in pending}
+        for f in as_completed(futures):
+            yield (*futures[f], *f.result())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(HERE / "benchmark.toml"))
@@ -231,20 +265,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="attacks to run (default: all in the config)")
     ap.add_argument("--report", action="store_true",
                     help="rebuild benchmark.csv/md/png from the finished cells, running nothing")
+    ap.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1)")
     args = ap.parse_args(argv)
     spec = tomllib.loads(Path(args.config).read_text())
     out = Path(args.out)
     todo = [c for c in cells(spec) if not args.only or c.attack in args.only]
-    frames, start = [], time.perf_counter()
-    for i, cell in enumerate(todo):
-        rows, ran = cell_rows(cell, out / "cells" / cell.id, run=not args.report)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
+    frames, start = {}, time.perf_counter()
+    for i, cell, rows, ran in run_cells(todo, out, run=not args.report, jobs=args.jobs):
         if ran:
             att = rows[rows.attack == cell.attack]
             done = time.perf_counter() - start
             print(f"[{i + 1}/{len(todo)}] {cell.id}: PSNR {att.psnr.mean():.2f} dB, "
                   f"CPU {att.cpu_s.median():.1f} s (elapsed {done / 60:.1f} min)", flush=True)
         if rows is not None:
-            frames.append(rows)
+            frames[i] = rows
+    frames = [frames[i] for i in sorted(frames)]
     if not frames:
         print(f"no finished cells under {out / 'cells'}", file=sys.stderr)
         return 2
