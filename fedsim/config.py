@@ -66,8 +66,9 @@ class RunConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     """Noise schedule of beta_t, as diffusers names it."""
     # federation
-    strategy: str = "fedavg"
-    """Aggregation strategy by name (strategies.STRATEGIES)."""
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+                      "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
+    """Aggregation rule: fedavg (fedsim's streaming weighted mean), or Flower's own FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan, QFedAvg under fedsim's selection, validation and layers (strategies/rules.py)."""
     selector: Literal["random", "fedemd", "shapley"] = "random"
     """Who trains each round: uniform draw, FedEMD (Mavericks), or Shapley-value sampling."""
     fedemd_alpha: float = 0.41
@@ -92,8 +93,26 @@ class RunConfig:
     """Server rounds."""
     clients_per_round: int = 10
     """Clients sampled each round (before a dynamic sampling schedule)."""
-    server_lr: float = 1.0
-    """FedSGD: w <- w - server_lr * mean gradient."""
+    server_lr: float = 0.0
+    """The server's step size: FedSGD's w <- w - server-lr * gradient, FedAvgM's server learning rate, FedAdam/FedYogi/FedAdagrad's eta; 0: the strategy's default (1.0; 0.1 for fedadam, fedyogi, fedadagrad)."""
+    proximal_mu: float = 0.01
+    """FedProx: mu of the proximal term mu/2 ||w - w_global||^2 the clients add to their local loss."""
+    server_momentum: float = 0.9
+    """FedAvgM: momentum of the server's SGD on the pseudo-gradient."""
+    beta_1: float = 0.9
+    """FedAdam, FedYogi: decay of the server optimiser's first moment."""
+    beta_2: float = 0.99
+    """FedAdam, FedYogi: decay of the server optimiser's second moment."""
+    tau: float = 1e-3
+    """FedAdam, FedYogi, FedAdagrad: the adaptivity floor added to the second moment's root."""
+    trim_beta: float = 0.2
+    """trimmed-mean: share of the replies cut off at each end, per coordinate."""
+    num_malicious: int = 0
+    """krum, multikrum, bulyan: the malicious clients per round the rule must tolerate (f)."""
+    multikrum_select: int = 0
+    """multikrum: the replies averaged (0: clients-per-round - num-malicious)."""
+    qffl_q: float = 0.1
+    """qfedavg: the fairness exponent q of q-FFL (0: FedAvg-like)."""
     round_timeout: float = 3600.0
     """Seconds the server waits for a round's replies; later ones count as failed."""
     max_in_flight: int = 0
@@ -286,6 +305,13 @@ class RunConfig:
              f"unlearn-method {self.unlearn_method} needs a request: forget-clients or forget-class"),
             (self.unlearn_method not in ("erasediff", "salun", "msgm") or self.is_diffusion,
              f"unlearn-method {self.unlearn_method} is for diffusion models (model = ddpm-*)"),
+            (self.server_lr >= 0 and self.proximal_mu >= 0 and 0 <= self.server_momentum < 1,
+             "server-lr and proximal-mu must be >= 0, server-momentum in [0, 1)"),
+            (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1 and self.tau > 0,
+             "beta-1 and beta-2 must be in [0, 1), tau > 0"),
+            (0 <= self.trim_beta < 0.5, "trim-beta must be in [0, 0.5)"),
+            (self.num_malicious >= 0 and self.multikrum_select >= 0 and self.qffl_q >= 0,
+             "num-malicious, multikrum-select and qffl-q must be >= 0"),
             (self.compression != "none" or not self.compress_downlink,
              "compress-downlink needs a codec: set compression"),
         ]

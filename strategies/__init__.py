@@ -22,6 +22,8 @@ from strategies.client_registry import ClientInfo
 from strategies.compression.compressed import Compressed
 from strategies.compression.schedule import Schedule
 from strategies.fedavg import FedAvg
+from strategies.ruled import Ruled
+from strategies.rules import RULES, build_rule, server_lr
 from strategies.selection.selectors import FedEMDSelector, RandomSelector, ReplaySelector, Selector
 from strategies.selection.shapley import ShapleySelector
 from strategies.unlearning.federaser import Calibrated, calibration_rounds
@@ -89,17 +91,28 @@ def _named_selector(cfg: RunConfig, clients: dict[int, ClientInfo]) -> Selector:
     return RandomSelector()
 
 
+def _layer_kwargs(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog, utility: Utility | None) -> dict:
+    """fedsim's server layer, the same under every rule."""
+    return dict(seed=cfg.seed, log_book=log, mode=cfg.mode, server_lr=server_lr(cfg),
+                selector=build_selector(cfg, clients), weighting=cfg.weighting, utility=utility,
+                mavericks=maverick_ids(cfg.partition, cfg.num_clients),
+                schedule=Schedule(cfg.sampling, cfg.clients_per_round, cfg.sampling_decay,
+                                  min(cfg.sampling_min, cfg.clients_per_round)))
+
+
 def _fedavg(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
             utility: Utility | None = None) -> Strategy:
-    return FedAvg(clients, cfg.clients_per_round, seed=cfg.seed, log_book=log,
-                  mode=cfg.mode, server_lr=cfg.server_lr, selector=build_selector(cfg, clients),
-                  weighting=cfg.weighting, utility=utility,
-                  mavericks=maverick_ids(cfg.partition, cfg.num_clients),
-                  schedule=Schedule(cfg.sampling, cfg.clients_per_round, cfg.sampling_decay,
-                                    min(cfg.sampling_min, cfg.clients_per_round)))
+    return FedAvg(clients, cfg.clients_per_round, **_layer_kwargs(cfg, clients, log, utility))
 
 
-STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg}
+def _ruled(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
+           utility: Utility | None = None) -> Strategy:
+    """Flower's own rule of that name under fedsim's layer (strategies/ruled.py)."""
+    kind, rule = build_rule(cfg)
+    return Ruled(clients, cfg.clients_per_round, rule=rule, kind=kind, **_layer_kwargs(cfg, clients, log, utility))
+
+
+STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg, **{name: _ruled for name in RULES}}
 
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,

@@ -23,6 +23,9 @@ Extends Flower's ``FedAvg`` through its hooks only:
   In FedSGD mode replies carry gradients: w <- w - server_lr * weighted mean.
   A selector that values contributions (Shapley) then gets U(coalition): the
   ``utility`` score of the model aggregated from that coalition's replies only.
+Another aggregation rule (Flower's FedProx, FedAdam, Krum, ...) wears all of this through
+strategies/ruled.py, which overrides the hooks ``_train_messages`` (who gets what),
+``_aggregate`` (the round's folded group to new weights) and ``_combine`` (a coalition's).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class _Group:
     sum: WeightedSum
     metrics: list[RecordDict] = field(default_factory=list)  # a few floats per reply
     pids: list[int] = field(default_factory=list)
-    kept: list[tuple[ClientInfo | None, RecordDict]] = field(default_factory=list)  # Shapley's coalitions only
+    replies: list[Message] = field(default_factory=list)  # only where the strategy keeps_replies
 
 
 def _most_common(groups: dict[frozenset, _Group]) -> tuple[_Group | None, list[_Group]]:
@@ -181,9 +184,19 @@ class FedAvg(FlowerFedAvg):
         config["server-round"] = server_round
         self.log_book.record(server_round, clients_sampled=len(chosen),
                              selected=" ".join(str(c.partition_id) for c in chosen))
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         in_order = sorted(chosen, key=lambda c: c.partition_id)  # replies then arrive about in folding order
-        return self._construct_messages(record, [c.node_id for c in in_order], MessageType.TRAIN)
+        return self._train_messages(server_round, arrays, config, [c.node_id for c in in_order], grid)
+
+    def _train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
+                        grid: Grid) -> list[Message]:
+        """The round's TRAIN messages to ``node_ids`` (in that order): the weights and the config."""
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    @property
+    def keeps_replies(self) -> bool:
+        """Whether a round holds its valid replies (Shapley's coalitions; a rule that needs them all)."""
+        return self.selector.needs_contributions
 
     # -- aggregation -------------------------------------------------------
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -220,7 +233,7 @@ class FedAvg(FlowerFedAvg):
             observer.aggregated(server_round, group.keys if group else None, group.pids if group else [])
         if group is None:
             return None, None
-        arrays = self._finish(group.sum)
+        arrays = self._aggregate(server_round, group)
         metrics = self._metrics(group.metrics)
         if "train-loss" in metrics:
             self.log_book.record(server_round, train_loss=float(metrics["train-loss"]))
@@ -245,31 +258,40 @@ class FedAvg(FlowerFedAvg):
         group.sum.add(reply.content["arrays"], weight)
         group.metrics.append(RecordDict({"metrics": metrics}))
         group.pids.append(self._partition_of(reply))
-        if self.selector.needs_contributions:
-            group.kept.append((self.clients.get(reply.metadata.src_node_id), reply.content))
+        if self.keeps_replies:
+            group.replies.append(reply)
         for observer in self.observers:
             observer.observe(server_round, reply, keys)
         return 0
 
+    def _aggregate(self, server_round: int, group: _Group) -> ArrayRecord:
+        """The new global weights from the round's aggregated group."""
+        return self._finish(group.sum)
+
     def _finish(self, folded: WeightedSum) -> ArrayRecord:
         """The new global weights (replies all of weight 0: the global weights unchanged)."""
         arrays = folded.mean()
-        if arrays is None:
-            return self._global
-        if self.mode == "fedsgd":  # replies carry gradients: one server step
-            arrays = ArrayRecord({k: numpy_array(array_view(self._global[k])
-                                                 - self.server_lr * array_view(arrays[k]))
-                                  for k in self._global.keys()}, keep_input=True)
-        return arrays
+        return self._global if arrays is None else self._step(arrays, self.server_lr)
 
-    def _combine(self, contents: list[RecordDict]) -> ArrayRecord:
-        """The global weights aggregated from these replies alone (a Shapley coalition)."""
-        weights = [float(c["metrics"][self.weighted_by_key]) if self.weighting == "samples" else 1.0
-                   for c in contents]
+    def _step(self, arrays: ArrayRecord, lr: float) -> ArrayRecord:
+        """FedSGD (replies carry gradients): w - lr * the aggregated gradient; else the aggregate itself."""
+        if self.mode != "fedsgd":
+            return arrays
+        return ArrayRecord({k: numpy_array(array_view(self._global[k]) - lr * array_view(arrays[k]))
+                            for k in self._global.keys()}, keep_input=True)
+
+    def _fold_all(self, replies: list[Message]) -> WeightedSum:
+        """These replies folded as a round folds them."""
+        weights = [float(r.content["metrics"][self.weighted_by_key]) if self.weighting == "samples" else 1.0
+                   for r in replies]
         folded = WeightedSum(self._global, sum(weights))
-        for c, w in zip(contents, weights):
-            folded.add(c["arrays"], w)
-        return self._finish(folded)
+        for r, w in zip(replies, weights):
+            folded.add(r.content["arrays"], w)
+        return folded
+
+    def _combine(self, replies: list[Message]) -> ArrayRecord:
+        """The global weights aggregated from these replies alone (a Shapley coalition)."""
+        return self._finish(self._fold_all(replies))
 
     def _metrics(self, contents: list[RecordDict]) -> MetricRecord:
         """Flower's weighted means; plain means if the weights sum to 0 (forget-only replies)."""
@@ -280,7 +302,8 @@ class FedAvg(FlowerFedAvg):
         return MetricRecord({k: v.tolist() if v.ndim else float(v) for k, v in means.items()})
 
     def _value_contributions(self, server_round: int, group: _Group) -> None:
-        kept = [(info, content) for info, content in group.kept if info is not None]
+        kept = [(self.clients[r.metadata.src_node_id], r) for r in group.replies
+                if r.metadata.src_node_id in self.clients]
 
         def utility(members: tuple[int, ...]) -> float:
             return self.utility(self._combine([kept[j][1] for j in members]))

@@ -88,3 +88,20 @@ def test_flwr_run_federation_size_overrides_num_clients() -> None:
     reply = client_app.query(Message(RecordDict({"config": ConfigRecord({"server-round": 0})}),
                                      dst_node_id=101, message_type=MessageType.QUERY), ctx)
     assert reply.content["info"]["num-examples"] == len(workspace(CFG.replace(num_clients=4, clients_per_round=4)).parts[1])
+
+
+def test_train_adds_the_proximal_term_the_server_sent() -> None:
+    """FedProx's configure_train sends proximal-mu: the client's weights end nearer the global ones
+    the larger mu is (and mu = 0 is the plain objective, bit for bit)."""
+    msg = instruction(CFG, MessageType.TRAIN, pid=2)
+    s0 = to_state_dict(msg.content["arrays"])
+
+    def distance(mu: float | None) -> float:
+        m = instruction(CFG, MessageType.TRAIN, pid=2)
+        m.content["config"] = ConfigRecord({"server-round": 1, **({} if mu is None else {"proximal-mu": mu})})
+        got = to_state_dict(client_app.train(m, context(CFG, 2)).content["arrays"])
+        return float(sum(((got[k] - s0[k]).float() ** 2).sum() for k in got) ** 0.5)
+
+    plain, zero, strong = distance(None), distance(0.0), distance(50.0)
+    assert zero == plain
+    assert strong < 0.5 * plain

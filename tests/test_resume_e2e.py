@@ -8,7 +8,8 @@ that wears every layer whose state a resume must restore on both sides: FedEMD s
 and downlink compression (the server's model copy and codes, the clients' copies), the
 ledger, and recording. An unlearning run (SalUn) killed and resumed is in
 tests/test_unlearning_e2e.py; the layers one at a time, and the checks that the comparison
-can fail, are in tests/test_checkpoint.py.
+can fail, are in tests/test_checkpoint.py. A third config runs Flower's FedAdam (strategies/ruled.py),
+whose moments live in the checkpointed rule object.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ CASES = {
     "fedavg": ["model='ddpm-tiny'", "timesteps=100", "sample-steps=5"],
     "combined": ["selector='fedemd'", "compression='dhq'", "keep-ratio=0.2", "compress-downlink=true",
                  "record-clients='all'", "ledger-every=2"],
+    "fedadam": ["strategy='fedadam'", "server-lr=0.01", "model='cnn'"],  # Flower's rule and its moments
 }
 TIMING = {"wall_s", "eval_s", "encode_s", "decode_s"}
 

@@ -250,3 +250,22 @@ def test_sigkill_of_the_cli_leaves_no_process_of_the_run(tmp_path: Path, env: di
     _kill(proc, signal.SIGKILL, wait=30)
     left = still_running(started, within=15)
     assert not left, f"still running 15 s after kill -9 of the CLI: {left}"
+
+
+@pytest.mark.parametrize("strategy, extra", [("fedprox", ["proximal-mu=0.1"]), ("fedadam", ["server-lr=0.01"])])
+def test_flower_rules_run_end_to_end_under_fedemd_and_dhq(tmp_path: Path, env: dict, strategy: str,
+                                                          extra: list[str]) -> None:
+    """`fedsim run` with Flower's FedProx / FedAdam under FedEMD selection and DHQ compression, every
+    reply aggregated (a resumed FedAdam run, its moments in the checkpoint: tests/test_resume_e2e.py)."""
+    out = tmp_path / "run"
+    cmd = [str(BIN / "fedsim"), "run", "--out", str(out)]
+    for item in ["model='cnn'", "num-clients=6", "clients-per-round=3", "rounds=2", "local-epochs=1",
+                 "partition='dirichlet'", "selector='fedemd'", "compression='dhq'", "keep-ratio=0.1",
+                 f"strategy='{strategy}'", *extra]:
+        cmd += ["--set", item]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out / "metrics.csv")
+    assert list(df["round"]) == [1, 2]
+    assert (df["clients_rejected"] == 0).all() and (df["compression_ratio"] > 2).all()
+    assert df["test_acc"].notna().all() and np.isfinite(df["train_loss"]).all()

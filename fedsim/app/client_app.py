@@ -3,9 +3,9 @@
 - QUERY: declare client id, data size and label histogram (once per run).
 - TRAIN: load the global weights, train locally with the lr / local-epochs /
   batch-size / optimizer / momentum / grad-clip the server sent (the run config's where it
-  sent none) (or, in FedSGD mode, compute one gradient of one
-  batch; or, in an unlearning run, the ``objective`` the server names, see
-  fedsim/unlearning/local.py) and reply with weights (or gradients),
+  sent none) and FedProx's proximal term where it sent ``proximal-mu`` (or, in FedSGD mode,
+  compute one gradient of one batch; or, in an unlearning run, the ``objective`` the server
+  names, see fedsim/unlearning/local.py) and reply with weights (or gradients),
   ``num-examples`` and ``train-loss``.
 - EVALUATE: mean loss of the global model on the client's own data.
 
@@ -82,7 +82,8 @@ def train(msg: Message, context: Context) -> Message:
     else:
         stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
                             batch_size=batch_size, lr=lr, optimizer=optimizer,
-                            momentum=momentum, grad_clip=grad_clip, generator=gen, trace=trace)
+                            momentum=momentum, grad_clip=grad_clip, generator=gen, trace=trace,
+                            proximal_mu=float(sent.get("proximal-mu", 0.0)))  # FedProx's server sends it
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
     if trace is not None:

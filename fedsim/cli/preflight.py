@@ -20,9 +20,11 @@ def check(cfg: RunConfig) -> None:
     from fedsim.data.clients import KEEPS_FORGET_DATA, dataset, split_request
     from fedsim.models.workspace import fresh_model
     from strategies import STRATEGIES
+    from strategies.rules import check_rule
 
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{cfg.strategy}'; known: {', '.join(STRATEGIES)}")
+    check_rule(cfg)
     train = dataset(cfg, "train")
     dataset(cfg, "test")
     gone = sorted(i for i in parse_ids(cfg.forget_clients, "forget-clients") or set() if i >= cfg.num_clients)

@@ -95,15 +95,18 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
 def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
                 momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator,
-                trace: list[Step] | None = None) -> TrainStats:
+                trace: list[Step] | None = None, proximal_mu: float = 0.0) -> TrainStats:
     """``epochs`` passes over (images (N, C, H, W), labels (N,)), reshuffled every epoch by
     ``generator`` (``SHUFFLE``; a client's generator comes from (seed, "train", round, client)),
     batches of ``batch_size`` in that order, the last one smaller; a fresh optimizer each call
     (clients keep no optimizer state: momentum and Adam's moments start at zero every round);
     ``grad_clip`` > 0 clips each step's gradient norm. ``trace``: a list that gets one
-    ``Step`` per local step (which images, and the diffusion noise), for simulation secrets."""
+    ``Step`` per local step (which images, and the diffusion noise), for simulation secrets.
+    ``proximal_mu`` > 0 (FedProx): the objective is loss + mu/2 ||w - w_0||^2 with w_0 the weights
+    given, added as its gradient mu (w - w_0) before clipping; the reported loss is the task's alone."""
     model.train()
     opt = make_optimizer(model, optimizer, lr, momentum)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     device = next(model.parameters()).device
     n = images.shape[0]
     total, steps = 0.0, 0
@@ -115,12 +118,22 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
             loss = _step_loss(model, task, x, y, idx, generator, trace)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if anchor is not None:
+                _add_proximal(model, anchor, proximal_mu)
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             total += float(loss.detach())
             steps += 1
     return TrainStats(loss=total / max(steps, 1), steps=steps, num_examples=n)
+
+
+@torch.no_grad()
+def _add_proximal(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> None:
+    """grad += mu (w - w_0): the gradient of mu/2 ||w - w_0||^2, for every parameter that has a gradient."""
+    for p, a in zip(model.parameters(), anchor):
+        if p.grad is not None:
+            p.grad.add_(p - a, alpha=mu)
 
 
 def batch_gradient(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
