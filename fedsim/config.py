@@ -67,8 +67,8 @@ class RunConfig:
     """Noise schedule of beta_t, as diffusers names it."""
     # federation
     strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
-                      "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg"] = "fedavg"
-    """Aggregation rule: fedavg (fedsim's streaming weighted mean), or Flower's own FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan, QFedAvg under fedsim's selection, validation and layers (strategies/rules.py)."""
+                      "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg", "scaffold"] = "fedavg"
+    """Aggregation rule: fedavg (fedsim's streaming weighted mean), Flower's own FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan, QFedAvg under fedsim's selection, validation and layers (strategies/rules.py), or SCAFFOLD (strategies/scaffold.py)."""
     selector: Literal["random", "fedemd", "shapley"] = "random"
     """Who trains each round: uniform draw, FedEMD (Mavericks), or Shapley-value sampling."""
     fedemd_alpha: float = 0.41
@@ -94,7 +94,7 @@ class RunConfig:
     clients_per_round: int = 10
     """Clients sampled each round (before a dynamic sampling schedule)."""
     server_lr: float = 0.0
-    """The server's step size: FedSGD's w <- w - server-lr * gradient, FedAvgM's server learning rate, FedAdam/FedYogi/FedAdagrad's eta; 0: the strategy's default (1.0; 0.1 for fedadam, fedyogi, fedadagrad)."""
+    """The server's step size: FedSGD's w <- w - server-lr * gradient, FedAvgM's server learning rate, FedAdam/FedYogi/FedAdagrad's eta, SCAFFOLD's global step; 0: the strategy's default (1.0; 0.1 for fedadam, fedyogi, fedadagrad)."""
     proximal_mu: float = 0.01
     """FedProx: mu of the proximal term mu/2 ||w - w_global||^2 the clients add to their local loss."""
     server_momentum: float = 0.9
@@ -113,6 +113,8 @@ class RunConfig:
     """multikrum: the replies averaged (0: clients-per-round - num-malicious)."""
     qffl_q: float = 0.1
     """qfedavg: the fairness exponent q of q-FFL (0: FedAvg-like)."""
+    scaffold_variate: Literal["auto", "i", "ii"] = "auto"
+    """SCAFFOLD: the clients' control-variate update: ii from the local steps taken (assumes plain SGD), i the full local gradient at the global weights (one more pass); auto: ii for sgd without momentum, else i."""
     round_timeout: float = 3600.0
     """Seconds the server waits for a round's replies; later ones count as failed."""
     max_in_flight: int = 0

@@ -24,6 +24,7 @@ from strategies.compression.schedule import Schedule
 from strategies.fedavg import FedAvg
 from strategies.ruled import Ruled
 from strategies.rules import RULES, build_rule, server_lr
+from strategies.scaffold import Scaffold
 from strategies.selection.selectors import FedEMDSelector, RandomSelector, ReplaySelector, Selector
 from strategies.selection.shapley import ShapleySelector
 from strategies.unlearning.federaser import Calibrated, calibration_rounds
@@ -112,7 +113,14 @@ def _ruled(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
     return Ruled(clients, cfg.clients_per_round, rule=rule, kind=kind, **_layer_kwargs(cfg, clients, log, utility))
 
 
-STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg, **{name: _ruled for name in RULES}}
+def _scaffold(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
+              utility: Utility | None = None) -> Strategy:
+    return Scaffold(clients, cfg.clients_per_round, num_clients=cfg.num_clients, variate=cfg.scaffold_variate,
+                    **_layer_kwargs(cfg, clients, log, utility))
+
+
+STRATEGIES: dict[str, StrategyFactory] = {"fedavg": _fedavg, **{name: _ruled for name in RULES},
+                                          "scaffold": _scaffold}
 
 
 def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,

@@ -50,16 +50,26 @@ from strategies.selection.selectors import RandomSelector, Selector
 from strategies.selection.shapley import RoundContributions
 
 
-def reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
-    """Why a train reply must not be aggregated, or None if it is sound."""
+def reply_problem(reply: Message, reference: ArrayRecord, extra: dict[str, ArrayRecord] | None = None) -> str | None:
+    """Why a train reply must not be aggregated, or None if it is sound. ``extra``: further
+    ArrayRecords the reply must hold, by name, each checked as 'arrays' is (SCAFFOLD's)."""
     if reply.has_error():
         return f"client error: {reply.error.reason}"
     content = reply.content
-    if list(content.array_records) != ["arrays"] or list(content.metric_records) != ["metrics"]:
-        return "reply must hold exactly one ArrayRecord 'arrays' and one MetricRecord 'metrics'"
+    extra = extra or {}
+    if sorted(content.array_records) != sorted(["arrays", *extra]) or list(content.metric_records) != ["metrics"]:
+        names = "one ArrayRecord 'arrays'" + "".join(f", one '{n}'" for n in extra)
+        return f"reply must hold exactly {names} and one MetricRecord 'metrics'"
     if "num-examples" not in content["metrics"]:
         return "reply lacks num-examples"
-    arrays = content["arrays"]
+    for name, ref in [("arrays", reference), *extra.items()]:
+        problem = _arrays_problem(content[name], ref)
+        if problem is not None:
+            return problem if name == "arrays" else f"{name}: {problem}"
+    return None
+
+
+def _arrays_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
     if set(arrays.keys()) != set(reference.keys()):
         return "array keys differ from the global model's"
     for key, ref in reference.items():
@@ -210,7 +220,7 @@ class FedAvg(FlowerFedAvg):
         for reply in replies:
             arrived += 1
             pid = self._partition_of(reply)
-            problem = reply_problem(reply, self._global)
+            problem = self._problem(reply)
             if problem is not None:
                 failed += reply.has_error()
                 rejected += not reply.has_error()
@@ -240,6 +250,10 @@ class FedAvg(FlowerFedAvg):
         if self.selector.needs_contributions:
             self._value_contributions(server_round, group)
         return arrays, metrics
+
+    def _problem(self, reply: Message) -> str | None:
+        """Why this reply must not be aggregated (None: fold it)."""
+        return reply_problem(reply, self._global)
 
     def _fold(self, server_round: int, reply: Message | None, groups: dict[frozenset, _Group]) -> int:
         """Add a valid reply to the sums of its metric-key set; 1 if it had to be rejected."""

@@ -83,9 +83,11 @@ def check_rule(cfg: RunConfig) -> None:
     name, n, f = cfg.strategy, _n(cfg), cfg.num_malicious
     kind = RULES[name].kind if name in RULES else "mean"
     problems = [
-        (name in ("fedprox", "qfedavg") and cfg.mode == "fedsgd",
+        (name in ("fedprox", "qfedavg", "scaffold") and cfg.mode == "fedsgd",
          f"strategy {name} needs local training (mode = fedavg): its client objective or its weights' "
          "difference has no meaning for a FedSGD gradient"),
+        (name == "scaffold" and bool(cfg.unlearn_method),
+         "strategy scaffold: unlearning rounds run other objectives and send no control variates"),
         (kind == "replies" and bool(cfg.unlearn_method),
          f"strategy {name} aggregates the replies without their weights; unlearning rounds need the "
          "weighted mean (forget-only replies of weight 0): use fedavg, fedprox or a server optimizer"),

@@ -8,8 +8,8 @@ that wears every layer whose state a resume must restore on both sides: FedEMD s
 and downlink compression (the server's model copy and codes, the clients' copies), the
 ledger, and recording. An unlearning run (SalUn) killed and resumed is in
 tests/test_unlearning_e2e.py; the layers one at a time, and the checks that the comparison
-can fail, are in tests/test_checkpoint.py. A third config runs Flower's FedAdam (strategies/ruled.py),
-whose moments live in the checkpointed rule object.
+can fail, are in tests/test_checkpoint.py. A third config runs SCAFFOLD with DHQ: the server's
+control variate and each client's (in its node context) must outlive the kill.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ CASES = {
     "fedavg": ["model='ddpm-tiny'", "timesteps=100", "sample-steps=5"],
     "combined": ["selector='fedemd'", "compression='dhq'", "keep-ratio=0.2", "compress-downlink=true",
                  "record-clients='all'", "ledger-every=2"],
-    "fedadam": ["strategy='fedadam'", "server-lr=0.01", "model='cnn'"],  # Flower's rule and its moments
+    "scaffold": ["strategy='scaffold'", "model='cnn'", "optimizer='sgd'", "lr=0.05", "compression='dhq'",
+                 "keep-ratio=0.2"],  # the server's c, each client's c_i and residual
 }
 TIMING = {"wall_s", "eval_s", "encode_s", "decode_s"}
 

@@ -223,7 +223,7 @@ def test_bad_rule_values_are_config_errors():
     for over in ({"trim-beta": 0.5}, {"beta-1": 1.0}, {"tau": 0.0}, {"num-malicious": -1}, {"strategy": "fedsum"}):
         with pytest.raises(ConfigError, match=next(iter(over))):
             load_config(over)
-    assert set(STRATEGIES) == {"fedavg", *RULES}
+    assert set(STRATEGIES) == {"fedavg", "scaffold", *RULES}
 
 
 def test_fedprox_local_objective_by_hand():

@@ -3,7 +3,8 @@
 - QUERY: declare client id, data size and label histogram (once per run).
 - TRAIN: load the global weights, train locally with the lr / local-epochs /
   batch-size / optimizer / momentum / grad-clip the server sent (the run config's where it
-  sent none) and FedProx's proximal term where it sent ``proximal-mu`` (or, in FedSGD mode,
+  sent none), FedProx's proximal term where it sent ``proximal-mu``, SCAFFOLD's corrected steps
+  and control variate where it sent ``scaffold-c`` (or, in FedSGD mode,
   compute one gradient of one batch; or, in an unlearning run, the ``objective`` the server
   names, see fedsim/unlearning/local.py) and reply with weights (or gradients),
   ``num-examples`` and ``train-loss``.
@@ -25,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.app.compression_mod import compression_mod
 from fedsim.app.fault_mod import fault_mod
+from fedsim.app import scaffold_client
 from fedsim.app.node_data import node_workspace
 from fedsim.app.state_mod import state_mod
 from fedsim.models.train import batch_gradient, per_sample_losses, train_local
@@ -67,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
     objective = str(sent.get("objective", "train"))
     secrets_root = _secrets_root(msg, context) if objective == "train" else None  # unlearning rounds: not traced
     trace = [] if secrets_root is not None else None
-    extra = {}
+    extra, extra_arrays = {}, {}
     if objective != "train":  # an unlearning round (strategies/unlearning/protocol.py)
         from fedsim.unlearning.local import run_objective
 
@@ -80,18 +82,23 @@ def train(msg: Message, context: Context) -> Message:
                                       batch_size=batch_size, generator=gen, trace=trace)
         arrays, payload = to_array_record(grads), "gradient"
     else:
+        control = scaffold_client.start(msg, context, ws, images, labels, seed=cfg.seed, rnd=rnd, pid=pid,
+                                        batch_size=batch_size, optimizer=optimizer, momentum=momentum)
         stats = train_local(ws.model, ws.task, images, labels, epochs=epochs,
                             batch_size=batch_size, lr=lr, optimizer=optimizer,
                             momentum=momentum, grad_clip=grad_clip, generator=gen, trace=trace,
-                            proximal_mu=float(sent.get("proximal-mu", 0.0)))  # FedProx's server sends it
+                            proximal_mu=float(sent.get("proximal-mu", 0.0)),  # FedProx's server sends it
+                            correction=control.correction if control else None)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
+        if control:
+            extra_arrays[scaffold_client.DELTA] = scaffold_client.finish(control, context, ws, stats.steps, lr)
     if trace is not None:
         secrets.save(secrets_root, rnd, pid, trace, ws.parts[pid], payload=payload,
                      epochs=1 if payload == "gradient" else epochs)
     metrics = MetricRecord({"num-examples": stats.num_examples, "train-loss": stats.loss, **extra})
     meta = ConfigRecord({"partition-id": pid, "payload": payload, "steps": stats.steps})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, **extra_arrays, "metrics": metrics, "meta": meta}), reply_to=msg)
 
 
 def _secrets_root(msg: Message, context: Context) -> Path | None:

@@ -76,6 +76,9 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         context.state[RESIDUAL] = to_array_record(residual)
     meta = ConfigRecord({**dict(meta), "codec": codec.spec(), "encode-s": time.perf_counter() - t0})
     out = RecordDict({COMPRESSED: blob_array(data), "meta": meta})
+    for key, record in content.array_records.items():  # other arrays (SCAFFOLD's dc_i) travel dense
+        if key != "arrays":
+            out[key] = record
     for key, record in content.metric_records.items():
         out[key] = record
     reply.content = out
@@ -100,5 +103,8 @@ def _rebuild_global(content: RecordDict, context: Context, codec) -> RecordDict:
                       "config": config})
     for key, record in content.config_records.items():  # e.g. the simulation's secrets mark
         if key != "config":
+            out[key] = record
+    for key, record in content.array_records.items():  # e.g. SCAFFOLD's control variate
+        if key != DOWNLINK:
             out[key] = record
     return out

@@ -95,7 +95,8 @@ def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0
 def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,
                 epochs: int, batch_size: int, lr: float, optimizer: str = "adam",
                 momentum: float = 0.0, grad_clip: float = 0.0, generator: torch.Generator,
-                trace: list[Step] | None = None, proximal_mu: float = 0.0) -> TrainStats:
+                trace: list[Step] | None = None, proximal_mu: float = 0.0,
+                correction: dict[str, torch.Tensor] | None = None) -> TrainStats:
     """``epochs`` passes over (images (N, C, H, W), labels (N,)), reshuffled every epoch by
     ``generator`` (``SHUFFLE``; a client's generator comes from (seed, "train", round, client)),
     batches of ``batch_size`` in that order, the last one smaller; a fresh optimizer each call
@@ -103,7 +104,9 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
     ``grad_clip`` > 0 clips each step's gradient norm. ``trace``: a list that gets one
     ``Step`` per local step (which images, and the diffusion noise), for simulation secrets.
     ``proximal_mu`` > 0 (FedProx): the objective is loss + mu/2 ||w - w_0||^2 with w_0 the weights
-    given, added as its gradient mu (w - w_0) before clipping; the reported loss is the task's alone."""
+    given, added as its gradient mu (w - w_0) before clipping; the reported loss is the task's alone.
+    ``correction`` (SCAFFOLD's c - c_i, by parameter name; fedsim/models/scaffold.py) is added to
+    every step's gradient, before clipping."""
     model.train()
     opt = make_optimizer(model, optimizer, lr, momentum)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
@@ -120,6 +123,8 @@ def train_local(model: nn.Module, task: Task, images: torch.Tensor, labels: torc
             loss.backward()
             if anchor is not None:
                 _add_proximal(model, anchor, proximal_mu)
+            if correction is not None:
+                _add_correction(model, correction)
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
@@ -134,6 +139,13 @@ def _add_proximal(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> No
     for p, a in zip(model.parameters(), anchor):
         if p.grad is not None:
             p.grad.add_(p - a, alpha=mu)
+
+
+@torch.no_grad()
+def _add_correction(model: nn.Module, correction: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        if p.grad is not None and name in correction:
+            p.grad.add_(correction[name].to(p.device, p.dtype))
 
 
 def batch_gradient(model: nn.Module, task: Task, images: torch.Tensor, labels: torch.Tensor, *,

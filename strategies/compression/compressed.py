@@ -68,6 +68,9 @@ def decode_reply(codec: Codec, content: RecordDict, layout, reference: dict[str,
         dense = {k: (reference[k] + v).astype(reference[k].dtype) if np.issubdtype(v.dtype, np.floating)
                  else v for k, v in delta.items()}
     out = RecordDict({"arrays": to_array_record(dense)})
+    for key, record in content.array_records.items():  # e.g. SCAFFOLD's dc_i, sent dense
+        if key != COMPRESSED:
+            out[key] = record
     for key, record in content.metric_records.items():
         out[key] = record
     for key, record in content.config_records.items():
@@ -129,7 +132,11 @@ class Compressed(StrategyWrapper):
                              for r in rounds}, keep_input=True)
         config = ConfigRecord(dict(content["config"]))
         config["downlink-base"] = base
-        message.content = RecordDict({DOWNLINK: codes, "config": config})
+        out = RecordDict({DOWNLINK: codes, "config": config})
+        for key, record in content.array_records.items():  # e.g. SCAFFOLD's control variate, sent dense
+            if key != "arrays":
+                out[key] = record
+        message.content = out
         return message
 
     def _partition_of(self, node_id: int) -> int:
