@@ -39,7 +39,7 @@ from attacks.secagg import secure_aggregate
 from attacks.threat_model import Secrets
 from attacks.victims import build_victim
 from fedsim.config import ConfigError, resolve
-from fedsim.data.clients import client_partition, dataset, with_backdoor
+from fedsim.data.clients import client_partition, dataset, as_held
 from fedsim.data.datasets import load_dataset
 from fedsim.models.train import make_task
 from fedsim.models.workspace import fresh_model
@@ -179,7 +179,7 @@ def recorded_trial(run: Path, client: int, rounds: int | Sequence[int]) -> Trial
     observations = [_observation(run, client, r) for r in rounds]
     train = dataset(rc, "train")
     part = torch.from_numpy(client_partition(rc, train.labels)[client])
-    held = with_backdoor(rc, train)  # the images as the clients held them
+    held = as_held(rc, train)  # the images as the clients held them
     secs = [client_secrets.load(run, r, client) for r in rounds]
     if any(sec is None for sec in secs):  # an older run, or not a simulation: the best the runner can do
         idx, kind = part, "partition"

@@ -54,6 +54,12 @@ class RunConfig:
     """Backdoor: the label poisoned samples get."""
     backdoor_fraction: float = 1.0
     """Backdoor: share of a backdoor client's samples of other classes that are poisoned (seeded)."""
+    malicious_share: float = 0.0
+    """Robustness studies: share of the clients that misbehave (seeded, the same every round; fedsim/data/malicious.py)."""
+    malicious_kind: Literal["sign-flip", "scale", "noise", "label-flip", "backdoor"] = "sign-flip"
+    """What the malicious clients do: send -s x / s x their update or noise of s x its RMS (s = malicious-scale), train on flipped labels (C - 1 - y), or plant the backdoor trigger with backdoor-target (classifiers)."""
+    malicious_scale: float = 4.0
+    """s of sign-flip, scale and noise."""
     # model
     model: Literal["ddpm-tiny", "ddpm-small", "ddpm-large", "cnn"] = "ddpm-small"
     """ddpm-tiny (0.16 M parameters, no attention; for attacks), ddpm-small (CPU-sized UNet2DModel), ddpm-large (DDPM-CIFAR-like, for GPUs), or cnn (a small classifier)."""
@@ -295,6 +301,12 @@ class RunConfig:
             (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),
             (0 <= self.ga_stop_accuracy <= 1 and not (self.ga_stop_accuracy and self.is_diffusion),
              "ga-stop-accuracy must be in [0, 1], and 0 for diffusion models (no accuracy)"),
+            (0 <= self.malicious_share < 1 and self.malicious_scale > 0,
+             "malicious-share must be in [0, 1) and malicious-scale > 0"),
+            (not self.malicious_share or self.malicious_kind != "backdoor" or not self.is_diffusion,
+             "malicious-kind backdoor is for classifiers (its attack success rate is a classification)"),
+            (not self.malicious_share or self.malicious_kind != "label-flip" or not self.is_diffusion
+             or self.conditional, "malicious-kind label-flip needs labels: a classifier or a conditional diffusion model"),
             (0 < self.backdoor_fraction <= 1 and self.backdoor_target >= 0,
              "backdoor-fraction must be in (0, 1] and backdoor-target >= 0"),
             (0 <= self.msgm_weight <= 1 and self.msgm_every >= 1 and self.msgm_margin >= 0,

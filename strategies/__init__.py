@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.compression.codecs import codec_settings
 from fedsim.config import CONTROLS, ConfigError, RunConfig, parse_counts, parse_ids
+from fedsim.data.malicious import malicious_ids
 from fedsim.data.partition import maverick_ids
 from fedsim.records.ledger import LedgerWriter, load_ledger
 from fedsim.records.round_log import RoundLog
@@ -97,6 +98,7 @@ def _layer_kwargs(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog,
     return dict(seed=cfg.seed, log_book=log, mode=cfg.mode, server_lr=server_lr(cfg),
                 selector=build_selector(cfg, clients), weighting=cfg.weighting, utility=utility,
                 mavericks=maverick_ids(cfg.partition, cfg.num_clients),
+                malicious=malicious_ids(cfg.seed, cfg.num_clients, cfg.malicious_share),
                 schedule=Schedule(cfg.sampling, cfg.clients_per_round, cfg.sampling_decay,
                                   min(cfg.sampling_min, cfg.clients_per_round)))
 
@@ -136,7 +138,10 @@ def build_strategy(cfg: RunConfig, clients: dict[int, ClientInfo], log: RoundLog
     strategy = STRATEGIES[cfg.strategy](cfg, clients, log, utility)
     if cfg.out_dir:  # the ledger for unlearning lives in the run folder
         strategy = Ledgered(strategy, LedgerWriter(Path(cfg.out_dir), seed=cfg.seed, every=cfg.ledger_every,
-                                                   max_bytes=cfg.ledger_max_mb * 1e6), clients)
+                                                   max_bytes=cfg.ledger_max_mb * 1e6,
+                                                   malicious=malicious_ids(cfg.seed, cfg.num_clients,
+                                                                           cfg.malicious_share),
+                                                   malicious_kind=cfg.malicious_kind), clients)
     if cfg.unlearn_method == "federaser":
         ledger = _ledger(cfg.unlearn_from, "unlearn-from")
         strategy = Calibrated(strategy, ledger,

@@ -123,11 +123,14 @@ class FedAvg(FlowerFedAvg):
                  log_book: RoundLog | None = None, mode: str = "fedavg", server_lr: float = 1.0,
                  selector: Selector | None = None, weighting: str = "samples",
                  utility: Callable[[ArrayRecord], float] | None = None,
-                 mavericks: Iterable[int] = (), schedule: Callable[[int], int] | None = None) -> None:
+                 mavericks: Iterable[int] = (), schedule: Callable[[int], int] | None = None,
+                 malicious: Iterable[int] = ()) -> None:
         """selector: who trains (default uniform); schedule: how many train in a round
         (default clients_per_round, see strategies/compression/schedule.py); weighting: "samples" (FedAvg) or "uniform";
         utility: score of a global model (needed by valuing selectors); mavericks: partition
-        ids whose selection probability and count go into metrics.csv."""
+        ids whose selection probability and count go into metrics.csv; malicious: partition ids of
+        misbehaving clients (fedsim/data/malicious.py), counted per round among the selected and the
+        aggregated."""
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=1)
         if weighting not in ("samples", "uniform"):
             raise ValueError(f"weighting must be 'samples' or 'uniform', got {weighting!r}")
@@ -145,6 +148,7 @@ class FedAvg(FlowerFedAvg):
         self.utility = utility
         self.mavericks = sorted(set(mavericks))
         self._times_selected = {m: 0 for m in self.mavericks}
+        self.malicious = frozenset(malicious)
         self._global: ArrayRecord | None = None
         self.observers: list[ReplyObserver] = []  # layers that need the aggregated replies (e.g. the ledger)
         self._order: list[int] = []  # the round's selected partition ids, ascending: the folding order
@@ -154,7 +158,8 @@ class FedAvg(FlowerFedAvg):
     def metric_columns(self) -> list[str]:
         """Extra metrics.csv columns this strategy fills."""
         cols = [f"maverick_{m}_{what}" for m in self.mavericks for what in ("prob", "selections")]
-        return cols + (["typical_prob"] if self.mavericks else [])
+        cols += ["typical_prob"] if self.mavericks else []
+        return cols + (["malicious_sampled", "malicious_aggregated"] if self.malicious else [])
 
     # -- selection ---------------------------------------------------------
     def select(self, server_round: int, candidates: list[ClientInfo]) -> list[ClientInfo]:
@@ -194,6 +199,8 @@ class FedAvg(FlowerFedAvg):
         config["server-round"] = server_round
         self.log_book.record(server_round, clients_sampled=len(chosen),
                              selected=" ".join(str(c.partition_id) for c in chosen))
+        if self.malicious:
+            self.log_book.record(server_round, malicious_sampled=sum(c.partition_id in self.malicious for c in chosen))
         in_order = sorted(chosen, key=lambda c: c.partition_id)  # replies then arrive about in folding order
         return self._train_messages(server_round, arrays, config, [c.node_id for c in in_order], grid)
 
@@ -239,6 +246,9 @@ class FedAvg(FlowerFedAvg):
         rejected += sum(len(g.pids) for g in odd)
         self.log_book.record(server_round, clients_failed=failed + max(sampled - arrived, 0),
                              clients_rejected=rejected)
+        if self.malicious:
+            self.log_book.record(server_round, malicious_aggregated=sum(
+                p in self.malicious for p in (group.pids if group else [])))
         for observer in self.observers:
             observer.aggregated(server_round, group.keys if group else None, group.pids if group else [])
         if group is None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data.backdoor import add_trigger, poisoned_indices, trigger_side
-from fedsim.data.clients import dataset, run_partition, split_request, with_backdoor
+from fedsim.data.clients import dataset, run_partition, split_request, as_held
 from fedsim.evaluation.backdoor import backdoor_accuracy
 from fedsim.evaluation.server import ServerEvaluator
 from fedsim.models.workspace import fresh_model, workspace
@@ -47,7 +47,7 @@ def test_poisoned_indices_are_a_seeded_share_of_the_backdoor_clients_other_class
 def test_with_backdoor_poisons_only_the_chosen_samples_and_keeps_the_partition():
     clean = dataset(CFG, "train")
     before = clean.images.clone()
-    poisoned = with_backdoor(CFG, clean)
+    poisoned = as_held(CFG, clean)
     parts = run_partition(CFG, clean.labels)
     expected = poisoned_indices(clean.labels, dict(enumerate(parts)), [2, 7], target=4, fraction=0.5, seed=3)
     assert len(expected) > 10
@@ -67,14 +67,14 @@ def test_with_backdoor_poisons_only_the_chosen_samples_and_keeps_the_partition()
     assert all(np.array_equal(ws.parts[i], k) for i, k in enumerate(split_request(plain, clean.labels)[0]))
     assert torch.equal(ws.client_data(7)[1], torch.from_numpy(poisoned.labels[ws.parts[7]]))
     assert torch.equal(ws.client_data(0)[0], clean.images[torch.from_numpy(ws.parts[0])])
-    assert with_backdoor(plain, clean) is clean
+    assert as_held(plain, clean) is clean
 
 
 @pytest.mark.parametrize("changes, message", [(dict(backdoor_target=10), "backdoor-target"),
                                               (dict(backdoor_clients="12"), "not partition ids")])
 def test_bad_backdoor_keys_are_one_line(changes, message):
     with pytest.raises(ConfigError, match=message):
-        with_backdoor(CFG.replace(**changes), dataset(CFG, "train"))
+        as_held(CFG.replace(**changes), dataset(CFG, "train"))
 
 
 def test_backdoor_config_checks():

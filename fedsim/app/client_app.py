@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.app.compression_mod import compression_mod
 from fedsim.app.fault_mod import fault_mod
+from fedsim.app.malicious_mod import malicious_mod
 from fedsim.app import scaffold_client
 from fedsim.app.node_data import node_workspace
 from fedsim.app.state_mod import state_mod
@@ -35,8 +36,9 @@ from fedsim.records.wire import to_array_record, to_state_dict
 from fedsim.rng import torch_generator
 
 # state_mod outermost: it restores a resumed node's context before compression_mod reads it, and
-# saves it after compression_mod has updated it; each acts only when the server's message asks
-app = ClientApp(mods=[state_mod, fault_mod, compression_mod])  # fault_mod: fault-tolerance studies
+# saves it after compression_mod has updated it; each acts only when the server's message asks;
+# malicious_mod innermost, so the codec encodes what a malicious client sends
+app = ClientApp(mods=[state_mod, fault_mod, compression_mod, malicious_mod])  # fault/malicious: robustness studies
 
 
 def _setup(context: Context):

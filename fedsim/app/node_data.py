@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsim.config import RunConfig, load_config
-from fedsim.data.clients import apply_request, with_backdoor
+from fedsim.data.clients import apply_request, as_held
 from fedsim.data.datasets import DataError, load_local
 from fedsim.models.workspace import Workspace, build_workspace, workspace
 
@@ -91,4 +91,4 @@ def _local_workspace(cfg: RunConfig, root: str, cid: int) -> Workspace:
     train = load_local(cfg.dataset, root, cfg.image_size)
     everything = np.arange(len(train), dtype=np.int64)
     kept, forgotten = apply_request(cfg, train.labels, cid, everything)
-    return build_workspace(cfg, with_backdoor(cfg, train, {cid: everything}), {cid: kept}, {cid: forgotten})
+    return build_workspace(cfg, as_held(cfg, train, {cid: everything}), {cid: kept}, {cid: forgotten})

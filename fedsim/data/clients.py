@@ -1,8 +1,9 @@
 """Each client's data in a run: the config's dataset, its partition among the
 clients, an unlearning request (forget-clients, forget-class) applied on top
 (except in the ``continue`` control, which keeps training on all data: the request
-then only names what its model is scored against), and a backdoor (backdoor-clients)
-poisoning some clients' samples (fedsim/data/backdoor.py).
+then only names what its model is scored against), a backdoor (backdoor-clients, or malicious
+clients of kind backdoor) poisoning some clients' samples (fedsim/data/backdoor.py), and
+label-flipping malicious clients (fedsim/data/malicious.py).
 
 Pure functions of (config, labels): every process (server, Ray actor, pre-flight
 child) computes the same index sets.
@@ -17,6 +18,7 @@ import numpy as np
 from fedsim.config import ConfigError, RunConfig, parse_ids
 from fedsim.data.backdoor import poison, poisoned_indices
 from fedsim.data.datasets import ImageData, load_dataset
+from fedsim.data.malicious import flip_labels, malicious_ids
 from fedsim.data.partition import partition
 
 KEEPS_FORGET_DATA = ("continue",)  # unlearn-methods whose clients train on the forget data as before
@@ -62,17 +64,37 @@ def apply_request(cfg: RunConfig, labels: np.ndarray, client: int, idx: np.ndarr
     return idx[~drop], idx[drop]
 
 
-def with_backdoor(cfg: RunConfig, train: ImageData, parts: Mapping[int, np.ndarray] | None = None) -> ImageData:
-    """The train split as the clients hold it: the samples of backdoor-clients that ``parts``
-    (default: the run's partition) holds poisoned; ``train`` itself without backdoor-clients.
-    Partitions and requests are computed from ``train.labels``, the true labels."""
-    clients = parse_ids(cfg.backdoor_clients, "backdoor-clients") or set()
-    if not clients:
+def as_held(cfg: RunConfig, train: ImageData, parts: Mapping[int, np.ndarray] | None = None) -> ImageData:
+    """The train split as the clients hold it: the samples of the backdoor clients (backdoor-clients,
+    and the malicious ones under malicious-kind = backdoor) that ``parts`` (default: the run's
+    partition) holds poisoned, and those of label-flipping malicious clients relabelled; ``train``
+    itself when nobody does either. Partitions and requests are computed from ``train.labels``,
+    the true labels."""
+    backdoor, flipping = backdoor_clients(cfg), data_attackers(cfg, "label-flip")
+    if not backdoor and not flipping:
         return train
     if parts is None:
         parts = dict(enumerate(run_partition(cfg, train.labels)))
-        if unknown := sorted(clients - set(parts)):
+        if unknown := sorted(backdoor - set(parts)):
             raise ConfigError(f"backdoor-clients {unknown} are not partition ids (0..{len(parts) - 1})")
-    idx = poisoned_indices(train.labels, parts, [c for c in clients if c in parts], target=cfg.backdoor_target,
-                           fraction=cfg.backdoor_fraction, seed=cfg.seed)
-    return poison(train, idx, cfg.backdoor_target)
+    held = train
+    if backdoor:
+        idx = poisoned_indices(train.labels, parts, [c for c in backdoor if c in parts], target=cfg.backdoor_target,
+                               fraction=cfg.backdoor_fraction, seed=cfg.seed)
+        held = poison(held, idx, cfg.backdoor_target)
+    if flipping:
+        idx = [np.asarray(parts[c], dtype=np.int64) for c in sorted(flipping) if c in parts]
+        held = flip_labels(held, np.concatenate(idx) if idx else np.zeros(0, np.int64))
+    return held
+
+
+def data_attackers(cfg: RunConfig, kind: str) -> frozenset[int]:
+    """The malicious clients (fedsim/data/malicious.py) if they attack with ``kind``, else none."""
+    if cfg.malicious_kind != kind:
+        return frozenset()
+    return malicious_ids(cfg.seed, cfg.num_clients, cfg.malicious_share)
+
+
+def backdoor_clients(cfg: RunConfig) -> frozenset[int]:
+    """Who plants the backdoor: backdoor-clients, and the malicious clients of kind backdoor."""
+    return frozenset(parse_ids(cfg.backdoor_clients, "backdoor-clients") or set()) | data_attackers(cfg, "backdoor")

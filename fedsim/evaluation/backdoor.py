@@ -10,6 +10,7 @@ from torch import nn
 
 from fedsim.config import RunConfig
 from fedsim.data.backdoor import add_trigger
+from fedsim.data.clients import backdoor_clients
 from fedsim.models.train import accuracy
 
 
@@ -26,7 +27,7 @@ def backdoor_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
 def backdoor_scores(cfg: RunConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     ) -> dict[str, float]:
     """{"backdoor_acc", "clean_acc"} on test images, for a classifier run with backdoor-clients; else {}."""
-    if cfg.is_diffusion or not cfg.backdoor_clients.strip():
+    if cfg.is_diffusion or not backdoor_clients(cfg):
         return {}
     return {"backdoor_acc": backdoor_accuracy(model, images, labels, cfg.backdoor_target),
             "clean_acc": accuracy(model, images, labels)}

@@ -2,7 +2,7 @@
 
 Every round: held-out loss on the test split with a fixed probe (the same
 (eps, t) per test image every round, so rounds are comparable), or test
-accuracy for classifiers (with backdoor-clients also ``backdoor_acc``, the share of
+accuracy for classifiers (with a backdoor, from backdoor-clients or malicious clients, also ``backdoor_acc``, the share of
 triggered test images classified as the target: fedsim/evaluation/backdoor.py). At
 evaluation rounds (every ``eval-every`` rounds and the last) for diffusion models: a PNG
 grid of samples; the share of samples the evaluator recognises (``recognised``) and, per
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from fedsim.config import RunConfig
-from fedsim.data.clients import dataset
+from fedsim.data.clients import backdoor_clients, dataset
 from fedsim.evaluation.backdoor import backdoor_accuracy
 from fedsim.evaluation.evaluator import Evaluator, get_evaluator
 from fedsim.evaluation.inception import inception_features, load_inception
@@ -72,7 +72,7 @@ class ServerEvaluator:
     @property
     def quality_columns(self) -> list[str]:
         if not self.cfg.is_diffusion:
-            return ["test_acc", *(["backdoor_acc"] if self.cfg.backdoor_clients.strip() else [])]
+            return ["test_acc", *(["backdoor_acc"] if backdoor_clients(self.cfg) else [])]
         extra = ["inception_fid"] if self.cfg.inception_weights else []
         match = ["label_match"] if self.cfg.conditional else []
         return ["recognised", *match, *QUALITY_METRICS, *extra, "evaluator_acc",
@@ -103,7 +103,7 @@ class ServerEvaluator:
         out = {"eval_loss": float(losses.mean())}
         if not self.cfg.is_diffusion:
             out["test_acc"] = accuracy(self.model, self.test.images, self.labels)
-            if self.cfg.backdoor_clients.strip():
+            if backdoor_clients(self.cfg):
                 out["backdoor_acc"] = backdoor_accuracy(self.model, self.test.images, self.labels,
                                                         self.cfg.backdoor_target)
         elif rnd > 0 and self.is_quality_round(rnd):

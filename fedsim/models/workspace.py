@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedsim.config import RunConfig
-from fedsim.data.clients import dataset, split_request, with_backdoor
+from fedsim.data.clients import dataset, split_request, as_held
 from fedsim.data.datasets import ImageData
 from fedsim.data.partition import label_histograms
 from fedsim.models.networks import build_model
@@ -80,4 +80,4 @@ def workspace(cfg: RunConfig) -> Workspace:
     """Every simulated client's view of the run's dataset (partitioned, a backdoor applied)."""
     train = dataset(cfg, "train")
     kept, forgotten = split_request(cfg, train.labels)
-    return build_workspace(cfg, with_backdoor(cfg, train), kept, forgotten)
+    return build_workspace(cfg, as_held(cfg, train), kept, forgotten)

@@ -44,14 +44,18 @@ class LedgerWriter:
     checkpointed = ("stored_bytes", "doc")  # fedsim/records/checkpoint.py
 
     def __init__(self, run_dir: Path, *, seed: int, every: int, max_bytes: float,
-                 full_precision: bool = False) -> None:
-        """every: store updates every that many rounds (0: participants only)."""
+                 full_precision: bool = False, malicious: frozenset[int] = frozenset(),
+                 malicious_kind: str = "") -> None:
+        """every: store updates every that many rounds (0: participants only); malicious: the
+        misbehaving partition ids of a robustness study, listed in the ledger with their kind."""
         self.root = Path(run_dir) / LEDGER
         self.root.mkdir(parents=True, exist_ok=True)
         self.every, self.max_bytes, self.half = every, max_bytes, not full_precision
         self.stored_bytes = 0
         self.doc = {"seed": seed, "every": every, "precision": "float16" if self.half else "float32",
                     "stopped_storing_at": None, "rounds": []}
+        if malicious:
+            self.doc["malicious"] = {"kind": malicious_kind, "partitions": sorted(int(p) for p in malicious)}
 
     def stores(self, server_round: int) -> bool:
         return (self.every > 0 and (server_round - 1) % self.every == 0
@@ -126,6 +130,7 @@ class Ledger:
     every: int
     rounds: list[dict] = field(default_factory=list)
     stopped_storing_at: int | None = None
+    malicious: dict = field(default_factory=dict)  # {"kind", "partitions"} of a robustness study; {} none
 
     def participants(self, server_round: int) -> dict[int, int]:
         """partition id -> examples, of the updates aggregated in that round."""
@@ -165,4 +170,4 @@ def load_ledger(run_dir: Path) -> Ledger:
                                 "existed or did not finish its first round")
     doc = json.loads((root / "ledger.json").read_text())
     return Ledger(root=root, seed=int(doc["seed"]), every=int(doc["every"]), rounds=doc["rounds"],
-                  stopped_storing_at=doc.get("stopped_storing_at"))
+                  stopped_storing_at=doc.get("stopped_storing_at"), malicious=doc.get("malicious", {}))
