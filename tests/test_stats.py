@@ -55,3 +55,27 @@ def test_auc_interval_is_delong_by_hand():
     var = np.var([0.75, 1.0], ddof=1) / 2 + np.var([0.75, 1.0], ddof=1) / 2
     assert tie.mean == pytest.approx(0.875) and tie.low == pytest.approx(0.875 - 1.959964 * math.sqrt(var), abs=1e-5)
     assert math.isnan(auc_interval([1.0], [0.0]).low) and auc_interval([1.0], [0.0]).mean == 1.0
+
+
+def test_first_hit_reads_the_trailing_moving_average():
+    from fedsim.records.stats import first_hit
+
+    # moving averages over up to 3 values: 0.2, 0.4, 0.5, 0.7
+    assert first_hit([0.2, 0.6, 0.7, 1.0], 0.5, higher=True) == 2
+    assert first_hit([0.2, 0.6, 0.7, 1.0], 0.5, higher=True, window=1) == 1
+    assert first_hit([3.0, 1.0, 1.0, 1.0], 1.0, higher=False) == 3  # 3, 2, 1.67, 1
+    assert first_hit([0.1, 0.2], 0.5, higher=True) is None
+
+
+def test_censored_mean_counts_censored_entries_at_their_bound():
+    from fedsim.records.stats import censored_mean
+
+    assert censored_mean([True, False, True], [3.0, float("nan"), 1.0], [9.0, 31.0, 9.0]) == ((3 + 31 + 1) / 3, True)
+    assert censored_mean([True, True], [2.0, 4.0], [9.0, 9.0]) == (3.0, False)
+
+
+def test_flat_intervals_spread_each_interval_over_three_columns():
+    from fedsim.records.stats import Interval, flat_intervals
+
+    assert flat_intervals([{"m": "a", "x": Interval(1.0, 0.5, 1.5, 3)}]) == [
+        {"m": "a", "x_mean": 1.0, "x_low": 0.5, "x_high": 1.5}]

@@ -27,7 +27,6 @@ Per model, partition and method (summary.csv, results.md), over the seeds that f
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.cli.sweep import is_done
-from fedsim.records.stats import Interval, paired_difference, t_interval, verdict
+from fedsim.records.stats import censored_mean, first_hit, flat_intervals, paired_difference, t_interval, verdict
 
 
 class Run(NamedTuple):
@@ -68,13 +67,6 @@ def settings(run: Run, k_default: int) -> dict:
             "keep_ratio": o.get("keep-ratio") if codec in ("topk", "stc", "dhq") else None, "levels": levels,
             "sampling": sampling, "k_start": o.get("clients-per-round", k_default),
             "k_min": o.get("sampling-min") if sampling != "constant" else None}
-
-
-def first_hit(q: pd.Series, target: float, higher: bool) -> int | None:
-    """Index of the first round whose 3-round moving average meets the target, None if none."""
-    smooth = q.rolling(3, min_periods=1).mean().to_numpy()
-    hit = np.flatnonzero(smooth >= target if higher else smooth <= target)
-    return int(hit[0]) if hit.size else None
 
 
 def diverged(df: pd.DataFrame) -> bool:
@@ -115,7 +107,7 @@ def per_run(out: Path, runs: list[Run], window: int, k_default: dict[str, int]) 
         if ref is not None:
             ref_final = float(quality(ref, run.model)[1].tail(window).mean())
             target = 0.99 * ref_final if higher else 1.01 * ref_final
-            hit = first_hit(q, target, higher)
+            hit = first_hit(q, target, higher=higher)
             row.update(target=target, reached=hit is not None,
                        uplink_reduction=int(ref["bytes_up_total"].iloc[-1]) / row["uplink_bytes"])
             if hit is not None:
@@ -134,12 +126,6 @@ COLUMNS = ["method", "codec", "model", "partition", "seed", "keep_ratio", "level
 def scale(model: str) -> float:
     """Display units: accuracy in percent (differences in points), eval loss as it is."""
     return 100.0 if model == "classifier" else 1.0
-
-
-def censored_mean(reached: pd.Series, value: pd.Series, bound: pd.Series) -> tuple[float, bool]:
-    """Mean with censored runs counted at their bound; True when that makes it a lower bound."""
-    x = np.where(reached.astype(bool), value, bound).astype(float)
-    return (float(x.mean()) if len(x) else math.nan), bool((~reached.astype(bool)).any())
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -177,15 +163,6 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def flat(summary: pd.DataFrame) -> pd.DataFrame:
+def flat(agg: pd.DataFrame) -> pd.DataFrame:
     """summary.csv: each interval as mean, low, high."""
-    rows = []
-    for r in summary.to_dict("records"):
-        row = {}
-        for key, v in r.items():
-            if isinstance(v, Interval):
-                row.update({f"{key}_mean": v.mean, f"{key}_low": v.low, f"{key}_high": v.high})
-            else:
-                row[key] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(flat_intervals(agg.to_dict("records")))

@@ -18,7 +18,6 @@ FedAvg or the same rule without attackers), the paired per-seed difference and i
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.cli.sweep import is_done
-from fedsim.records.stats import Interval, paired_difference, t_interval, verdict
+from fedsim.records.stats import censored_mean, first_hit, flat_intervals, paired_difference, t_interval, verdict
 
 
 class Run(NamedTuple):
@@ -49,12 +48,6 @@ def read(folder: Path) -> pd.DataFrame | None:
 
 def is_classifier(df: pd.DataFrame) -> bool:
     return "test_acc" in df
-
-
-def first_hit(q: pd.Series, target: float, higher: bool) -> int | None:
-    smooth = q.rolling(3, min_periods=1).mean().to_numpy()
-    hit = np.flatnonzero(smooth >= target if higher else smooth <= target)
-    return int(hit[0]) if hit.size else None
 
 
 def diverged(df: pd.DataFrame) -> bool:
@@ -80,7 +73,7 @@ def per_run(out: Path, runs: list[Run], window: int, targets: dict[str, float]) 
             continue
         higher = is_classifier(df)
         q = df["test_acc"] if higher else df["eval_loss"]
-        hit = first_hit(q, targets[run.model], higher)
+        hit = first_hit(q, targets[run.model], higher=higher)
         last = df.dropna(subset=["recognised"]).iloc[-1] if "recognised" in df and df.recognised.notna().any() else {}
         row.update(final=float(q.tail(window).mean()), target=targets[run.model], reached=hit is not None,
                    rounds_to_target=int(df["round"].iloc[hit]) if hit is not None else None, rounds=len(df),
@@ -96,11 +89,6 @@ def per_run(out: Path, runs: list[Run], window: int, targets: dict[str, float]) 
 def scale(model: str) -> float:
     """Accuracy and shares in percent (differences in points); losses and distances as they are."""
     return 100.0 if model == "classifier" else 1.0
-
-
-def censored_mean(reached: pd.Series, value: pd.Series, bound: pd.Series) -> tuple[float, bool]:
-    x = np.where(reached.astype(bool), value, bound).astype(float)
-    return (float(x.mean()) if len(x) else math.nan), bool((~reached.astype(bool)).any())
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -153,13 +141,4 @@ def curve_data(out: Path, runs: list[Run]) -> dict[tuple[str, str], dict[str, li
 
 def flat(agg: pd.DataFrame) -> pd.DataFrame:
     """summary.csv: each interval as mean, low, high."""
-    rows = []
-    for r in agg.to_dict("records"):
-        row = {}
-        for key, v in r.items():
-            if isinstance(v, Interval):
-                row.update({f"{key}_mean": v.mean, f"{key}_low": v.low, f"{key}_high": v.high, f"{key}_n": v.n})
-            else:
-                row[key] = v
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(flat_intervals(agg.to_dict("records")))

@@ -118,3 +118,34 @@ def verdict(diff: Interval, *, lower_is_better: bool = False) -> str:
         return "not significant" if diff.n >= 2 else "n < 2"
     better = diff.high < 0 if lower_is_better else diff.low > 0
     return "better" if better else "worse"
+
+
+def first_hit(values: Sequence[float], target: float, *, higher: bool, window: int = 3) -> int | None:
+    """Index of the first value whose trailing moving average (over up to ``window`` values) meets
+    ``target`` (at least it if ``higher``, else at most it); None if none does: "rounds to target"."""
+    x = np.asarray(values, dtype=float)
+    smooth = np.array([x[max(0, i - window + 1):i + 1].mean() for i in range(len(x))])
+    hit = np.flatnonzero(smooth >= target if higher else smooth <= target)
+    return int(hit[0]) if hit.size else None
+
+
+def censored_mean(reached: Sequence[bool], value: Sequence[float], bound: Sequence[float]) -> tuple[float, bool]:
+    """Mean with each censored entry (not reached) counted at its bound; True when that makes the
+    mean a lower bound (some entry was censored)."""
+    ok = np.asarray(reached, dtype=bool)
+    x = np.where(ok, np.asarray(value, dtype=float), np.asarray(bound, dtype=float))
+    return (float(x.mean()) if len(x) else math.nan), bool((~ok).any())
+
+
+def flat_intervals(rows: Sequence[dict]) -> list[dict]:
+    """Rows for a CSV: each Interval value as three columns KEY_mean, KEY_low, KEY_high."""
+    out = []
+    for r in rows:
+        row = {}
+        for key, v in r.items():
+            if isinstance(v, Interval):
+                row.update({f"{key}_mean": v.mean, f"{key}_low": v.low, f"{key}_high": v.high})
+            else:
+                row[key] = v
+        out.append(row)
+    return out
