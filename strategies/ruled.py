@@ -72,7 +72,7 @@ class Ruled(FedAvg):
     def _by_rule(self, rule: Strategy, server_round: int, folded: WeightedSum | None,
                  replies: list[Message]) -> ArrayRecord:
         if self.kind == "replies":
-            arrays, _ = rule.aggregate_train(server_round, replies)
+            arrays, _ = rule.aggregate_train(server_round, [_stand_in(r) for r in replies])
             return self._global if arrays is None else self._step(self._cast(arrays), self.server_lr)
         mean = folded.mean()
         if mean is None:  # every reply of weight 0
@@ -91,6 +91,15 @@ class Ruled(FedAvg):
             x = np.asarray(arrays[key].numpy())
             out[key] = numpy_array(x if x.dtype == want else x.astype(want))
         return ArrayRecord(out, keep_input=True)
+
+
+def _stand_in(reply: Message) -> Message:
+    """A reply for the rule to read: Bulyan and QFedAvg empty the ArrayRecords they read
+    (``to_numpy_ndarrays(keep_input=False)``); the round's own replies stay whole for the layers
+    that read them after (Shapley's coalitions). The arrays themselves are shared, not copied."""
+    content = RecordDict({"arrays": ArrayRecord(dict(reply.content["arrays"].items()), keep_input=True),
+                          "metrics": reply.content["metrics"]})
+    return Message(content, dst_node_id=reply.metadata.src_node_id, message_type=MessageType.TRAIN)
 
 
 def _reply(arrays: ArrayRecord) -> Message:

@@ -109,6 +109,7 @@ def test_rule_under_fedsim_aggregates_as_flower_does(name):
         arrivals = [reply_to(m, a, p, rnd) for m, p, (_, a) in zip(msgs, pids, replies)][::-1]
         new, metrics = strategy.aggregate_train(rnd, arrivals)
         assert all(new[k].numpy().dtype == np.float32 for k in SHAPES)
+        assert all(len(m.content["arrays"]) == len(SHAPES) for m in arrivals)  # the rule read copies
         assert "train-loss" in metrics
         w = new
         seen.append((to_numpy_dict(new), replies))
