@@ -24,10 +24,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.app import scaffold_client
 from fedsim.app.compression_mod import compression_mod
 from fedsim.app.fault_mod import fault_mod
 from fedsim.app.malicious_mod import malicious_mod
-from fedsim.app import scaffold_client
 from fedsim.app.node_data import node_workspace
 from fedsim.app.state_mod import state_mod
 from fedsim.models.train import batch_gradient, per_sample_losses, train_local
@@ -90,10 +90,10 @@ def train(msg: Message, context: Context) -> Message:
                             batch_size=batch_size, lr=lr, optimizer=optimizer,
                             momentum=momentum, grad_clip=grad_clip, generator=gen, trace=trace,
                             proximal_mu=float(sent.get("proximal-mu", 0.0)),  # FedProx's server sends it
-                            correction=control.correction if control else None)
+                            correction=control.correction if control is not None else None)
         arrays = to_array_record(ws.model.state_dict())
         payload = "weights"
-        if control:
+        if control is not None:
             extra_arrays[scaffold_client.DELTA] = scaffold_client.finish(control, context, ws, stats.steps, lr)
     if trace is not None:
         secrets.save(secrets_root, rnd, pid, trace, ws.parts[pid], payload=payload,
