@@ -32,7 +32,7 @@ def args(**kw):
 
 
 @pytest.mark.parametrize("name, count", [("comparison.toml", 5 * 2 * 3), ("robust.toml", 5 * 5 * 3),
-                                         ("tuning.toml", 13)])
+                                         ("tuning.toml", 19)])
 def test_every_planned_run_is_a_valid_config_its_rule_accepts(exp, name, count):
     s = spec(name)
     tuning = name == "tuning.toml"
