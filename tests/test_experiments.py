@@ -83,7 +83,8 @@ def test_script_help(path, tmp_path):
 def test_attack_benchmark_report_carries_intervals_and_baselines_and_skips_unfinished_cells(tmp_path):
     """The report's table gives each attack's PSNR per defense as mean ± 95 % t-interval over the trials and,
     beside it, the baselines' PSNR on the same targets (rows baseline-grey / -mean / -random that
-    attacks/runner.py writes after each trial's row); a cell short of its trials is not reported."""
+    attacks/runner.py writes after each trial's row); a cell short of its trials is not reported; a row is
+    the cell's B per client, even where a defense recovers more images (SecAgg: the sum of 2 clients)."""
     import tomli_w
 
     from attacks.runner import _append
@@ -104,7 +105,8 @@ def test_attack_benchmark_report_carries_intervals_and_baselines_and_skips_unfin
         folder = tmp_path / "out" / "cells" / cell_id
         folder.mkdir(parents=True)
         for trial, psnr in enumerate(psnrs):
-            common = {"batch_size": 4, "local_steps": 1, "defense": cells[cell_id].mapping["defense"], "trial": trial,
+            b = 8 if "dp-eps1" in cell_id else 4  # as SecAgg's aggregate of 2 clients holds 2B images
+            common = {"batch_size": b, "local_steps": 1, "defense": cells[cell_id].mapping["defense"], "trial": trial,
                       "source": "fresh", "truth": "batch", "ssim": 0.5, "wall_s": 1.0, "cpu_s": 2.0}
             _append(folder / "results.csv", {"attack": cells[cell_id].attack, "psnr": psnr, "label_acc": 1.0,
                                              **common})

@@ -86,7 +86,8 @@ def finished(folder: Path, cell: Cell) -> pd.DataFrame | None:
         return None
     rows = pd.read_csv(path)
     done = rows[rows.attack == cell.attack].trial.nunique() >= cell.mapping["trials"]
-    return rows.assign(cell=cell.attack, bench_dataset=cell.dataset, bench_defense=cell.defense) if done else None
+    return rows.assign(cell=cell.attack, bench_dataset=cell.dataset, bench_defense=cell.defense,
+                       bench_b=cell.mapping["batch-size"]) if done else None  # B per client (SecAgg: 2B recovered)
 
 
 def phase_cells(spec: dict):
@@ -157,7 +158,7 @@ def table(df: pd.DataFrame, spec: dict) -> str:
     for ds, part in df.groupby("bench_dataset", sort=False):
         lines = ([f"**{ds}**", ""] if ds else []) + [head, "|---|---|---|---|---|" + "---|" * len(others)
                                                       + "---|---|" + ("---|" if has_lpips else "") + "---|---|---|"]
-        for (attack, steps, batch), g in part.groupby(["cell", "local_steps", "batch_size"], sort=False):
+        for (attack, steps, batch), g in part.groupby(["cell", "local_steps", "bench_b"], sort=False):
             base, g = g[is_baseline(g)], g[~is_baseline(g)]
             none = _of_defense(g, names[0])
             guesses = " / ".join(fmt(_of_defense(base[base.attack == f"{BASELINE}{k}"], names[0]).psnr.mean())
@@ -191,12 +192,12 @@ def plot(df: pd.DataFrame, spec: dict, path: Path) -> None:
             if g.empty:
                 ax.set_visible(False)
                 continue
-            piv = g.pivot_table(index=["local_steps", "batch_size"], columns="bench_defense", values="psnr",
+            piv = g.pivot_table(index=["local_steps", "bench_b"], columns="bench_defense", values="psnr",
                                 aggfunc="mean")
             piv = piv[[n for n in names if n in piv.columns]]
             mean = base[(base.cell == attack) & (base.bench_dataset == ds) & (base.attack == f"{BASELINE}mean")
                         & (base.bench_defense == names[0])]
-            guess = mean.groupby(["local_steps", "batch_size"]).psnr.mean().reindex(piv.index)
+            guess = mean.groupby(["local_steps", "bench_b"]).psnr.mean().reindex(piv.index)
             piv.index = [f"s{s}/B{b}" for s, b in piv.index]
             piv.plot.bar(ax=ax, rot=60, legend=ax is axes[0][0])
             if guess.notna().any():
