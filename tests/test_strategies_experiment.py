@@ -104,3 +104,9 @@ def test_summary_and_report_by_hand(exp, tmp_path):
     assert "| krum | 45 ± " in md and "vs fedavg: -12 ± 7.2 (n = 3), worse" in md and "backdoor success, %" in md
     report.curves(tmp_path / "c.png", summary.curve_data(tmp_path, runs))
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_model_table_overrides_that_model_only(exp):
+    runs = exp.plan(spec("comparison.toml"), args(seeds=1, methods="scaffold"))
+    lr = {r.model: r.overrides.get("lr") for r in runs}
+    assert lr == {"classifier": 0.05, "diffusion": None}

@@ -4,7 +4,8 @@ Reads a spec (comparison.toml: FedAvg, FedProx, FedAdam, FedYogi, SCAFFOLD on th
 diffusion model; robust.toml: FedAvg, median, trimmed mean, Krum, Bulyan under sign-flipping
 and backdoor clients). A spec names ``models`` (each a base run config beside it), ``methods``
 (config overrides; ``reference``: the method it is compared to, seed by seed; ``models``: the
-models it runs on; ``panel``: its plot panel) or ``rules`` x ``attacks`` (each pair a method,
+models it runs on; ``panel``: its plot panel; a table named after a model: overrides for that
+model only) or ``rules`` x ``attacks`` (each pair a method,
 compared with the rule under the first attack), ``targets`` (per model: the accuracy, or eval
 loss, that "rounds to target" asks for), ``final-window`` and ``tuning-seed``.
 
@@ -73,7 +74,8 @@ def plan(spec: dict, args) -> list[Run]:
             m = methods[name]
             if model not in m.get("models", list(spec["models"])):
                 continue
-            overrides = {k: v for k, v in m.items() if k not in META}
+            overrides = {k: v for k, v in m.items() if k not in META and k not in spec["models"]}
+            overrides.update(m.get(model, {}))  # e.g. [methods.scaffold.classifier] lr = 0.05: that model only
             if args.rounds:
                 overrides["rounds"] = args.rounds
             for seed in seeds_of(spec, args.seeds_from, args.seeds, tuning):
