@@ -210,3 +210,20 @@ def test_conditional_unet_has_class_embedding_and_uses_labels():
     loss = diffusion_loss(cond, NoiseSchedule(100), x, torch.tensor([3, 7]),
                           generator=torch.Generator().manual_seed(0), reduction="none")
     assert loss.shape == (2,) and torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("teacher_t, c", [(1000, 8), (100, 4), (64, 16)])
+def test_sfddm_student_noisy_inputs_are_the_teachers_exactly(teacher_t, c):
+    """The student of stride c: q_sample(x0, t, eps) == the teacher's q_sample(x0, c t, eps), bit for bit."""
+    from fedsim.models.diffusion import NoiseSchedule
+
+    teacher = NoiseSchedule(teacher_t, "squaredcos_cap_v2")
+    student = NoiseSchedule(teacher_t // c, "squaredcos_cap_v2", stride=c)
+    assert student.teacher == teacher and student.alpha_bar.shape == (teacher_t // c,)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 1, 4, 4, generator=g), torch.randn(5, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 1, teacher_t // c // 2, teacher_t // c - 2, teacher_t // c - 1])
+    assert torch.equal(student.add_noise(x0, eps, t), teacher.add_noise(x0, eps, c * t))
+    # diffusers rebuilds alpha_bar from the student's betas: the same schedule to float rounding
+    torch.testing.assert_close(student.ddim().alphas_cumprod.double(), student.alpha_bar.double(), rtol=1e-5, atol=1e-7)
+    assert student.ddpm().config.num_train_timesteps == teacher_t // c

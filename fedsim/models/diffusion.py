@@ -22,19 +22,44 @@ class NoiseSchedule:
     """q(x_t | x_0) of Ho et al. 2020 with T steps.
 
     alpha_bar: (T,) cumulative products of (1 - beta_t), a plain attribute.
+    stride c > 1: an SFDDM student's schedule (Hong et al. 2025): T steps that are every c-th step
+    of a teacher with T x c steps, alpha_bar'_t = alpha_bar_{c t} taken as the teacher stores it, so
+    add_noise(x0, eps, t) is exactly the teacher's add_noise(x0, eps, c t); its samplers get the
+    betas 1 - alpha_bar'_t / alpha_bar'_{t-1} (diffusers' trained_betas).
     """
 
     timesteps: int
     beta_schedule: str = "linear"
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+
+    @property
+    def teacher(self) -> NoiseSchedule:
+        """The schedule this one strides over (itself when stride is 1)."""
+        return NoiseSchedule(self.timesteps * self.stride, self.beta_schedule)
 
     @property
     def scheduler_config(self) -> dict:
-        return dict(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
+        if self.stride == 1:
+            return dict(num_train_timesteps=self.timesteps, beta_schedule=self.beta_schedule,
+                        clip_sample=True, prediction_type="epsilon")
+        return dict(num_train_timesteps=self.timesteps, trained_betas=self.betas.tolist(),
                     clip_sample=True, prediction_type="epsilon")
 
     @property
     def alpha_bar(self) -> torch.Tensor:
-        return _alphas_cumprod(self.timesteps, self.beta_schedule)
+        if self.stride == 1:
+            return _alphas_cumprod(self.timesteps, self.beta_schedule)
+        return self.teacher.alpha_bar[::self.stride][:self.timesteps]
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (alpha_bar_{-1} = 1), in float64."""
+        a = self.alpha_bar.double()
+        return 1 - a / torch.cat([a.new_ones(1), a[:-1]])
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps  (Ho et al. 2020, eq. 4).
