@@ -10,10 +10,12 @@ fields this way without a Sphinx build); type and default come from the dataclas
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import fnmatch
 import inspect
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +122,32 @@ def pyproject_with_defaults(text: str) -> str:
         raise ConfigError("pyproject.toml has no [tool.flwr.app.config] table")
     head = text[:text.rindex(APP_CONFIG_HEADER)]
     return head + "\n" + tomli_w.dumps({"tool": {"flwr": {"app": {"config": RunConfig().to_flwr()}}}})
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(markdown())
+        return 0
+    if args.pyproject:
+        target = Path("pyproject.toml")
+        if not target.is_file():
+            raise ConfigError("--pyproject rewrites ./pyproject.toml: run it in the repository root")
+        target.write_text(pyproject_with_defaults(target.read_text()))
+        print(f"updated [tool.flwr.app.config] in {target.resolve()}")
+        return 0
+    found = matching(args.pattern or "")
+    if not found:
+        raise ConfigError(f"no config key matches {args.pattern!r}; `fedsim keys` lists them all")
+    print(text(found))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """``fedsim keys`` on the CLI's subcommands."""
+    keys = sub.add_parser("keys", help="list config keys with type, default and meaning")
+    keys.add_argument("pattern", nargs="?", help="part of a key's name, or a glob such as 'msgm-*'")
+    keys.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown "
+                      "(docs/configuration.md)")
+    keys.add_argument("--pyproject", action="store_true", help="rewrite the [tool.flwr.app.config] defaults "
+                      "in ./pyproject.toml from RunConfig")
+    keys.set_defaults(func=cmd_keys)

@@ -1,7 +1,8 @@
 """``fedsim run [CONFIG.toml] [--set key=value ...] [--out DIR]``, ``fedsim attack``, ``fedsim unlearn``,
 ``fedsim split-data CONFIG --out DIR`` (one data-dir per SuperNode, see fedsim/data/split.py),
 ``fedsim app CONFIG --out DIR`` (a Flower app folder for ``flwr run`` on a deployed SuperLink),
-``fedsim keys [PATTERN]`` (the configuration reference, keys.py).
+``fedsim keys [PATTERN]`` (the configuration reference, keys.py), ``fedsim distill RUN --steps K``
+(SFDDM, distill.py).
 
 Validates everything it can before starting (config keys and types, dataset
 path, partition feasibility, model, strategy name), then runs the app on a
@@ -23,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedsim.cli import distill, keys
 from fedsim.cli.launch import LaunchError, LocalFederation, app_pyproject
 from fedsim.config import ConfigError, RunConfig, resolve, to_toml, write_toml
 from fedsim.records.run_folder import RunFolder
@@ -288,26 +290,6 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from fedsim.cli import keys
-
-    if args.markdown:
-        sys.stdout.write(keys.markdown())
-        return 0
-    if args.pyproject:
-        target = Path("pyproject.toml")
-        if not target.is_file():
-            raise ConfigError("--pyproject rewrites ./pyproject.toml: run it in the repository root")
-        target.write_text(keys.pyproject_with_defaults(target.read_text()))
-        print(f"updated [tool.flwr.app.config] in {target.resolve()}")
-        return 0
-    found = keys.matching(args.pattern or "")
-    if not found:
-        raise ConfigError(f"no config key matches {args.pattern!r}; `fedsim keys` lists them all")
-    print(keys.text(found))
-    return 0
-
-
 def _config_args(parser: argparse.ArgumentParser, what: str) -> None:
     """CONFIG.toml and repeatable --set key=value, as every run-config command takes them."""
     parser.add_argument("config", nargs="?", help=what)
@@ -359,13 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--out", required=True, metavar="DIR", help="the app folder")
     app.add_argument("--force", action="store_true", help="overwrite DIR/pyproject.toml")
     app.set_defaults(func=cmd_app)
-    keys = sub.add_parser("keys", help="list config keys with type, default and meaning")
-    keys.add_argument("pattern", nargs="?", help="part of a key's name, or a glob such as 'msgm-*'")
-    keys.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown "
-                      "(docs/configuration.md)")
-    keys.add_argument("--pyproject", action="store_true", help="rewrite the [tool.flwr.app.config] defaults "
-                      "in ./pyproject.toml from RunConfig")
-    keys.set_defaults(func=cmd_keys)
+    keys.add_parser(sub)
+    distill.add_parser(sub)
     return parser
 
 
