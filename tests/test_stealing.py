@@ -1,0 +1,74 @@
+"""Model stealing (attacks/stealing/): the label-only oracle, MEGA and its baselines on a budget, PGD transfer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attacks.stealing.oracle import BudgetExhausted, LabelOracle
+from attacks.stealing.steal import StealConfig, generator_loss, steal
+from attacks.stealing.transfer import pgd, transfer_success
+from fedsim.models.networks import SmallCNN
+
+SHAPE = (1, 8, 8)
+
+
+def rule(x: torch.Tensor) -> torch.Tensor:
+    """A target that is a rule, not a model: class 1 where the left half is brighter than the right."""
+    return (x[..., :4].mean((1, 2, 3)) > x[..., 4:].mean((1, 2, 3))).long()
+
+
+def test_the_oracle_gives_labels_only_and_counts_the_budget():
+    model = SmallCNN(1, 10)
+    oracle = LabelOracle.of_model(model, budget=10)
+    y = oracle(torch.randn(6, *SHAPE))
+    assert y.dtype == torch.long and y.shape == (6,) and not y.requires_grad and oracle.left == 4
+    with pytest.raises(BudgetExhausted):
+        oracle(torch.randn(5, *SHAPE))
+    assert not any(isinstance(v, nn.Module) for v in vars(oracle).values())  # the model is not reachable
+
+
+@pytest.mark.parametrize("method", ["mega", "dfme", "random"])
+def test_each_method_spends_the_budget_on_labels_alone_and_learns_the_rule(method):
+    """The oracle is a bare function of the images (no logits exist to read): every method runs on it,
+    stops at its budget, and random queries learn the rule."""
+    budget = 3000 if method == "random" else 600  # the generators' steps cost more; random must learn
+    oracle = LabelOracle(rule, budget=budget)
+    sub = SmallCNN(1, 2)
+    probe = torch.rand(500, *SHAPE, generator=torch.Generator().manual_seed(9)) * 2 - 1
+
+    def agreement(s):
+        with torch.no_grad():
+            return {"agreement": float((s(probe).argmax(1) == rule(probe)).float().mean())}
+
+    rows = steal(oracle, sub, SHAPE, StealConfig(method=method, batch_size=100, eval_every=budget // 3),
+                 generator=torch.Generator().manual_seed(0), evaluate=agreement)
+    assert [r["queries"] for r in rows] == [budget // 3, 2 * budget // 3, budget] and oracle.used == budget
+    if method == "random":
+        assert rows[-1]["agreement"] > 0.85
+
+
+def test_generator_objectives():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([0, 1])
+    uniform = -(torch.log(torch.tensor(0.5)))
+    confident = -(torch.softmax(logits[0], 0) * torch.log_softmax(logits[0], 0)).sum()
+    assert float(generator_loss("mega", "entropy", logits, y)) == pytest.approx(float((confident + uniform) / 2))
+    assert float(generator_loss("mega", "max-softmax", logits, y)) == pytest.approx(
+        -float((torch.softmax(logits[0], 0).max() + 0.5) / 2))
+    assert float(generator_loss("dfme", "entropy", logits, y)) == pytest.approx(
+        -float(nn.functional.cross_entropy(logits, y)))
+    with pytest.raises(ValueError):
+        StealConfig(method="maze")
+
+
+def test_pgd_stays_in_the_ball_and_fools_the_model_it_attacks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    x = torch.rand(64, *SHAPE) * 2 - 1
+    y = model(x).argmax(1)
+    adv = pgd(model, x, y, eps=0.5, alpha=0.1, steps=10)
+    assert float((adv - x).abs().max()) <= 0.5 + 1e-6 and float(adv.abs().max()) <= 1.0
+    assert transfer_success(model, model, x, y, eps=0.5, alpha=0.1, steps=10) > 0.9
+    assert transfer_success(model, model, x, y, eps=0.0, alpha=0.1, steps=10) == 0.0
