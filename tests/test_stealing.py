@@ -72,3 +72,31 @@ def test_pgd_stays_in_the_ball_and_fools_the_model_it_attacks():
     assert float((adv - x).abs().max()) <= 0.5 + 1e-6 and float(adv.abs().max()) <= 1.0
     assert transfer_success(model, model, x, y, eps=0.5, alpha=0.1, steps=10) > 0.9
     assert transfer_success(model, model, x, y, eps=0.0, alpha=0.1, steps=10) == 0.0
+
+
+def test_fedsim_steal_end_to_end_on_a_small_run(tmp_path, capsys):
+    """A run folder holding a CNN trained a little on the 8x8 digits: `fedsim steal` writes the curve,
+    the final table with the transfer success, and the plot; bad input is one line."""
+    from fedsim.cli.main import main
+    from fedsim.config import RunConfig, write_toml
+    from fedsim.data.clients import dataset
+    from fedsim.models.train import ClassifierTask, train_local
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = RunConfig(model="cnn", dataset="digits")
+    write_toml(cfg, run / "config.toml")
+    train = dataset(cfg, "train")
+    model = SmallCNN(1, 10)
+    train_local(model, ClassifierTask(), train.images, torch.as_tensor(train.labels.copy()), epochs=2, batch_size=32,
+                lr=1e-2, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(run / "model")
+    assert main(["steal", str(run), "--budget", "400", "--eval-every", "200", "--batch-size", "100",
+                 "--methods", "mega,random"]) == 0
+    import pandas as pd
+
+    curve, final = pd.read_csv(run / "steal" / "curve.csv"), pd.read_csv(run / "steal" / "final.csv")
+    assert list(curve.queries) == [200, 400, 200, 400] and set(final.method) == {"mega", "random"}
+    assert final.transfer_success.between(0, 1).all() and (run / "steal" / "curve.png").stat().st_size > 0
+    assert main(["steal", str(run), "--methods", "maze"]) == 2
+    assert "unknown maze" in capsys.readouterr().err

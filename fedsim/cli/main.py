@@ -2,7 +2,7 @@
 ``fedsim split-data CONFIG --out DIR`` (one data-dir per SuperNode, see fedsim/data/split.py),
 ``fedsim app CONFIG --out DIR`` (a Flower app folder for ``flwr run`` on a deployed SuperLink),
 ``fedsim keys [PATTERN]`` (the configuration reference, keys.py), ``fedsim distill RUN --steps K``
-(SFDDM, distill.py).
+(SFDDM, distill.py), ``fedsim steal RUN`` (MEGA, steal.py).
 
 Validates everything it can before starting (config keys and types, dataset
 path, partition feasibility, model, strategy name), then runs the app on a
@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedsim.cli import distill, keys
+from fedsim.cli import distill, keys, steal
 from fedsim.cli.launch import LaunchError, LocalFederation, app_pyproject
 from fedsim.config import ConfigError, RunConfig, resolve, to_toml, write_toml
 from fedsim.records.run_folder import RunFolder
@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.set_defaults(func=cmd_app)
     keys.add_parser(sub)
     distill.add_parser(sub)
+    steal.add_parser(sub)
     return parser
 
 
