@@ -100,3 +100,19 @@ def test_fedsim_steal_end_to_end_on_a_small_run(tmp_path, capsys):
     assert final.transfer_success.between(0, 1).all() and (run / "steal" / "curve.png").stat().st_size > 0
     assert main(["steal", str(run), "--methods", "maze"]) == 2
     assert "unknown maze" in capsys.readouterr().err
+
+
+def test_stealing_experiment_table_by_hand():
+    """experiments/stealing/run.py: per method the mean ± t-interval over seeds; MEGA vs each baseline paired."""
+    import pandas as pd
+
+    from fedsim.cli.sweep import sibling
+
+    exp = sibling(__file__.replace("tests/test_stealing.py", "experiments/stealing/run.py"), "run", "stealing")
+    final = pd.DataFrame({"method": ["mega"] * 3 + ["random"] * 3, "seed": [0, 1, 2] * 2,
+                          "accuracy": [0.8, 0.7, 0.9, 0.5, 0.6, 0.4], "agreement": [0.8] * 3 + [0.5] * 3,
+                          "transfer_success": [0.3] * 3 + [0.1] * 3})
+    md = exp.table(final, 1000, 0.95)
+    assert "the target's test accuracy is 95.0 %" in md
+    assert "| mega | 80 ± 24.8 (n = 3)" in md  # sd 10, t(0.975, 2) = 4.303: 4.303 * 10 / sqrt(3) = 24.8
+    assert "| random | +30 ± 50 (n = 3), not significant | +30 ± 0 (n = 3), better | +20 ± 0 (n = 3), better |" in md
