@@ -59,6 +59,10 @@ def test_generator_objectives():
         -float((torch.softmax(logits[0], 0).max() + 0.5) / 2))
     assert float(generator_loss("dfme", "entropy", logits, y)) == pytest.approx(
         -float(nn.functional.cross_entropy(logits, y)))
+    balanced = generator_loss("mega", "entropy", logits, y, balance=1.0)
+    mean = torch.softmax(logits, 1).mean(0)
+    assert float(balanced) == pytest.approx(float(generator_loss("mega", "entropy", logits, y)
+                                                  + (mean * mean.log()).sum()))
     with pytest.raises(ValueError):
         StealConfig(method="maze")
 
@@ -115,4 +119,4 @@ def test_stealing_experiment_table_by_hand():
     md = exp.table(final, 1000, 0.95)
     assert "the target's test accuracy is 95.0 %" in md
     assert "| mega | 80 ± 24.8 (n = 3)" in md  # sd 10, t(0.975, 2) = 4.303: 4.303 * 10 / sqrt(3) = 24.8
-    assert "| random | +30 ± 50 (n = 3), not significant | +30 ± 0 (n = 3), better | +20 ± 0 (n = 3), better |" in md
+    assert "| mega vs random | +30 ± 50 (n = 3), not significant | +30 ± 0 (n = 3), better | +20 ± 0 (n = 3), better |" in md

@@ -6,7 +6,10 @@ generator step on the same latent codes:
 
 - ``mega`` (Hong et al. 2022): the generator and the substitute collaborate: G makes S
   confident on its queries, by minimising the entropy of S(G(z)) (``objective = "entropy"``)
-  or maximising its largest softmax (``"max-softmax"``); which one the paper uses is unverified;
+  or maximising its largest softmax (``"max-softmax"``); which one the paper uses is unverified.
+  Alone, this lets the generator settle on queries of one class (the substitute then learns a
+  constant); ``balance`` > 0 adds -balance x H(mean of S(G(z)) over the batch), the class-balance
+  term of DAFL (Chen et al. 2019), an addition that is not in MEGA's spec;
 - ``dfme``: a DFME/MAZE-style adversary: G maximises S's cross-entropy against the labels the
   target gave those queries (label-only: no gradient through the target is needed);
 - ``random``: no generator; queries are uniform noise in [-1, 1].
@@ -39,6 +42,7 @@ class StealConfig:
     lr_substitute: float = 1e-3
     lr_generator: float = 1e-3
     objective: str = "entropy"  # mega's generator objective
+    balance: float = 0.0  # mega: minus this x the entropy of the batch's mean prediction (not in the spec)
     replay_steps: int = 1  # extra substitute steps per query batch on queries already labelled (no new queries)
     eval_every: int = 2000
 
@@ -47,18 +51,21 @@ class StealConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.batch_size < 1 or self.eval_every < 1 or self.replay_steps < 0:
-            raise ValueError("batch_size and eval_every must be >= 1, replay_steps >= 0")
+        if self.batch_size < 1 or self.eval_every < 1 or self.replay_steps < 0 or self.balance < 0:
+            raise ValueError("batch_size and eval_every must be >= 1, replay_steps and balance >= 0")
 
 
-def generator_loss(method: str, objective: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def generator_loss(method: str, objective: str, logits: torch.Tensor, labels: torch.Tensor,
+                   balance: float = 0.0) -> torch.Tensor:
     """What the generator minimises, from the substitute's logits on its queries."""
     if method == "dfme":
         return -F.cross_entropy(logits, labels)
     p = logits.softmax(1)
-    if objective == "entropy":
-        return -(p * logits.log_softmax(1)).sum(1).mean()
-    return -p.max(1).values.mean()
+    loss = -(p * logits.log_softmax(1)).sum(1).mean() if objective == "entropy" else -p.max(1).values.mean()
+    if balance:
+        mean = p.mean(0)
+        loss = loss + balance * (mean * mean.clamp_min(1e-12).log()).sum()  # - balance x H(mean p)
+    return loss
 
 
 def steal(oracle: LabelOracle, substitute: nn.Module, shape: tuple[int, int, int], cfg: StealConfig, *,
@@ -100,7 +107,7 @@ def steal(oracle: LabelOracle, substitute: nn.Module, shape: tuple[int, int, int
         if gen is not None:
             gen.train()
             substitute.eval()
-            loss_g = generator_loss(cfg.method, cfg.objective, substitute(gen(z)), y)
+            loss_g = generator_loss(cfg.method, cfg.objective, substitute(gen(z)), y, cfg.balance)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()

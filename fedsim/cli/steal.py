@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--objective", choices=("entropy", "max-softmax"), default="entropy",
                    help="MEGA's generator objective (which one the paper uses is unverified)")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="MEGA: weight of a class-balance term on the generator (DAFL's; not in MEGA's spec; default 0)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of each method (default 1)")
     p.add_argument("--pgd-eps", type=float, default=0.3, help="transfer attack radius, [-1, 1] scale (default 0.3)")
     p.add_argument("--out", help="output folder (default RUN/steal)")
@@ -48,8 +50,8 @@ def cmd_steal(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in ("mega", "dfme", "random")]:
         raise ConfigError(f"--methods: unknown {', '.join(unknown)}; known: mega, dfme, random")
-    if min(args.budget, args.eval_every, args.batch_size, args.seeds) < 1 or args.pgd_eps < 0:
-        raise ConfigError("--budget, --eval-every, --batch-size and --seeds must be >= 1, --pgd-eps >= 0")
+    if min(args.budget, args.eval_every, args.batch_size, args.seeds) < 1 or args.pgd_eps < 0 or args.balance < 0:
+        raise ConfigError("--budget, --eval-every, --batch-size and --seeds must be >= 1, --pgd-eps and --balance >= 0")
     out = Path(args.out or run / "steal")
     console = Console()
     console.print(f"fedsim steal: {run} ({cfg.model} on {cfg.dataset}), {', '.join(methods)}, "
@@ -88,7 +90,8 @@ def steal_run(cfg, run: Path, out: Path, methods: list[str], args, console) -> N
 
             oracle = LabelOracle.of_model(target, args.budget)
             rows = steal(oracle, sub, test.shape, StealConfig(method=method, batch_size=args.batch_size,
-                                                              objective=args.objective, eval_every=args.eval_every),
+                                                              objective=args.objective, balance=args.balance,
+                                                              eval_every=args.eval_every),
                          generator=torch.Generator().manual_seed(seed), evaluate=evaluate,
                          progress=lambda r, m=method, k=seed: console.print(
                              f"{m} seed {k}: {r['queries']} queries, accuracy {r['accuracy']:.3f}, "
