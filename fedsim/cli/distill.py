@@ -49,12 +49,10 @@ def add_parser(sub) -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fedsim.config import load_config, read_toml
+    from fedsim.records.run_folder import finished_run_config
 
     run = Path(args.run)
-    if not (run / "config.toml").is_file() or not (run / "model").is_dir():
-        raise ConfigError(f"{run} is not a finished run folder (config.toml and model/ expected)")
-    cfg = load_config(read_toml(run / "config.toml"))
+    cfg = finished_run_config(run)
     if not cfg.is_diffusion:
         raise ConfigError(f"{run} trained a {cfg.model}; SFDDM distils diffusion models")
     if args.steps < 1 or cfg.timesteps % args.steps:

@@ -76,3 +76,14 @@ def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def finished_run_config(path: str | Path):
+    """The RunConfig of a finished run folder (config.toml and model/), for the commands that act on a
+    run's result (fedsim distill, fedsim steal); ConfigError in one line otherwise."""
+    from fedsim.config import ConfigError, load_config, read_toml
+
+    run = Path(path)
+    if not (run / "config.toml").is_file() or not (run / "model").is_dir():
+        raise ConfigError(f"{run} is not a finished run folder (config.toml and model/ expected)")
+    return load_config(read_toml(run / "config.toml"))
