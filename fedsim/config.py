@@ -265,85 +265,9 @@ class RunConfig:
     """Continue from the run folder's last good checkpoint; fedsim run --resume DIR sets it."""
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.num_clients >= 1, "num-clients must be >= 1"),
-            (self.rounds >= 1, "rounds must be >= 1"),
-            (1 <= self.clients_per_round <= self.num_clients,
-             f"clients-per-round must be between 1 and num-clients ({self.num_clients}), "
-             f"got {self.clients_per_round}"),
-            (self.local_epochs >= 1, "local-epochs must be >= 1"),
-            (self.batch_size >= 1, "batch-size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.partition_alpha > 0, "partition-alpha must be > 0"),
-            (0.0 <= self.client_failure_rate < 1.0, "client-failure-rate must be in [0, 1)"),
-            (self.timesteps >= 2, "timesteps must be >= 2"),
-            (1 <= self.sample_steps <= self.timesteps, "sample-steps must be in [1, timesteps]"),
-            (self.eval_every >= 0, "eval-every must be >= 0"),
-            (0.0 <= self.ema_decay < 1.0, "ema-decay must be in [0, 1)"),
-            (self.num_samples >= 2, "num-samples must be >= 2"),
-            (self.client_cpus >= 1 and self.client_gpus >= 0, "client-cpus must be >= 1 and client-gpus >= 0"),
-            (self.ray_object_store_mb == 0 or self.ray_object_store_mb >= 80,
-             "ray-object-store-mb must be 0 (Ray's default) or at least 80 (Ray's minimum is 75 MiB)"),
-            (self.max_in_flight >= 0, "max-in-flight must be >= 0"),
-            (self.checkpoint_every >= 0 and self.checkpoint_keep >= 1,
-             "checkpoint-every must be >= 0 and checkpoint-keep >= 1"),
-            (self.fedemd_alpha >= 0 and self.fedemd_beta >= 0, "fedemd-alpha and fedemd-beta must be >= 0"),
-            (0 <= self.shapley_decay < 1, "shapley-decay must be in [0, 1)"),
-            (self.shapley_temperature > 0, "shapley-temperature must be > 0"),
-            (0 <= self.shapley_explore <= 1, "shapley-explore must be in [0, 1]"),
-            (self.sampling_decay >= 0, "sampling-decay must be >= 0"),
-            (self.sampling_min >= 1, "sampling-min must be >= 1"),
-            (self.ledger_every >= 0 and self.ledger_max_mb > 0, "ledger-every must be >= 0 and ledger-max-mb > 0"),
-            (self.unlearn_rounds >= 1, "unlearn-rounds must be >= 1"),
-            (self.unlearn_lr >= 0, "unlearn-lr must be >= 0"),
-            (0 < self.federaser_ratio <= 1, "federaser-ratio must be in (0, 1]"),
-            (self.ga_radius > 0, "ga-radius must be > 0"),
-            (self.ga_reference_rounds >= 1, "ga-reference-rounds must be >= 1"),
-            (0 <= self.ga_stop_accuracy <= 1 and not (self.ga_stop_accuracy and self.is_diffusion),
-             "ga-stop-accuracy must be in [0, 1], and 0 for diffusion models (no accuracy)"),
-            (0 <= self.malicious_share < 1 and self.malicious_scale > 0,
-             "malicious-share must be in [0, 1) and malicious-scale > 0"),
-            (not self.malicious_share or self.malicious_kind != "backdoor" or not self.is_diffusion,
-             "malicious-kind backdoor is for classifiers (its attack success rate is a classification)"),
-            (not self.malicious_share or self.malicious_kind != "label-flip" or not self.is_diffusion
-             or self.conditional, "malicious-kind label-flip needs labels: a classifier or a conditional diffusion model"),
-            (0 < self.backdoor_fraction <= 1 and self.backdoor_target >= 0,
-             "backdoor-fraction must be in (0, 1] and backdoor-target >= 0"),
-            (0 <= self.msgm_weight <= 1 and self.msgm_every >= 1 and self.msgm_margin >= 0,
-             "msgm-weight must be in [0, 1], msgm-every >= 1, msgm-margin >= 0"),
-            (self.erasediff_lambda >= 0 and self.erasediff_eta >= 0, "erasediff-lambda and -eta must be >= 0"),
-            (self.erasediff_inner_passes >= 0, "erasediff-inner-passes must be >= 0"),
-            (0 < self.salun_mask_ratio <= 1 and self.salun_beta >= 0, "salun-mask-ratio must be in (0, 1], salun-beta >= 0"),
-            (self.unlearn_grad_clip >= 0 and self.grad_clip >= 0, "grad-clip and unlearn-grad-clip must be >= 0"),
-            (not self.unlearn_method or bool(self.forget_clients.strip()) or self.forget_class >= 0,
-             f"unlearn-method {self.unlearn_method} needs a request: forget-clients or forget-class"),
-            (self.unlearn_method not in ("erasediff", "salun", "msgm") or self.is_diffusion,
-             f"unlearn-method {self.unlearn_method} is for diffusion models (model = ddpm-*)"),
-            (self.server_lr >= 0 and self.proximal_mu >= 0 and 0 <= self.server_momentum < 1,
-             "server-lr and proximal-mu must be >= 0, server-momentum in [0, 1)"),
-            (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1 and self.tau > 0,
-             "beta-1 and beta-2 must be in [0, 1), tau > 0"),
-            (0 <= self.trim_beta < 0.5, "trim-beta must be in [0, 0.5)"),
-            (self.num_malicious >= 0 and self.multikrum_select >= 0 and self.qffl_q >= 0,
-             "num-malicious, multikrum-select and qffl-q must be >= 0"),
-            (self.compression != "none" or not self.compress_downlink,
-             "compress-downlink needs a codec: set compression"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        for key in ("forget-clients", "backdoor-clients"):
-            if parse_ids(getattr(self, key.replace("-", "_")), key) is None:
-                raise ConfigError(f"{key} must list partition ids, not 'all'")
-        for key in ("record_clients", "record_rounds"):
-            parse_ids(getattr(self, key), key.replace("_", "-"))
-        parse_counts(self.fedemd_cum_init, "fedemd-cum-init")
-        try:
-            from fedsim.compression.codecs import codec_settings  # the codecs own their keys
+        from fedsim.config_checks import check  # the value checks, one line each
 
-            codec_settings(self.to_flwr())
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check(self)
 
     @property
     def is_diffusion(self) -> bool:
