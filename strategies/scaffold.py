@@ -37,6 +37,7 @@ class Scaffold(FedAvg):
         self.num_clients, self.variate = num_clients, variate
         self.control: dict[str, np.ndarray] | None = None  # c, the global model's floating keys and dtypes
         self._dc: dict[frozenset, dict[str, np.ndarray]] = {}  # this round's sum of dc_i per metric-key set
+        self._sent: ArrayRecord | None = None  # the round's c as sent
         self.observers.append(self)
 
     def _train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
@@ -48,14 +49,14 @@ class Scaffold(FedAvg):
         self._dc = {}
         config["scaffold-variate"] = self.variate
         messages = super()._train_messages(server_round, arrays, config, node_ids, grid)
-        control = to_array_record(self.control)
+        self._sent = to_array_record(self.control)  # the round's c: sent, and the reference dc_i is checked against
         for m in messages:  # a broadcast shares one RecordDict: c goes in once
             if CONTROL not in m.content.array_records:
-                m.content[CONTROL] = control
+                m.content[CONTROL] = self._sent
         return messages
 
     def _problem(self, reply: Message) -> str | None:
-        return reply_problem(reply, self._global, {DELTA: to_array_record(self.control)})
+        return reply_problem(reply, self._global, {DELTA: self._sent})
 
     # observer of its own folds: dc_i of every valid reply, into the sum of its metric-key set
     def observe(self, server_round: int, reply: Message, keys: frozenset) -> None:

@@ -15,6 +15,8 @@ Written by hand: a seeded choice and a label map.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from fedsim.data.datasets import ImageData
@@ -24,6 +26,7 @@ MODEL_KINDS = ("sign-flip", "scale", "noise")
 DATA_KINDS = ("label-flip", "backdoor")
 
 
+@lru_cache(maxsize=16)  # asked on every TRAIN message by the client mod
 def malicious_ids(seed: int, num_clients: int, share: float) -> frozenset[int]:
     """The misbehaving partition ids: round(share x num_clients) of them, drawn from (seed, "malicious")."""
     n = int(round(share * num_clients))
