@@ -30,7 +30,7 @@ from attacks.base import Attack, AttackConfig, AttackError, Clock, Reconstructio
 from attacks.objectives import Functional, l2_distance, observed_gradient, total_variation
 from attacks.optimize import adam
 from attacks.threat_model import AttackInput
-from fedsim.models.diffusion import NoiseSchedule, predict_eps
+from fedsim.models.diffusion import NoiseSchedule, predict_eps, student_schedule
 from fedsim.models.networks import load_pretrained
 
 
@@ -71,6 +71,20 @@ def ddim_generate(prior: nn.Module, schedule: NoiseSchedule, z: torch.Tensor, st
     return x0
 
 
+@dataclass(frozen=True)
+class Prior:
+    """Phase 1's generator G(z): ``model`` sampled with deterministic DDIM in ``steps`` steps over
+    ``schedule``: the victim's schedule for a DDPM prior, or, for an SFDDM student (fedsim
+    distill), the student's own K-step schedule."""
+
+    model: nn.Module
+    schedule: NoiseSchedule
+    steps: int
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return ddim_generate(self.model, self.schedule, z, self.steps, labels)
+
+
 def _identity(v: torch.Tensor) -> torch.Tensor:
     return v
 
@@ -90,17 +104,20 @@ class GIDM(Attack):
             t = (t + self.cfg.t_offset) % self.T
         return inp.eps.float(), t
 
-    def load_prior(self, victim: Victim, inp_prior: str) -> nn.Module | None:
+    def load_prior(self, victim: Victim, inp_prior: str) -> Prior | None:
         if self.cfg.phases == "pixel":
             return None
         path = self.cfg.prior or inp_prior
         if not path:
             raise AttackError("gidm phase 1 needs a trained prior (threat model prior = PATH, or the attack's "
                               "prior option); phases = 'pixel' runs without one")
-        prior = load_pretrained(path).eval()
-        for p in prior.parameters():
+        model = load_pretrained(path).eval()
+        for p in model.parameters():
             p.requires_grad_(False)
-        return prior
+        student = student_schedule(path)
+        if student is None:
+            return Prior(model, victim.task.schedule, self.cfg.sampler_steps)
+        return Prior(model, student, student.timesteps)  # an SFDDM student samples in its own K steps
 
     # -- the attack ------------------------------------------------------------------------------
     def dummy_loss(self, fn: Functional, x: torch.Tensor, y, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -152,13 +169,13 @@ class GIDM(Attack):
                 z = torch.randn((n, *victim.shape), generator=generator)
             z = z.clone().requires_grad_(True)
             (z_best, *free_best), _ = adam(
-                lambda: self.objective(fn, target, ddim_generate(prior, schedule, z, self.cfg.sampler_steps, y), state),
+                lambda: self.objective(fn, target, prior(z, y), state),
                 [z, *free], iterations=self.cfg.latent_iterations, lr=[self.cfg.lr, *free_lrs], signed=False,
                 decay=False, clock=clock, start=state["iteration"])
             self._restore(free, free_best)
             state["iteration"] += self.cfg.latent_iterations
             with torch.no_grad():
-                x = ddim_generate(prior, schedule, z_best, self.cfg.sampler_steps, y)
+                x = prior(z_best, y)
         if self.cfg.phases != "latent":
             if x is None:
                 x = random_images(n, victim.shape, victim.value_range, generator)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import AttackError
-from attacks.gidm import GIDM, GIDMConfig, _identity, ddim_generate
+from attacks.gidm import GIDM, GIDMConfig, _identity
 from attacks.optimize import adam
 from attacks.timesteps import LAYER, recover_timesteps
 from fedsim.models.diffusion import predict_eps
@@ -141,7 +141,7 @@ class GIDMPlus(GIDM):
                 scores = {}
                 for t, (v, e) in alive.items():
                     st = {"eps": e, "t": t_of(t), "y": y, "penalty": penalty_of(e)}
-                    image = (lambda v=v: ddim_generate(prior, schedule, v, self.cfg.sampler_steps, y)) if latent \
+                    image = (lambda v=v: prior(v, y)) if latent \
                         else (lambda v=v: v)
                     params = [v] if eps_known else [v, e]
                     best, value = adam(lambda: self.objective(fn, target, image(), st), params,

@@ -158,14 +158,14 @@ def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None
 
     from fedsim.config import resolve
     from fedsim.data.clients import client_partition, dataset
-    from fedsim.models.train import make_task, train_local
+    from fedsim.models.train import run_task, train_local
     from fedsim.models.workspace import fresh_model
     from fedsim.rng import torch_generator
 
     cfg = resolve(None, bench_overrides(n, rounds, device))
     train = dataset(cfg, "train")
     parts = client_partition(cfg, train.labels)
-    model, task = fresh_model(cfg, train).to(device), make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    model, task = fresh_model(cfg, train).to(device), run_task(cfg)
     global_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     times = []
     for rnd in range(1, rounds + 1):

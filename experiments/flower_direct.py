@@ -50,7 +50,7 @@ def _data(items: tuple):
 def train(msg: Message, context: Context) -> Message:
     import torch
 
-    from fedsim.models.train import make_task, train_local
+    from fedsim.models.train import run_task, train_local
     from fedsim.models.workspace import fresh_model
     from fedsim.rng import torch_generator
 
@@ -58,7 +58,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     model = fresh_model(cfg, data)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    task = run_task(cfg)
     idx = torch.from_numpy(parts[pid])
     rnd = int(msg.content["config"]["server-round"])
     stats = train_local(model, task, data.images[idx], torch.from_numpy(data.labels[parts[pid]]),

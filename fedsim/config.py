@@ -71,6 +71,8 @@ class RunConfig:
     """Diffusion steps T of the noise schedule."""
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     """Noise schedule of beta_t, as diffusers names it."""
+    schedule_stride: int = 1
+    """c > 1: every c-th step of a (timesteps x c)-step beta-schedule, the schedule of an SFDDM student (fedsim distill); fine-tuning a student (pretrained = RUN/distill-K/model) needs timesteps = K and schedule-stride = c as its fedsim_schedule.json says."""
     # federation
     strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
                       "trimmed-mean", "krum", "multikrum", "bulyan", "qfedavg", "scaffold"] = "fedavg"

@@ -20,6 +20,7 @@ def check(cfg) -> None:
         (cfg.partition_alpha > 0, "partition-alpha must be > 0"),
         (0.0 <= cfg.client_failure_rate < 1.0, "client-failure-rate must be in [0, 1)"),
         (cfg.timesteps >= 2, "timesteps must be >= 2"),
+        (cfg.schedule_stride >= 1, "schedule-stride must be >= 1"),
         (1 <= cfg.sample_steps <= cfg.timesteps, "sample-steps must be in [1, timesteps]"),
         (cfg.eval_every >= 0, "eval-every must be >= 0"),
         (0.0 <= cfg.ema_decay < 1.0, "ema-decay must be in [0, 1)"),

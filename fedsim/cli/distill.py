@@ -25,9 +25,6 @@ from pathlib import Path
 
 from fedsim.config import ConfigError
 
-SCHEDULE_FILE = "fedsim_schedule.json"
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("distill", help="distil a finished run's diffusion model to K sampling steps (SFDDM)")
     p.add_argument("run", metavar="RUN", help="the finished run (fedsim run --out RUN)")
@@ -74,7 +71,7 @@ def distill_run(cfg, run: Path, out: Path, args: argparse.Namespace, console) ->
     import torch
 
     from fedsim.data.datasets import DataError, load_dataset
-    from fedsim.models.diffusion import NoiseSchedule
+    from fedsim.models.diffusion import SCHEDULE_FILE, NoiseSchedule
     from fedsim.models.distill import sfddm_loss
     from fedsim.models.networks import load_pretrained, save_model
 

@@ -29,7 +29,7 @@ from fedsim.evaluation.evaluator import Evaluator, get_evaluator
 from fedsim.evaluation.inception import inception_features, load_inception
 from fedsim.evaluation.metrics import frechet_distance, real_halves, scores
 from fedsim.models.diffusion import sample
-from fedsim.models.train import Task, accuracy, make_task, per_sample_losses
+from fedsim.models.train import Task, accuracy, run_task, per_sample_losses
 from fedsim.models.workspace import fresh_model, pick_device
 from fedsim.rng import torch_generator
 
@@ -58,7 +58,7 @@ class ServerEvaluator:
         self.test = dataset(cfg, "test")
         self.device = pick_device(cfg.device)
         self.model = fresh_model(cfg, self.test).to(self.device)
-        self.task: Task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+        self.task: Task = run_task(cfg)
         self.labels = torch.tensor(self.test.labels)
         self._evaluator: Evaluator | None = None
         self._real_features: tuple[np.ndarray, np.ndarray] | None = None  # (floor half, reference half)

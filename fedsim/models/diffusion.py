@@ -7,7 +7,9 @@ Schedules and sampling steps come from diffusers' DDPMScheduler / DDIMScheduler.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -77,6 +79,21 @@ class NoiseSchedule:
         from diffusers import DDIMScheduler
 
         return DDIMScheduler(**self.scheduler_config)
+
+
+SCHEDULE_FILE = "fedsim_schedule.json"
+"""Next to an SFDDM student's weights (fedsim distill): the teacher's T, the stride and K."""
+
+
+def student_schedule(model_dir: str | Path) -> NoiseSchedule | None:
+    """The schedule an SFDDM student was distilled for (K steps, stride c over the teacher's
+    beta schedule), or None for a model without ``fedsim_schedule.json`` (a plain DDPM)."""
+    model_dir = Path(model_dir)
+    for folder in (model_dir, model_dir / "unet"):
+        if (folder / SCHEDULE_FILE).is_file():
+            meta = json.loads((folder / SCHEDULE_FILE).read_text())
+            return NoiseSchedule(int(meta["steps"]), meta["beta_schedule"], stride=int(meta["stride"]))
+    return None
 
 
 _CACHE: dict[tuple[int, str], torch.Tensor] = {}

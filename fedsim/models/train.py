@@ -40,10 +40,16 @@ class ClassifierTask:
 Task = DiffusionTask | ClassifierTask
 
 
-def make_task(model_name: str, timesteps: int = 1000, beta_schedule: str = "linear") -> Task:
+def make_task(model_name: str, timesteps: int = 1000, beta_schedule: str = "linear", stride: int = 1) -> Task:
     if model_name.startswith("ddpm"):
-        return DiffusionTask(NoiseSchedule(timesteps, beta_schedule))
+        return DiffusionTask(NoiseSchedule(timesteps, beta_schedule, stride=stride))
     return ClassifierTask()
+
+
+def run_task(cfg) -> Task:
+    """The task of a RunConfig: its model's loss, for a diffusion model over the config's schedule
+    (``timesteps``, ``beta-schedule``, ``schedule-stride``)."""
+    return make_task(cfg.model, cfg.timesteps, cfg.beta_schedule, cfg.schedule_stride)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from fedsim.config import RunConfig
 from fedsim.data.clients import dataset, split_request, as_held
 from fedsim.data.datasets import ImageData
 from fedsim.data.partition import label_histograms
-from fedsim.models.networks import build_model
-from fedsim.models.train import Task, make_task
+from fedsim.models.diffusion import student_schedule
+from fedsim.models.networks import ModelError, build_model
+from fedsim.models.train import Task, run_task
 
 
 def pick_device(requested: str) -> str:
@@ -58,7 +59,15 @@ class Workspace:
 
 
 def fresh_model(cfg: RunConfig, data: ImageData) -> nn.Module:
-    """The run's initial global model (seeded), or the pretrained one."""
+    """The run's initial global model (seeded), or the pretrained one; an SFDDM student only with
+    the schedule it was distilled for."""
+    if cfg.pretrained and (student := student_schedule(cfg.pretrained)) is not None:
+        mine = (cfg.timesteps, cfg.schedule_stride, cfg.beta_schedule)
+        if mine != (student.timesteps, student.stride, student.beta_schedule):
+            raise ModelError(
+                f"pretrained {cfg.pretrained} is an SFDDM student of {student.timesteps} steps: set timesteps = "
+                f"{student.timesteps}, schedule-stride = {student.stride}, beta-schedule = '{student.beta_schedule}' "
+                f"(the run has {mine[0]}, {mine[1]}, '{mine[2]}')")
     return build_model(cfg.model, data.shape, data.num_classes, conditional=cfg.conditional,
                        pretrained=cfg.pretrained, seed=cfg.seed)
 
@@ -72,7 +81,7 @@ def build_workspace(cfg: RunConfig, train: ImageData, parts: Mapping[int, np.nda
     device = pick_device(cfg.device)
     model = fresh_model(cfg, train).to(device)
     return Workspace(cfg, train, parts, forget, model,
-                     make_task(cfg.model, cfg.timesteps, cfg.beta_schedule), device)
+                     run_task(cfg), device)
 
 
 @functools.lru_cache(maxsize=2)

@@ -22,7 +22,7 @@ from fedsim.data.datasets import ImageData
 from fedsim.evaluation.evaluator import Evaluator
 from fedsim.evaluation.metrics import real_halves, scores
 from fedsim.models.diffusion import sample
-from fedsim.models.train import make_task
+from fedsim.models.train import run_task
 from fedsim.records.stats import wilson
 from fedsim.rng import torch_generator
 
@@ -40,7 +40,7 @@ def generate(model: nn.Module, cfg: RunConfig, n: int, shape, num_classes: int,
              device: str) -> tuple[Tensor, Tensor | None]:
     """n samples from fixed noise ("unlearn-sample"), batched; labels cycle over classes if conditional."""
     labels = torch.arange(n) % num_classes if cfg.conditional else None
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    task = run_task(cfg)
     gen = torch_generator(cfg.seed, "unlearn-sample")
     out = [sample(model, task.schedule, min(SAMPLE_BATCH, n - s), shape, generator=gen, sampler=cfg.sampler,
                   steps=cfg.sample_steps, labels=None if labels is None else labels[s:s + SAMPLE_BATCH],

@@ -45,7 +45,7 @@ from fedsim.data.datasets import ImageData
 from fedsim.evaluation.evaluator import cache_dir
 from fedsim.evaluation.metrics import real_halves
 from fedsim.models.networks import build_model, load_pretrained, save_model
-from fedsim.models.train import Task, make_task, per_sample_losses, train_local
+from fedsim.models.train import Task, run_task, per_sample_losses, train_local
 from fedsim.records.stats import auc_interval
 from fedsim.rng import torch_generator
 
@@ -124,7 +124,8 @@ def probe_losses(model: nn.Module, task: Task, images: Tensor, labels: Tensor, p
 
 def _reference_dir(cfg: RunConfig, test: ImageData, attack: AttackConfig) -> Path:
     key = [test.name, list(test.shape), len(test.labels), int(test.labels.sum()), float(test.images[:64].sum()),
-           cfg.model, cfg.timesteps, cfg.beta_schedule, cfg.conditional, attack.reference_epochs,
+           cfg.model, cfg.timesteps, cfg.beta_schedule, *([cfg.schedule_stride] if cfg.schedule_stride != 1 else []),
+           cfg.conditional, attack.reference_epochs,
            attack.reference_lr, attack.reference_batch, REFERENCE_VERSION]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
     return cache_dir() / f"mia-reference-{test.name}-{digest}"
@@ -135,7 +136,7 @@ def reference_models(cfg: RunConfig, test: ImageData, attack: AttackConfig, devi
     trained (seeded, one thread's worth of work) and cached."""
     path = _reference_dir(cfg, test, attack)
     if not (path / "half1" / "config.json").is_file():
-        task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+        task = run_task(cfg)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         for r, half in enumerate(real_halves(test.labels)):
             model = build_model(cfg.model, test.shape, test.num_classes, conditional=cfg.conditional, seed=r)
@@ -178,7 +179,7 @@ def membership(cfg: RunConfig, model: nn.Module, forget: tuple[Tensor, Tensor], 
     threshold (classifiers); mia_loss_auc: the loss threshold; forget_loss: the members' mean loss
     under the loss threshold's probes."""
     fx, fy = forget
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    task = run_task(cfg)
     test_y = torch.tensor(test.labels)
     others = torch.isin(test_y, fy.unique())
     ox, oy = test.images[others], test_y[others]

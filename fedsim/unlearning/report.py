@@ -33,7 +33,7 @@ from fedsim.data.clients import dataset, split_request
 from fedsim.evaluation.backdoor import backdoor_scores
 from fedsim.evaluation.evaluator import get_evaluator
 from fedsim.evaluation.server import save_grid
-from fedsim.models.train import accuracy, make_task, per_sample_losses
+from fedsim.models.train import accuracy, run_task, per_sample_losses
 from fedsim.models.workspace import fresh_model, pick_device
 from fedsim.records.stats import t_interval
 from fedsim.rng import torch_generator
@@ -119,7 +119,7 @@ def score(cfg: RunConfig, state_dict: dict, request: Request, *, num_samples: in
     model = fresh_model(cfg.replace(pretrained=""), test)
     model.load_state_dict(state_dict)
     model.to(device)
-    task = make_task(cfg.model, cfg.timesteps, cfg.beta_schedule)
+    task = run_task(cfg)
     fx, fy = forget_set(cfg, request)
     target = target_class(cfg, request)
     test_y = torch.tensor(test.labels)
