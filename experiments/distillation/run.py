@@ -66,12 +66,14 @@ def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, ep
     from fedsim.models.train import run_task
     from fedsim.records.run_folder import finished_run_config
 
-    cfg = finished_run_config(teacher)
-    se = ServerEvaluator(cfg, out)
-    teacher_model = load_pretrained(teacher / "model")
     csv = out / "results.csv"
     done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["steps", "seed", "sampler"])
     have = set(zip(done.steps, done.seed, done.sampler))
+    if all((k, s, m) in have for k in steps for s in range(seeds) for m in ("teacher-ddim", "student")):
+        return 0  # every row is there: the teacher and the students (git-ignored) are not needed
+    cfg = finished_run_config(teacher)
+    se = ServerEvaluator(cfg, out)
+    teacher_model = load_pretrained(teacher / "model")
     for k in steps:
         for seed in range(seeds):
             folder = out / "students" / f"{k}-{seed}"
