@@ -34,7 +34,7 @@ from fedsim.records.stats import paired_difference, t_interval, verdict
 
 HERE = Path(__file__).resolve().parent
 TEACHER = HERE.parent / "quickstart.toml"
-COLUMNS = (("kid", "KID x 1e3", 1e3, True), ("fd", "FD", 1.0, True), ("recognised", "recognised, %", 100.0, False),
+COLUMNS = (("kid", "KID", 1.0, True), ("fd", "FD", 1.0, True), ("recognised", "recognised, %", 100.0, False),
            ("s_per_image", "ms per image", 1e3, True))
 
 
@@ -91,7 +91,7 @@ def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, ep
                     model, schedule = teacher_model, run_task(cfg).schedule
                 row = {"steps": k, "seed": seed, "sampler": sampler, **score_row(se, model, schedule, k, seed, n)}
                 pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.is_file(), index=False)
-                print(f"K={k} seed={seed} {sampler}: KID {1e3 * row['kid']:.1f} (floor {1e3 * row['kid_floor']:.1f}), "
+                print(f"K={k} seed={seed} {sampler}: KID {row['kid']:.1f} (floor {row['kid_floor']:.1f}), "
                       f"recognised {100 * row['recognised']:.1f} %, FD {row['fd']:.1f}, "
                       f"{1e3 * row['s_per_image']:.1f} ms/image", flush=True)
     return 0
@@ -99,10 +99,10 @@ def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, ep
 
 def table(rows: pd.DataFrame, teacher: str, n: int) -> str:
     seeds = sorted(rows.seed.unique())
-    floor = rows.groupby("seed").kid_floor.first().mean() * 1e3
+    floor = rows.groupby("seed").kid_floor.first().mean()
     lines = [f"Teacher: {teacher}. {n} samples per cell; seeds {', '.join(map(str, seeds))} (the student's training "
              f"and the shared sampling noise). Mean ± half-width of the 95 % t-interval over seeds. KID floor (real "
-             f"half against real half): {floor:.1f} x 1e-3. Student vs teacher: paired per-seed difference.", "",
+             f"half against real half): {floor:.1f}, in the evaluator's feature units as the run's metrics.csv. Student vs teacher: paired per-seed difference.", "",
              "| K | sampler | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for k, g in rows.groupby("steps"):
         for sampler, s in g.groupby("sampler", sort=False):
@@ -125,14 +125,15 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for sampler, g in rows.groupby("sampler", sort=False):
-        for ax, (col, label, scale) in zip(axes, (("kid", "KID x 1e3", 1e3), ("recognised", "recognised, %", 100))):
+        for ax, (col, label, scale) in zip(axes, (("kid", "KID", 1.0), ("recognised", "recognised, %", 100))):
             stats = [(k, t_interval(list(scale * s[col]))) for k, s in g.groupby("steps")]
             ax.errorbar([k for k, _ in stats], [i.mean for _, i in stats], yerr=[i.half_width for _, i in stats],
                         marker="o", capsize=3, label=sampler)
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log" if col == "kid" else "linear")
             ax.set_xlabel("sampling steps K")
             ax.set_ylabel(label)
-    axes[0].axhline(rows.kid_floor.mean() * 1e3, color="grey", ls=":", label="real vs real")
+    axes[0].axhline(rows.kid_floor.mean(), color="grey", ls=":", label="real vs real")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=16, help="images in the comparison grid (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN/distill-K)")
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda[:N]")
     p.set_defaults(func=cmd_distill)
 
 
@@ -80,7 +81,10 @@ def distill_run(cfg, run: Path, out: Path, args: argparse.Namespace, console) ->
                             cfg.image_size)
     except DataError as err:
         raise ConfigError(str(err)) from None
-    teacher = load_pretrained(run / "model").eval()
+    from fedsim.models.workspace import pick_device
+
+    device = pick_device(args.device)
+    teacher = load_pretrained(run / "model").eval().to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher).train()
@@ -98,8 +102,9 @@ def distill_run(cfg, run: Path, out: Path, args: argparse.Namespace, console) ->
         sums, n = [0.0, 0.0, 0.0], 0
         for start in range(0, len(data), args.batch_size):
             idx = order[start:start + args.batch_size]
-            loss = sfddm_loss(student, teacher, sched, data.images[idx],
-                              labels_all[idx] if conditional else None, generator=g, hidden=args.hidden_loss)
+            loss = sfddm_loss(student, teacher, sched, data.images[idx].to(device),
+                              labels_all[idx].to(device) if conditional else None, generator=g,
+                              hidden=args.hidden_loss)
             opt.zero_grad(set_to_none=True)
             loss.total.backward()
             opt.step()
@@ -110,16 +115,16 @@ def distill_run(cfg, run: Path, out: Path, args: argparse.Namespace, console) ->
         console.print(f"epoch {epoch}/{args.epochs}: loss {rows[-1]['loss']:.4f} "
                       f"(output {rows[-1]['output']:.4f}, hidden {rows[-1]['hidden']:.4f})")
     out.mkdir(parents=True, exist_ok=True)
-    save_model(student.eval(), out / "model")
+    save_model(copy.deepcopy(student).eval().cpu(), out / "model")
     (out / "model" / SCHEDULE_FILE).write_text(json.dumps(
         {"teacher_timesteps": cfg.timesteps, "stride": stride, "beta_schedule": cfg.beta_schedule,
          "steps": args.steps, "server_data": f"{args.dataset or cfg.dataset} {args.split}",
          "hidden_loss": args.hidden_loss, "epochs": args.epochs, "lr": args.lr}, indent=1))
     _write_csv(out / "losses.csv", rows)
-    _compare(teacher, student, sched, data.shape, args, out, labels_all if conditional else None)
+    _compare(teacher, student.eval(), sched, data.shape, args, out, labels_all if conditional else None, device)
 
 
-def _compare(teacher, student, sched, shape, args, out: Path, labels) -> None:
+def _compare(teacher, student, sched, shape, args, out: Path, labels, device: str) -> None:
     """grid.png and timing.csv: teacher DDIM at K steps against the student at its K steps, same noise."""
     import torch
 
@@ -132,7 +137,7 @@ def _compare(teacher, student, sched, shape, args, out: Path, labels) -> None:
     for name, model, sch in (("teacher-ddim", teacher, sched.teacher), ("student", student, sched)):
         t0 = time.perf_counter()
         x = sample(model, sch, n, shape, generator=torch.Generator().manual_seed(args.seed + 1),
-                   steps=args.steps, labels=cond)
+                   steps=args.steps, labels=cond, device=device).cpu()
         timing.append({"sampler": name, "steps": args.steps, "s_per_image": (time.perf_counter() - t0) / n})
         images.append(x)
     save_grid(torch.cat(images), out / "grid.png", ncol=n)

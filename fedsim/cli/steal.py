@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of each method (default 1)")
     p.add_argument("--pgd-eps", type=float, default=0.3, help="transfer attack radius, [-1, 1] scale (default 0.3)")
     p.add_argument("--out", help="output folder (default RUN/steal)")
+    p.add_argument("--device", default="auto", help="auto (a GPU where there is one), cpu or cuda[:N]")
     p.set_defaults(func=cmd_steal)
 
 
@@ -69,16 +70,19 @@ def steal_run(cfg, run: Path, out: Path, methods: list[str], args, console) -> N
     from fedsim.data.clients import dataset
     from fedsim.models.networks import SmallCNN, load_pretrained
 
-    target = load_pretrained(run / "model").eval()
+    from fedsim.models.workspace import pick_device
+
+    device = pick_device(args.device)
+    target = load_pretrained(run / "model").eval().to(device)
     test = dataset(cfg, "test")
-    images, labels = test.images, torch.as_tensor(test.labels.copy())
+    images, labels = test.images.to(device), torch.as_tensor(test.labels.copy()).to(device)
     with torch.no_grad():
         target_pred = target(images).argmax(1)
     curve, final = [], []
     for method in methods:
         for seed in range(args.seeds):
             torch.manual_seed(seed)  # the substitute's initial weights
-            sub = SmallCNN(test.shape[0], test.num_classes)
+            sub = SmallCNN(test.shape[0], test.num_classes).to(device)
 
             def evaluate(s):
                 with torch.no_grad():
