@@ -1,7 +1,8 @@
 """SFDDM experiment (issue 22): the teacher's DDIM at K steps against the SFDDM student at K steps.
 
-The teacher is a finished run: by default the quickstart DDPM (experiments/quickstart.toml,
-trained into OUT/teacher and reused when done). For each K in --steps and each seed s:
+The teacher is a finished run: by default the quickstart DDPM with T = 1024, as in the paper,
+so that every K of {4, 8, 16, 64} divides T (experiments/distillation/teacher.toml, trained into
+OUT/teacher and reused when done). For each K in --steps and each seed s:
 
 - ``fedsim distill TEACHER --steps K --seed s`` trains the student (defaults of the command: 10
   epochs, --epochs changes it, of Adam at 2e-4 on the test split of the run's dataset, l1 hidden loss) into
@@ -33,7 +34,7 @@ from fedsim.cli.sweep import fedsim_run, is_done
 from fedsim.records.stats import paired_difference, t_interval, verdict
 
 HERE = Path(__file__).resolve().parent
-TEACHER = HERE.parent / "quickstart.toml"
+TEACHER = HERE / "teacher.toml"
 COLUMNS = (("kid", "KID", 1.0, True), ("fd", "FD", 1.0, True), ("recognised", "recognised, %", 100.0, False),
            ("s_per_image", "ms per image", 1e3, True))
 
@@ -143,7 +144,7 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--teacher", help="a finished DDPM run (default: train experiments/quickstart.toml into OUT/teacher)")
+    ap.add_argument("--teacher", help="a finished DDPM run (default: train teacher.toml into OUT/teacher)")
     ap.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 64])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=1000)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no results under {out}", file=sys.stderr)
         return 2
     rows = pd.read_csv(out / "results.csv")
-    name = "experiments/quickstart.toml" if not args.teacher else str(teacher)
+    name = "experiments/distillation/teacher.toml" if not args.teacher else str(teacher)
     md = table(rows, name, args.samples)
     (out / "results.md").write_text(md)
     plot(rows, out / "results.png")
