@@ -52,9 +52,8 @@ def score_row(se, model, schedule, k: int, seed: int, n: int) -> dict:
     images = sample(model.eval(), schedule, n, se.test.shape, generator=torch.Generator().manual_seed(1000 + seed),
                     steps=k, labels=labels)
     seconds = (time.perf_counter() - t0) / n
-    ev = se.evaluator
-    pred, feats = ev.predict_with_features(images)
-    floor, reference = se._real_features
+    pred, feats = se.evaluator.predict_with_features(images)
+    floor, reference = se.real_features
     return {"recognised": float((pred >= 0).mean()), **scores(feats, floor, reference, seed=seed),
             "s_per_image": seconds}
 

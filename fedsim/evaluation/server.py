@@ -87,6 +87,12 @@ class ServerEvaluator:
             self._real_features = feats[floor], feats[reference]
         return self._evaluator
 
+    @property
+    def real_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluator's features of the test split's two real halves: (floor half, reference half)."""
+        _ = self.evaluator
+        return self._real_features
+
     def is_quality_round(self, rnd: int) -> bool:
         every = self.cfg.eval_every
         return every > 0 and (rnd == self.cfg.rounds or rnd % every == 0)
