@@ -41,9 +41,6 @@ def test_flower_direct_trains_the_same_model_as_fedsim(tmp_path, monkeypatch):
     direct = load_file(str(tmp_path / "direct" / "weights.safetensors"))
     ours = load_file(str(tmp_path / "fedsim" / "model" / "diffusion_pytorch_model.safetensors"))
     assert direct.keys() == ours.keys()
-    # Flower's FedAvg sums in float32, fedsim in float64: equal up to float32 rounding after 2 rounds
-    for k in ours:
-        torch.testing.assert_close(direct[k], ours[k], rtol=1e-4, atol=1e-5)
     from fedsim.config import resolve
     from fedsim.data.clients import dataset
     from fedsim.models.workspace import fresh_model
@@ -51,3 +48,12 @@ def test_flower_direct_trains_the_same_model_as_fedsim(tmp_path, monkeypatch):
     cfg = resolve(None, JOB)
     start = fresh_model(cfg, dataset(cfg, "train")).state_dict()
     assert max(float((ours[k] - start[k]).abs().max()) for k in ours) > 1e-3  # both trained
+    # The same training and FedAvg: the two models differ by less than 1 % of what training moved
+    # the weights (norms over all of them; float32 kernels differ between CPUs and thread counts,
+    # and Flower's FedAvg sums in float32, fedsim in float64). A 5 % larger lr in one of them gives
+    # about 7x this bound.
+    def norm(tensors) -> float:
+        return float(torch.cat([t.double().flatten() for t in tensors]).norm())
+
+    moved = norm(ours[k] - start[k] for k in ours)
+    assert norm(direct[k] - ours[k] for k in ours) <= 1e-2 * moved
