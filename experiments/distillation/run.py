@@ -43,7 +43,6 @@ def score_row(se, model, schedule, k: int, seed: int, n: int) -> dict:
     """Sample n images in k steps from the noise of `seed` and score them as a run's evaluation does."""
     import torch
 
-    from fedsim.evaluation.metrics import scores
     from fedsim.models.diffusion import sample
 
     classes = se.test.num_classes
@@ -52,10 +51,7 @@ def score_row(se, model, schedule, k: int, seed: int, n: int) -> dict:
     images = sample(model.eval(), schedule, n, se.test.shape, generator=torch.Generator().manual_seed(1000 + seed),
                     steps=k, labels=labels)
     seconds = (time.perf_counter() - t0) / n
-    pred, feats = se.evaluator.predict_with_features(images)
-    floor, reference = se.real_features
-    return {"recognised": float((pred >= 0).mean()), **scores(feats, floor, reference, seed=seed),
-            "s_per_image": seconds}
+    return {**se.score_images(images, seed)[1], "s_per_image": seconds}
 
 
 def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, epochs: int) -> int:

@@ -87,11 +87,12 @@ class ServerEvaluator:
             self._real_features = feats[floor], feats[reference]
         return self._evaluator
 
-    @property
-    def real_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """The evaluator's features of the test split's two real halves: (floor half, reference half)."""
-        _ = self.evaluator
-        return self._real_features
+    def score_images(self, images: torch.Tensor, seed: int) -> tuple[np.ndarray, dict[str, float]]:
+        """The evaluator's predictions for generated images (-1: rejected), and their recognised
+        share with FD, KID, precision and recall against the reference half (floors from the other)."""
+        pred, feats = self.evaluator.predict_with_features(images)
+        floor, reference = self._real_features
+        return pred, {"recognised": float((pred >= 0).mean()), **scores(feats, floor, reference, seed=seed)}
 
     def is_quality_round(self, rnd: int) -> bool:
         every = self.cfg.eval_every
@@ -136,13 +137,10 @@ class ServerEvaluator:
             save_grid(images[:k * max(1, min(10, cfg.num_samples // k))], self.out / "samples" / f"round_{rnd:03d}.png", ncol=k)
         else:
             save_grid(images[:64], self.out / "samples" / f"round_{rnd:03d}.png")
-        ev = self.evaluator
-        pred, feats = ev.predict_with_features(images)
+        pred, row = self.score_images(images, cfg.seed)
         hist = np.bincount(pred[pred >= 0], minlength=k) / len(images)
-        floor, reference = self._real_features
-        row = {"recognised": float((pred >= 0).mean()), "evaluator_acc": ev.test_accuracy,
-               "label_match": float((pred == labels.numpy()).mean()) if labels is not None else float("nan"),
-               **scores(feats, floor, reference, seed=cfg.seed)}
+        row.update({"evaluator_acc": self.evaluator.test_accuracy,
+                    "label_match": float((pred == labels.numpy()).mean()) if labels is not None else float("nan")})
         row.update({f"gen_class_{c}": float(hist[c]) for c in range(k)})
         if cfg.inception_weights:
             detector = load_inception(cfg.inception_weights)
