@@ -192,7 +192,7 @@ def test_report_only_rebuilds_from_finished_runs_of_every_sitting(exp, tmp_path,
     for key in [("classifier", "iid", "fedavg", 0), ("classifier", "iid", "fedavg", 1),
                 ("classifier", "dirichlet", "dhq p0.05", 0)]:  # two sittings: iid, then dirichlet
         fake_run(exp.folder_of(tmp_path, plan[key]), [0.5, 0.9, 0.9], 1e6)
-    monkeypatch.setattr(exp, "fedsim_run", lambda *a: pytest.fail("--report must not run anything"))
+    monkeypatch.setattr(exp, "run_all", lambda *a: pytest.fail("--report must not run anything"))
     assert exp.main(["--out", str(tmp_path), "--report", "--partitions", "iid", "--seeds", "2"]) == 0
     res = pd.read_csv(tmp_path / "results.csv")
     assert len(res) == len(plan) == len(TABLE) * 2 * 2 and res.note.isna().sum() == 3

@@ -115,3 +115,23 @@ def test_fedsim_unlearn_continues_only_its_own_run(tmp_path):
         assert "unlearn-lr" in str(err) and "\n" not in str(err)
     RunFolder(tmp_path).status("done", round=4)
     assert continued(tmp_path, cfg, warn=print)[1] is False  # finished: scored only
+
+
+def test_run_all_skips_finished_runs_and_records_each_outcome(tmp_path, monkeypatch, capsys):
+    done, ok, bad = tmp_path / "done", tmp_path / "ok", tmp_path / "bad"
+    done.mkdir()
+    (done / "status.json").write_text('{"state": "done"}')
+    started = []
+
+    def fake_run(config, overrides, folder):
+        started.append(folder)
+        return "error: boom" if folder == bad else ""
+
+    monkeypatch.setattr(sweep, "fedsim_run", fake_run)
+    sweep.run_all([("d", tmp_path / "c.toml", {}, done), ("o", tmp_path / "c.toml", {}, ok),
+                   ("b", tmp_path / "c.toml", {}, bad)])
+    assert started == [ok, bad]
+    assert float((ok / "elapsed_s.txt").read_text()) >= 0 and not (ok / "error.txt").exists()
+    assert (bad / "error.txt").read_text() == "error: boom\n" and not (bad / "elapsed_s.txt").exists()
+    out = capsys.readouterr().out
+    assert "1 of 3 runs already finished" in out and "[2/2] b: failed: error: boom" in out

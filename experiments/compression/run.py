@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-from fedsim.cli.sweep import fedsim_run, is_done, sibling
+from fedsim.cli.sweep import run_all, sibling
 from fedsim.config_values import ConfigError, parse_override
 
 HERE = Path(__file__).resolve().parent
@@ -96,24 +95,9 @@ def reported(spec: dict, args, runs: list[Run]) -> list[Run]:
 
 
 def execute(out: Path, runs: list[Run]) -> None:
-    """Each run not yet finished, one ``fedsim run`` at a time; its wall time (start-up
-    included) goes to elapsed_s.txt beside metrics.csv, its error to error.txt."""
-    t0 = time.perf_counter()
-    todo = [r for r in runs if not is_done(folder_of(out, r))]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished", flush=True)
-    for i, run in enumerate(todo, 1):
-        folder = folder_of(out, run)
-        start = time.perf_counter()
-        err = fedsim_run(BASES[run.model], run.overrides, folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if err:
-            (folder / "error.txt").write_text(err + "\n")
-        else:
-            (folder / "elapsed_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-        done = time.perf_counter() - t0
-        print(f"[{i}/{len(todo)}] {run.model} {run.partition} {run.method} seed {run.seed}: "
-              f"{'failed: ' + err if err else 'done'} ({time.perf_counter() - start:.0f} s; elapsed "
-              f"{done / 60:.1f} min, ETA {done / i * (len(todo) - i) / 60:.1f} min)", flush=True)
+    """Each run not yet finished, one `fedsim run` at a time (fedsim.cli.sweep.run_all)."""
+    run_all([(f"{r.model} {r.partition} {r.method} seed {r.seed}", BASES[r.model], r.overrides,
+              folder_of(out, r)) for r in runs])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-from fedsim.cli.sweep import fedsim_run, is_done, sibling
+from fedsim.cli.sweep import run_all, sibling
 from fedsim.config_values import ConfigError, parse_override
 
 summary, report = sibling(__file__, "summary", "strategies"), sibling(__file__, "report", "strategies")
@@ -85,20 +84,9 @@ def plan(spec: dict, args) -> list[Run]:
 
 
 def execute(out: Path, spec_dir: Path, spec: dict, runs: list[Run]) -> None:
-    """Each run not yet finished, one `fedsim run` at a time; its error to error.txt."""
-    t0 = time.perf_counter()
-    todo = [r for r in runs if not is_done(folder_of(out, r))]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished", flush=True)
-    for i, run in enumerate(todo, 1):
-        folder, start = folder_of(out, run), time.perf_counter()
-        err = fedsim_run(spec_dir / spec["models"][run.model], run.overrides, folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / ("error.txt" if err else "elapsed_s.txt")).write_text(
-            (err if err else f"{time.perf_counter() - start:.1f}") + "\n")
-        done = time.perf_counter() - t0
-        print(f"[{i}/{len(todo)}] {run.model} {run.method} seed {run.seed}: {'failed: ' + err if err else 'done'} "
-              f"({time.perf_counter() - start:.0f} s; elapsed {done / 60:.1f} min, "
-              f"ETA {done / i * (len(todo) - i) / 60:.1f} min)", flush=True)
+    """Each run not yet finished, one `fedsim run` at a time (fedsim.cli.sweep.run_all)."""
+    run_all([(f"{r.model} {r.method} seed {r.seed}", spec_dir / spec["models"][r.model], r.overrides,
+              folder_of(out, r)) for r in runs])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,25 @@ def fedsim_run(config: Path, overrides: dict[str, Any], folder: Path) -> str:
             return ""
         print(f"could not resume {folder} ({error}); starting it again", file=sys.stderr)
     return _fedsim(["run", str(config)], overrides, folder)
+
+
+def run_all(jobs: list[tuple[str, Path, dict[str, Any], Path]]) -> None:
+    """Each job (label, config, overrides, folder) not yet finished, one `fedsim run` at a
+    time, with a progress line each; its wall time (start-up included) goes to
+    elapsed_s.txt beside its metrics.csv, its error to error.txt (the sweep goes on)."""
+    t0 = time.perf_counter()
+    todo = [job for job in jobs if not is_done(job[3])]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished", flush=True)
+    for i, (label, config, overrides, folder) in enumerate(todo, 1):
+        start = time.perf_counter()
+        err = fedsim_run(config, overrides, folder)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / ("error.txt" if err else "elapsed_s.txt")).write_text(
+            (err if err else f"{time.perf_counter() - start:.1f}") + "\n")
+        done = time.perf_counter() - t0
+        print(f"[{i}/{len(todo)}] {label}: {'failed: ' + err if err else 'done'} "
+              f"({time.perf_counter() - start:.0f} s; elapsed {done / 60:.1f} min, "
+              f"ETA {done / i * (len(todo) - i) / 60:.1f} min)", flush=True)
 
 
 def _resumable(config: Path, overrides: dict[str, Any], folder: Path) -> int:
