@@ -63,3 +63,19 @@ def test_rows_per_k_seed_and_sampler_then_a_paired_report(teacher, tmp_path, mon
     assert len(pd.read_csv(tmp_path / "results.csv")) == len(rows)
     md = (tmp_path / "results.md").read_text()
     assert md.count("student − teacher") == 2 and "(n = 2)" in md and (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_a_rerun_with_other_epochs_is_refused_and_the_table_states_the_budget(teacher, tmp_path, monkeypatch, capsys):
+    run = load()
+    monkeypatch.setattr(run, "is_done", lambda folder: True)
+    argv = ["--out", str(tmp_path), "--teacher", str(teacher), "--steps", "4", "--seeds", "1", "--samples", "8"]
+    assert run.main([*argv, "--epochs", "1"]) == 0
+    assert "Students: 1 epochs" in (tmp_path / "results.md").read_text()
+    capsys.readouterr()
+    assert run.main([*argv, "--epochs", "2"]) == 2  # every row is there, but for 1 epoch
+    assert "not --epochs 2" in capsys.readouterr().err
+    (tmp_path / "results.csv").unlink()  # rows gone, the 1-epoch student still there
+    assert run.main([*argv, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "trained for 1 epochs, not --epochs 2" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "results.csv").exists()
