@@ -26,7 +26,6 @@ No setting was tuned: the distillation uses the command's defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ def score_row(se, model, schedule, k: int, seed: int, n: int) -> dict:
 def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, epochs: int) -> int:
     from fedsim.cli.main import main as fedsim
     from fedsim.evaluation.server import ServerEvaluator
-    from fedsim.models.diffusion import student_schedule
+    from fedsim.models.diffusion import student_meta, student_schedule
     from fedsim.models.networks import load_pretrained
     from fedsim.models.train import run_task
     from fedsim.records.run_folder import finished_run_config
@@ -68,7 +67,7 @@ def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, ep
     csv = out / "results.csv"
     done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["steps", "seed", "sampler"])
     have = set(zip(done.steps, done.seed, done.sampler))
-    if "epochs" in done and len(other := set(done.epochs) - {epochs}):
+    if "epochs" in done and (other := set(done.epochs) - {epochs}):
         print(f"error: {csv} holds students trained for {sorted(other)} epochs, not --epochs {epochs}; "
               f"give another --out", file=sys.stderr)
         return 2
@@ -80,10 +79,9 @@ def run_cells(teacher: Path, out: Path, steps: list[int], seeds: int, n: int, ep
     for k in steps:
         for seed in range(seeds):
             folder = out / "students" / f"{k}-{seed}"
-            if (folder / "model" / "fedsim_schedule.json").is_file():
-                trained = json.loads((folder / "model" / "fedsim_schedule.json").read_text()).get("epochs")
-                if trained != epochs:
-                    print(f"error: {folder} was trained for {trained} epochs, not --epochs {epochs}; "
+            if meta := student_meta(folder / "model"):
+                if meta.get("epochs") != epochs:
+                    print(f"error: {folder} was trained for {meta.get('epochs')} epochs, not --epochs {epochs}; "
                           f"give another --out", file=sys.stderr)
                     return 2
             else:

@@ -85,15 +85,21 @@ SCHEDULE_FILE = "fedsim_schedule.json"
 """Next to an SFDDM student's weights (fedsim distill): the teacher's T, the stride and K."""
 
 
-def student_schedule(model_dir: str | Path) -> NoiseSchedule | None:
-    """The schedule an SFDDM student was distilled for (K steps, stride c over the teacher's
-    beta schedule), or None for a model without ``fedsim_schedule.json`` (a plain DDPM)."""
+def student_meta(model_dir: str | Path) -> dict | None:
+    """What ``fedsim distill`` recorded beside an SFDDM student (schedule, server data, loss,
+    epochs, lr), or None for a model without ``fedsim_schedule.json`` (a plain DDPM)."""
     model_dir = Path(model_dir)
     for folder in (model_dir, model_dir / "unet"):
         if (folder / SCHEDULE_FILE).is_file():
-            meta = json.loads((folder / SCHEDULE_FILE).read_text())
-            return NoiseSchedule(int(meta["steps"]), meta["beta_schedule"], stride=int(meta["stride"]))
+            return json.loads((folder / SCHEDULE_FILE).read_text())
     return None
+
+
+def student_schedule(model_dir: str | Path) -> NoiseSchedule | None:
+    """The schedule an SFDDM student was distilled for (K steps, stride c over the teacher's
+    beta schedule), or None for a plain DDPM."""
+    meta = student_meta(model_dir)
+    return None if meta is None else NoiseSchedule(int(meta["steps"]), meta["beta_schedule"], stride=int(meta["stride"]))
 
 
 _CACHE: dict[tuple[int, str], torch.Tensor] = {}
