@@ -3,6 +3,7 @@ and reply out that a SuperNode would see."""
 
 from __future__ import annotations
 
+import pickle
 import numpy as np
 import pytest
 import torch
@@ -105,3 +106,18 @@ def test_train_adds_the_proximal_term_the_server_sent() -> None:
     plain, zero, strong = distance(None), distance(0.0), distance(50.0)
     assert zero == plain
     assert strong < 0.5 * plain
+
+
+def test_client_app_pickles_by_reference():
+    """Flower's simulation sends the app to a Ray actor with every message, in a closure:
+    by reference the actor reuses the app it imported instead of a copy of it."""
+    from ray import cloudpickle
+
+    from fedsim.app.client_app import app
+
+    assert pickle.loads(pickle.dumps(app)) is app
+
+    def outer(client_app):
+        return lambda: client_app  # how Flower's engine wraps the loaded app
+
+    assert cloudpickle.loads(cloudpickle.dumps(outer(app)))() is app

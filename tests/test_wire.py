@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from fedsim.models.networks import build_model
-from fedsim.records.wire import array_view, payload_bytes, to_array_record, to_state_dict
+from fedsim.records.wire import (_npy_array, array_view, load_record, numpy_array, payload_bytes,
+                                 to_array_record, to_state_dict)
 
 ARRAYS = {
     "w": np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -48,6 +49,56 @@ def test_to_array_record_same_bytes_as_flower() -> None:
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     back["conv_in.weight"] += 1  # writable, independent of the record
     assert torch.equal(to_state_dict(ours)["conv_in.weight"], sd["conv_in.weight"])
+
+
+def test_fast_array_is_flowers_array() -> None:
+    """_npy_array skips Array.__init__: the object must be the one Flower's constructor builds."""
+    for name, arr in ARRAYS.items():
+        ours, flowers = numpy_array(arr), Array(arr)
+        assert vars(ours) == vars(flowers), name
+        assert ours == flowers and ours.object_id == flowers.object_id, name
+        assert np.array_equal(ours.numpy(), arr)
+    a = _npy_array("float32", (1,), b"1234")
+    assert a.is_dirty and vars(a) == vars(Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"1234"))
+
+
+def _models():
+    """Two ddpm-small models with different weights (build_model initialises from a fixed seed)."""
+    src, dst = build_model("ddpm-small", (1, 8, 8), 10), build_model("ddpm-small", (1, 8, 8), 10)
+    with torch.no_grad():
+        for p in dst.parameters():
+            p.add_(1.0)
+    return src, dst
+
+
+def test_load_record_equals_load_state_dict() -> None:
+    src, dst = _models()
+    params = [id(p) for p in dst.parameters()]
+    load_record(dst, to_array_record(src.state_dict()))
+    assert [id(p) for p in dst.parameters()] == params  # in place, like load_state_dict
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    # a float64 record: the fallback casts, as load_state_dict does
+    src, dst = _models()
+    load_record(dst, to_array_record({k: v.double() for k, v in src.state_dict().items()}))
+    assert all(b.dtype == torch.float32 and torch.equal(a, b)
+               for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "shape"])
+def test_load_record_mismatch_raises_like_load_state_dict(change: str) -> None:
+    src, dst = _models()
+    sd = dict(src.state_dict())
+    if change == "missing":
+        sd.pop("conv_out.bias")
+    elif change == "extra":
+        sd["unexpected"] = torch.zeros(1)
+    else:
+        sd["conv_out.bias"] = torch.zeros(sd["conv_out.bias"].numel() + 1)
+    with pytest.raises(RuntimeError) as theirs:
+        _models()[1].load_state_dict(sd)
+    with pytest.raises(RuntimeError) as ours:
+        load_record(dst, to_array_record(sd))
+    assert str(ours.value) == str(theirs.value)
 
 
 @pytest.mark.parametrize("content", [

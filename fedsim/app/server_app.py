@@ -22,7 +22,7 @@ from fedsim.models.networks import save_model
 from fedsim.models.train import SHUFFLE
 from fedsim.records.round_log import RoundLog
 from fedsim.records.run_folder import RunFolder
-from fedsim.records.wire import to_array_record, to_state_dict
+from fedsim.records.wire import load_record, to_array_record, to_state_dict
 from strategies import build_strategy
 from strategies.client_registry import check_classes, discover_clients
 from strategies.wrappers.client_state import KeepClientState
@@ -148,7 +148,7 @@ def run(grid: Grid, cfg, folder: RunFolder) -> None:
         evaluator.ema.copy_to(evaluator.model.parameters())
         save_model(evaluator.model.cpu(), folder.path / "model-ema")
     if len(result.arrays):
-        evaluator.model.load_state_dict(to_state_dict(result.arrays))
+        load_record(evaluator.model, result.arrays)
     save_model(evaluator.model.cpu(), folder.path / "model")
     from fedsim.records.plots import plot_curves, plot_selection  # pandas + matplotlib: ~1.5 s, once, at the end
 
