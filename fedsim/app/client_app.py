@@ -35,21 +35,20 @@ from fedsim.records import secrets
 from fedsim.records.wire import load_record, to_array_record
 from fedsim.rng import torch_generator
 
-# state_mod outermost: it restores a resumed node's context before compression_mod reads it, and
-# saves it after compression_mod has updated it; each acts only when the server's message asks;
-# malicious_mod innermost, so the codec encodes what a malicious client sends
-
 
 class _ClientApp(ClientApp):
     """Flower's ClientApp, pickled by reference (the name ``app`` in this module): Flower's
     simulation sends the loaded app to a Ray actor with every message, inside a closure that
-    cloudpickle copies by value (0.2 ms a message in the server process, and as much to
-    rebuild it in the actor). By reference the actor looks up the app it has imported."""
+    cloudpickle copies by value (0.18 ms a message in the server process, 0.05 ms to rebuild
+    it in the actor). By reference the actor looks up the app it has already imported."""
 
     def __reduce__(self) -> str:
         return "app"
 
 
+# state_mod outermost: it restores a resumed node's context before compression_mod reads it, and
+# saves it after compression_mod has updated it; each acts only when the server's message asks;
+# malicious_mod innermost, so the codec encodes what a malicious client sends
 app = _ClientApp(mods=[state_mod, fault_mod, compression_mod, malicious_mod])  # fault/malicious: robustness studies
 
 

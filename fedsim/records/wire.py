@@ -13,11 +13,11 @@ serve (measured on ddpm-small, 144 arrays, 2.8 MB, 100 replies per round):
   ``to_array_record`` reuses one header and dtype name per (dtype, shape), fills one
   record in place (``ArrayRecord(dict_of_arrays)`` constructs every Array again) and
   skips ``Array.__init__``'s argument dispatch (``_npy_array``; a test checks that it
-  builds the same object): 3.2 -> 0.9 ms per ddpm-small reply, paid once per client per
+  builds the same object): 3.2 -> 1.1 ms per ddpm-small reply, paid once per client per
   round.
 - ``model.load_state_dict(to_state_dict(record))`` copies every array twice and checks
   every key through module hooks: 2.3 ms per ddpm-small message. ``load_record`` copies
-  each view once into the model's own CPU tensors: 0.4 ms (anything else, including a
+  each view once into the model's own CPU tensors: 1.1 ms (anything else, including a
   mismatch, goes through ``load_state_dict`` and its errors).
 - ``array_view`` parses each distinct npy header once (``np.prod`` and
   ``descr_to_dtype`` per array cost more than the view): 0.9 -> 0.2 ms per reply.
