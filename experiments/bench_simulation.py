@@ -22,7 +22,11 @@ Memory is that of the whole process tree (SuperLink, simulation process, Ray's
 GCS/raylet/workers), sampled every 0.5 s with psutil: the summed RSS, and the summed
 PSS, which counts a shared page once (RSS counts Ray's shared-memory object store once
 per process that maps it). Round 1
-(worker start-up) is excluded; round_s is the median of the other rounds.
+(worker start-up) is excluded; round_s is the median of the other rounds. CPU time is
+sampled with it: cpu_s_round is the CPU-seconds the whole tree used per round over
+rounds 2..N, and bench_simulation_cpu.csv splits it by process: what wall time hides where
+two client actors work at once. (The plain loop's torch threads spin while they wait, so
+its CPU time is no floor to compare with.)
 
 Scale rows (``--registered 10000:100``): R registered clients, K sampled per round, fedsim
 alone, on the procedural ``synthetic`` dataset (50,000 images, drawn at 8x8 like the digits: five per client at
@@ -33,10 +37,11 @@ start to the first round's start) and the first round's time to the table.
         [--registered 10000:100] [--device auto|cpu|cuda] [--client-gpus 0.0625] [--runners plain fedsim]
 
 writes DIR/bench_simulation.csv (clients, per_round, runner, device, round_s, first_round_s,
-startup_s, total_s, peak_rss_mb, peak_pss_mb),
+startup_s, total_s, peak_rss_mb, peak_pss_mb, cpu_s_round),
 DIR/bench_simulation.png, the ratios of the run (DIR/bench_simulation_ratios.csv), and the
 memory over time: DIR/bench_simulation_memory.csv and .png, and each process's PSS when the
-tree's peaked (DIR/bench_simulation_processes.csv: where the fixed cost goes).
+tree's peaked (DIR/bench_simulation_processes.csv: where the fixed cost goes), and each
+process's CPU-seconds per round (DIR/bench_simulation_cpu.csv: where the per-round cost goes).
 """
 
 from __future__ import annotations
@@ -86,9 +91,11 @@ class TreeRSS(threading.Thread):
         self.peak = self.peak_pss = 0.0
         self.samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS, PSS)
         self.at_peak: dict[str, float] = {}  # process -> PSS (MB) when the tree's PSS peaked
+        self.cpu: list[tuple[float, dict[str, float]]] = []  # (seconds since start, process -> CPU-s so far)
+        self.t0_unix = time.time()
 
     def run(self) -> None:
-        t0 = time.monotonic()
+        t0, self.t0_unix = time.monotonic(), time.time()
         while self.running:
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
@@ -96,13 +103,16 @@ class TreeRSS(threading.Thread):
                 return
             rss = pss = 0
             each: dict[str, float] = {}
+            cpu: dict[str, float] = {}
             for p in procs:
                 try:
-                    info = p.memory_full_info()
+                    info, times, name = p.memory_full_info(), p.cpu_times(), f"{p.pid} {process_name(p)}"
                     rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-                    each[f"{p.pid} {process_name(p)}"] = getattr(info, "pss", info.rss) / 2**20
+                    each[name] = getattr(info, "pss", info.rss) / 2**20
+                    cpu[name] = times.user + times.system
                 except psutil.Error:
                     pass
+            self.cpu.append((time.monotonic() - t0, cpu))
             if pss / 2**20 > self.peak_pss:
                 self.at_peak = each
             self.samples.append((time.monotonic() - t0, rss / 2**20, pss / 2**20))
@@ -117,7 +127,7 @@ def process_name(p: psutil.Process) -> str:
     if not cmd:
         return p.name()
     if cmd[0].startswith("ray::"):
-        return cmd[0].split()[0]
+        return cmd[0].split()[0].split(".")[0]  # ray::ClientAppActor.run while it runs a method
     first = Path(cmd[0].split()[0]).name  # the raylet's title holds its arguments
     if not first.startswith("python"):
         return first
@@ -135,6 +145,26 @@ class Memory(NamedTuple):
     samples: list[tuple[float, float, float]]
     at_peak: dict[str, float]
     total_s: float  # the whole command, start-up included
+    cpu: list[tuple[float, dict[str, float]]]
+    t0_unix: float  # when sampling started
+
+
+def cpu_between(samples: list[tuple[float, dict[str, float]]], start: float, end: float) -> dict[str, float]:
+    """CPU-seconds each process used between two times (seconds since the command's start): its
+    cumulative CPU time interpolated between samples, 0 before it appeared, its last value after."""
+    import numpy as np
+
+    ts = np.array([t for t, _ in samples])
+    out = {}
+    for name in {n for _, each in samples for n in each}:
+        seen = np.array([each.get(name, np.nan) for _, each in samples])
+        first = int(np.argmax(~np.isnan(seen)))
+        seen[:first] = 0.0
+        for i in range(first + 1, len(seen)):  # ended: keep its last reading
+            if np.isnan(seen[i]):
+                seen[i] = seen[i - 1]
+        out[name] = float(np.interp(end, ts, seen) - np.interp(start, ts, seen))
+    return out
 
 
 def measured(cmd: list[str], log: Path) -> Memory:
@@ -149,7 +179,7 @@ def measured(cmd: list[str], log: Path) -> Memory:
         sampler.join()
     if code != 0:
         raise SystemExit(f"bench: {' '.join(cmd[:3])} failed (exit {code}); see {log}")
-    return Memory(sampler.peak, sampler.peak_pss, sampler.samples, sampler.at_peak, total)
+    return Memory(sampler.peak, sampler.peak_pss, sampler.samples, sampler.at_peak, total, sampler.cpu, sampler.t0_unix)
 
 
 def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None:
@@ -167,8 +197,9 @@ def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None
     parts = client_partition(cfg, train.labels)
     model, task = fresh_model(cfg, train).to(device), run_task(cfg)
     global_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    times = []
+    times, starts = [], []
     for rnd in range(1, rounds + 1):
+        starts.append(time.time())
         t0 = time.perf_counter()
         acc = {k: torch.zeros_like(v) for k, v in global_sd.items()}
         total = 0
@@ -183,7 +214,7 @@ def plain_loop(n: int, rounds: int, out_json: Path, device: str = "cpu") -> None
             total += stats.num_examples
         global_sd = {k: v / total for k, v in acc.items()}
         times.append(time.perf_counter() - t0)
-    out_json.write_text(json.dumps({"round_s": times}))
+    out_json.write_text(json.dumps({"round_s": times, "round_start_unix": starts}))
 
 
 def median_after_first(values: list[float]) -> float:
@@ -194,6 +225,26 @@ class Timing(NamedTuple):
     round_s: float  # median of the rounds after the first
     first_round_s: float
     startup_s: float  # command start to the first round's start (None where a runner cannot tell)
+    window: tuple[float, float, int] | None = None  # Unix times of round 2's start and the last round's end, rounds
+
+
+def cpu_per_round(timing: Timing, mem: Memory) -> dict[str, float] | None:
+    """Each process's CPU-seconds per round over rounds 2..N (None where the runner gives no window)."""
+    if timing.window is None:
+        return None
+    start, end, rounds = timing.window
+    used = cpu_between(mem.cpu, start - mem.t0_unix, end - mem.t0_unix)
+    return {name: v / (rounds - 1) for name, v in used.items()}
+
+
+def round_two_unix(server_log: Path) -> float | None:
+    """When Flower's log says round 2 started (its timestamps are local time, to the millisecond)."""
+    import datetime
+
+    for line in server_log.read_text(errors="replace").splitlines():
+        if "[ROUND 2/" in line:
+            return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
 
 
 def label(n: int, per_round: int | None) -> str:
@@ -212,7 +263,9 @@ def run_fedsim(n: int, rounds: int, out: Path, device: str, client_gpus: float,
     rounds_s = list(df["wall_s"] - df["eval_s"])
     # the command less the rounds (their wall times) and what followed the last one
     startup = mem.total_s - float(df["wall_s"].sum()) - teardown_s(run_dir)
-    return Timing(median_after_first(rounds_s), rounds_s[0], startup), mem
+    two = round_two_unix(run_dir / "logs" / "server.log") if len(df) > 1 else None
+    window = None if two is None else (two, two + float(df["wall_s"].iloc[1:].sum()), len(df))
+    return Timing(median_after_first(rounds_s), rounds_s[0], startup, window), mem
 
 
 def teardown_s(run_dir: Path) -> float:
@@ -229,8 +282,10 @@ def run_plain(n: int, rounds: int, out: Path, device: str, client_gpus: float,
     res = out / f"plain-{n}.json"
     mem = measured([sys.executable, __file__, "--plain", str(n), "--rounds", str(rounds), "--device", device,
                     "--out", str(res)], out / f"plain-{n}.log")
-    times = json.loads(res.read_text())["round_s"]
-    return Timing(median_after_first(times), times[0], mem.total_s - sum(times)), mem
+    got = json.loads(res.read_text())
+    times, starts = got["round_s"], got["round_start_unix"]
+    window = (starts[1], starts[-1] + times[-1], len(times)) if len(times) > 1 else None
+    return Timing(median_after_first(times), times[0], mem.total_s - sum(times), window), mem
 
 
 def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: float,
@@ -244,8 +299,6 @@ def run_flower_direct(n: int, rounds: int, out: Path, device: str, client_gpus: 
 
 
 RUNNERS = {"plain": run_plain, "fedsim": run_fedsim, "flower-direct": run_flower_direct}
-STYLES = {"plain": "s--", "fedsim": "o-", "flower-direct": "^:"}
-COLORS = {"plain": "C0", "fedsim": "C1", "flower-direct": "C2"}  # the same in every panel
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -263,52 +316,6 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "flower_direct_over_fedsim": round(d["round_s"] / f["round_s"], 2) if f and d else None,
                     "fedsim_pss_over_smallest": round(f["peak_pss_mb"] / base["peak_pss_mb"], 3) if f and base else None})
     return out
-
-
-def plot_memory(traces: list[dict], path: Path) -> None:
-    """PSS of the process tree over time, one panel per client count, one line per runner."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = sorted({(t["clients"], t["per_round"]) for t in traces})
-    fig, axes = plt.subplots(1, len(counts), figsize=(4.5 * len(counts), 3.4), squeeze=False)
-    for ax, (n, k) in zip(axes[0], counts):
-        for runner, style in STYLES.items():
-            sel = [t for t in traces if (t["clients"], t["per_round"]) == (n, k) and t["runner"] == runner]
-            if sel:
-                ax.plot([t["t_s"] for t in sel], [t["pss_mb"] for t in sel], style.lstrip("so^"),
-                        color=COLORS[runner], label=runner)
-        ax.set_title(f"{n} clients, all every round" if n == k else f"{n} registered, {k} per round")
-        ax.set_xlabel("seconds since start")
-        ax.set_ylabel("PSS of process tree (MB)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for runner, style in STYLES.items():
-        sel = [r for r in rows if r["runner"] == runner and r["per_round"] == r["clients"]]
-        for ax, key, label in ((axes[0], "round_s", "seconds per round"),
-                               (axes[1], "peak_pss_mb", "peak PSS of process tree (MB)")):
-            ax.plot([r["clients"] for r in sel], [r[key] for r in sel], style, color=COLORS[runner], label=runner)
-            ax.set_xscale("log")
-            ax.set_xlabel("simulated clients (all train every round)")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend()
-    fig.suptitle("fedsim vs a plain PyTorch loop and the job on Flower directly (same local work)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -343,26 +350,32 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(n, n, runner) for n in args.clients for runner in RUNNERS if runner in args.runners]
     jobs += [(n, k, "fedsim") for n, k in scale]
-    rows, traces, processes = [], [], []
+    rows, traces, processes, cpus = [], [], [], []
     for n, k, runner in jobs:
         timing, mem = RUNNERS[runner](n, args.rounds, out, args.device, args.client_gpus, per_round=k)
+        cpu = cpu_per_round(timing, mem)
         rows.append({"clients": n, "per_round": k, "runner": runner, "device": args.device,
                      "round_s": round(timing.round_s, 3), "first_round_s": round(timing.first_round_s, 3),
                      "startup_s": None if timing.startup_s is None else round(timing.startup_s, 2),
                      "total_s": round(mem.total_s, 2), "peak_rss_mb": round(mem.peak_rss_mb, 1),
-                     "peak_pss_mb": round(mem.peak_pss_mb, 1)})
+                     "peak_pss_mb": round(mem.peak_pss_mb, 1),
+                     "cpu_s_round": None if cpu is None else round(sum(cpu.values()), 2)})
         traces += [{"clients": n, "per_round": k, "runner": runner, "t_s": round(t, 2), "rss_mb": round(r, 1),
                     "pss_mb": round(q, 1)} for t, r, q in mem.samples]
         processes += [{"clients": n, "per_round": k, "runner": runner, "process": name.split(" ", 1)[1],
                        "pss_mb": round(v, 1)} for name, v in sorted(mem.at_peak.items(), key=lambda kv: -kv[1])]
+        cpus += [{"clients": n, "per_round": k, "runner": runner, "process": name.split(" ", 1)[1],
+                  "cpu_s_round": round(v, 3)} for name, v in sorted((cpu or {}).items(), key=lambda kv: -kv[1]) if v >= 0.005]
         print(f"{label(n, k):>9} clients  {runner:<13}  {timing.round_s:8.2f} s/round (first {timing.first_round_s:.1f})"
               f"  peak RSS {mem.peak_rss_mb:8.0f} MB  PSS {mem.peak_pss_mb:8.0f} MB  total {mem.total_s:.0f} s",
               flush=True)
     import pandas as pd
+    from bench_plots import plot, plot_memory  # this script's folder: sys.path[0]
 
     pd.DataFrame(rows).to_csv(out / "bench_simulation.csv", index=False)
     pd.DataFrame(traces).to_csv(out / "bench_simulation_memory.csv", index=False)
     pd.DataFrame(processes).to_csv(out / "bench_simulation_processes.csv", index=False)
+    pd.DataFrame(cpus).to_csv(out / "bench_simulation_cpu.csv", index=False)
     plot_memory(traces, out / "bench_simulation_memory.png")
     plot(rows, out / "bench_simulation.png")
     table = ratios(rows)

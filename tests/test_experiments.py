@@ -145,11 +145,14 @@ def test_bench_process_names_are_short_and_say_what_runs():
 
     cases = {"raylet": ["/r/ray/raylet/raylet", "--node=1", "/v/bin/python /r/default_worker.py --temp-dir=/tmp/ray --x"],
              "ray::ClientAppActor": ["ray::ClientAppActor"],
+             "ray::DashboardAgent": ["ray::DashboardAgent"],
              "flower-superlink": ["/v/bin/python", "/v/bin/flower-superlink", "--insecure"],
              "fedsim.cli": ["/v/bin/python", "-m", "fedsim.cli", "run"],
              "log_monitor.py": ["/v/bin/python", "-u", "/r/ray/_private/log_monitor.py", "--a=/b"]}
     for name, cmd in cases.items():
         assert bench.process_name(Proc(cmd)) == name
+    # an actor's title names the method it runs: one process, one name, for memory and CPU alike
+    assert bench.process_name(Proc(["ray::ClientAppActor.run"])) == "ray::ClientAppActor"
 
 
 def _bench_module():
@@ -171,6 +174,34 @@ def test_bench_scale_rows_sample_from_many_registered_clients_and_stay_out_of_th
             {**row, "clients": 10_000, "per_round": 100, "runner": "fedsim", "round_s": 40.0}]
     assert bench.ratios(rows) == [{"clients": 100, "fedsim_over_plain": 1.1, "flower_direct_over_fedsim": None,
                                    "fedsim_pss_over_smallest": 1.0}]
+
+
+def test_bench_cpu_per_round_counts_rounds_two_to_n_of_every_process():
+    """CPU-seconds per round: cumulative readings interpolated at the window's ends, a process
+    counted from 0 before it appeared and at its last reading after it ended."""
+    bench = _bench_module()
+    samples = [(0.0, {"1 sim": 0.0}), (10.0, {"1 sim": 5.0}), (20.0, {"1 sim": 10.0, "2 actor": 4.0}),
+               (30.0, {"1 sim": 15.0, "2 actor": 14.0}), (40.0, {"1 sim": 20.0})]
+    got = bench.cpu_between(samples, 15.0, 35.0)
+    assert got["1 sim"] == pytest.approx(10.0)  # 0.5 CPU-s a second
+    assert got["2 actor"] == pytest.approx(14.0 - 2.0)  # 0 at t=10, 4 at t=20: 2 at t=15; gone after 30: 14
+    mem = bench.Memory(0.0, 0.0, [], {}, 40.0, samples, t0_unix=1000.0)
+    timing = bench.Timing(1.0, 5.0, 10.0, window=(1015.0, 1035.0, 3))  # rounds 2-3: t = 15..35
+    per_round = bench.cpu_per_round(timing, mem)
+    assert per_round["1 sim"] == pytest.approx(5.0) and per_round["2 actor"] == pytest.approx(6.0)
+    assert bench.cpu_per_round(timing._replace(window=None), mem) is None  # flower-direct: no window
+
+
+def test_bench_reads_round_two_from_flowers_log(tmp_path):
+    bench = _bench_module()
+    log = tmp_path / "server.log"
+    log.write_text("2026-12-05 19:25:51,411 INFO [ROUND 1/3]\n2026-12-05 19:25:53,374 INFO [ROUND 2/3]\n")
+    import datetime
+
+    want = datetime.datetime(2026, 12, 5, 19, 25, 53, 374000).timestamp()
+    assert bench.round_two_unix(log) == pytest.approx(want, abs=1e-6)
+    log.write_text("2026-12-05 19:25:51,411 INFO [ROUND 1/1]\n")
+    assert bench.round_two_unix(log) is None
 
 
 def test_bench_bad_registered_pair_is_one_line_and_exit_2():
