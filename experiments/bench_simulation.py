@@ -92,7 +92,6 @@ class TreeRSS(threading.Thread):
         self.samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS, PSS)
         self.at_peak: dict[str, float] = {}  # process -> PSS (MB) when the tree's PSS peaked
         self.cpu: list[tuple[float, dict[str, float]]] = []  # (seconds since start, process -> CPU-s so far)
-        self.t0_unix = time.time()
 
     def run(self) -> None:
         t0, self.t0_unix = time.monotonic(), time.time()
@@ -112,10 +111,11 @@ class TreeRSS(threading.Thread):
                     cpu[name] = times.user + times.system
                 except psutil.Error:
                     pass
-            self.cpu.append((time.monotonic() - t0, cpu))
+            t = time.monotonic() - t0
+            self.cpu.append((t, cpu))
             if pss / 2**20 > self.peak_pss:
                 self.at_peak = each
-            self.samples.append((time.monotonic() - t0, rss / 2**20, pss / 2**20))
+            self.samples.append((t, rss / 2**20, pss / 2**20))
             self.peak, self.peak_pss = max(self.peak, rss / 2**20), max(self.peak_pss, pss / 2**20)
             time.sleep(self.interval)
 
@@ -153,18 +153,11 @@ def cpu_between(samples: list[tuple[float, dict[str, float]]], start: float, end
     """CPU-seconds each process used between two times (seconds since the command's start): its
     cumulative CPU time interpolated between samples, 0 before it appeared, its last value after."""
     import numpy as np
+    import pandas as pd
 
-    ts = np.array([t for t, _ in samples])
-    out = {}
-    for name in {n for _, each in samples for n in each}:
-        seen = np.array([each.get(name, np.nan) for _, each in samples])
-        first = int(np.argmax(~np.isnan(seen)))
-        seen[:first] = 0.0
-        for i in range(first + 1, len(seen)):  # ended: keep its last reading
-            if np.isnan(seen[i]):
-                seen[i] = seen[i - 1]
-        out[name] = float(np.interp(end, ts, seen) - np.interp(start, ts, seen))
-    return out
+    ts = [t for t, _ in samples]
+    seen = pd.DataFrame([each for _, each in samples], index=ts).ffill().fillna(0.0)
+    return {name: float(np.interp(end, ts, col) - np.interp(start, ts, col)) for name, col in seen.items()}
 
 
 def measured(cmd: list[str], log: Path) -> Memory:

@@ -93,17 +93,13 @@ def load_record(model: torch.nn.Module, record: ArrayRecord) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
-    header = {"descr": descr, "fortran_order": False, "shape": shape}
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, header)
-    return buf.getvalue()
-
-
-@functools.lru_cache(maxsize=4096)
 def _layout(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[bytes, str]:
-    """(npy header, Array dtype name) of a (dtype, shape): ``str(dtype)`` costs 2 us an array."""
-    return _npy_header(np.lib.format.dtype_to_descr(dtype), shape), str(dtype)
+    """(npy header, Array dtype name) of a (dtype, shape), built once: ``np.save`` writes the
+    header per array, and ``str(dtype)`` costs 2 us an array."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    return buf.getvalue(), str(dtype)
 
 
 def _npy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
